@@ -1,0 +1,39 @@
+# The two commands a new user needs: `make demo` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-faults lint bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/idpctl dev --apply examples/
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -m "not faults"
+
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults
+
+bench: $(STAMP)
+	$(BIN)/python bench/apply_latency.py
+
+# Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
+lock:
+	rm -rf /tmp/idp-lock && $(PYTHON) -m venv /tmp/idp-lock
+	/tmp/idp-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/idp-lock/bin/pip freeze --exclude-editable > constraints.txt
+
+clean:
+	rm -rf $(VENV) .idp

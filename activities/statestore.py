@@ -1,0 +1,86 @@
+"""Activities that write a workload's manifests into its destination's git state store."""
+
+from pathlib import Path
+
+from temporalio import activity
+
+from activities.errors import as_activity_errors
+from idp.errors import PermanentError
+from idp.manifests import digest, render_workload, workload_directory
+from idp.models import Model, Workload
+from idp.platform import Destination, Platform
+from idp.statestore import Change, StateStore, state_store
+
+
+class ManifestsInput(Model):
+    workload: Workload
+    generation: int
+    workflow_id: str
+    role_arn: str | None = None
+
+
+class ManifestsResult(Model):
+    directory: str
+    digest: str
+    commit: str | None
+    written: list[str] = []
+    removed: list[str] = []
+
+
+class StateStoreActivities:
+    def __init__(self, platform: Platform, cache_dir: Path) -> None:
+        self._platform = platform
+        self._cache_dir = cache_dir
+
+    def _destination(self, workload: Workload) -> Destination:
+        destination = self._platform.destination(workload.spec.destination)
+        if destination is None:
+            known = ", ".join(d.name for d in self._platform.destinations)
+            raise PermanentError(
+                f"destination {workload.spec.destination!r} is not defined in the platform "
+                f"configuration (defined: {known})",
+                reason="UnknownDestination",
+            )
+        return destination
+
+    def _store(self, destination: Destination) -> StateStore:
+        config = destination.state_store
+        return state_store(config.url, config.branch, self._cache_dir)
+
+    @activity.defn
+    async def write_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:
+        with as_activity_errors():
+            destination = self._destination(request.workload)
+            files = render_workload(request.workload, role_arn=request.role_arn)
+            directory = workload_directory(destination.state_store.path, request.workload)
+            message = _message(request, "apply")
+            result = await self._store(destination).apply(Change(directory, files, message))
+            return ManifestsResult(
+                directory=directory,
+                digest=digest(files),
+                commit=result.commit,
+                written=list(result.written),
+                removed=list(result.removed),
+            )
+
+    @activity.defn
+    async def remove_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:
+        with as_activity_errors():
+            destination = self._destination(request.workload)
+            directory = workload_directory(destination.state_store.path, request.workload)
+            message = _message(request, "delete")
+            result = await self._store(destination).apply(Change(directory, {}, message))
+            return ManifestsResult(
+                directory=directory,
+                digest=digest({}),
+                commit=result.commit,
+                removed=list(result.removed),
+            )
+
+
+def _message(request: ManifestsInput, verb: str) -> str:
+    workload = request.workload
+    return (
+        f"{verb} Workload {workload.metadata.system}/{workload.metadata.name} "
+        f"generation {request.generation}\n\nWorkflow: {request.workflow_id}"
+    )

@@ -1,0 +1,444 @@
+"""The emulated control plane: one team, one system, its operator, accounts and NATS users.
+
+State and rules, no HTTP: the app turns `ApiError` into a status code and the views module
+shapes records into the OpenAPI response bodies. Everything is persisted to `state.json` in the
+state directory after each change, so a restarted emulator keeps its operator and users.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from emulators.synadia import natsjwt
+from emulators.synadia.bodies import (
+    ApiError,
+    CreateUserIn,
+    RevocationIn,
+    apply_settings_patch,
+    check_name,
+    check_settings,
+    parse_body,
+    settings_from_create,
+)
+from emulators.synadia.natsjwt import NKey
+
+NO_LIMIT = -1
+_ACCOUNT_LIMITS = {
+    "subs": NO_LIMIT,
+    "data": NO_LIMIT,
+    "payload": NO_LIMIT,
+    "imports": NO_LIMIT,
+    "exports": NO_LIMIT,
+    "wildcards": True,
+    "conn": NO_LIMIT,
+    "leaf": NO_LIMIT,
+}
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id() -> str:
+    # Synadia ids are 27-character KSUIDs; only their opacity matters to clients.
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(27))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- persisted records
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SkGroupRecord(_Record):
+    id: str
+    name: str
+    seed: str
+    created: datetime
+
+
+class RevocationRecord(_Record):
+    before: int
+    created: datetime
+    account_sk_id: str
+
+
+class AccountRecord(_Record):
+    id: str
+    name: str
+    seed: str
+    is_system: bool = False
+    created: datetime
+    sk_groups: list[SkGroupRecord] = []
+    revocations: dict[str, RevocationRecord] = {}
+    user_jwt_expires_in_secs: int = 0
+    jwt: str = ""
+
+    @property
+    def public_key(self) -> str:
+        return NKey(self.seed).public
+
+
+class UserRecord(_Record):
+    id: str
+    name: str
+    account_id: str
+    sk_group_id: str
+    seed: str
+    retired_public_keys: list[str] = []
+    jwt_settings: dict[str, Any] = {}
+    jwt_expires_in_secs: int = 0
+    jwt_expires_at_max: int = 0
+    jwt: str = ""
+    created: datetime
+
+    @property
+    def public_key(self) -> str:
+        return NKey(self.seed).public
+
+
+class PlaneState(_Record):
+    team_id: str
+    team_name: str
+    team_created: datetime
+    system_id: str
+    system_name: str
+    system_created: datetime
+    operator_seed: str
+    operator_sk_seed: str
+    operator_jwt: str
+    system_account_id: str
+    app_account_id: str
+    accounts: dict[str, AccountRecord]
+    users: dict[str, UserRecord] = {}
+
+
+class Behaviour(BaseModel):
+    """Choices the real service may make differently; tests flip them at run time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revoke_on_rotate: bool = False
+    revoke_on_delete: bool = False
+
+
+# ---------------------------------------------------------------- the control plane
+
+
+class ControlPlane:
+    """State and rules of the emulated service; callers serialise access (one event loop)."""
+
+    def __init__(self, state_dir: Path, behaviour: Behaviour | None = None) -> None:
+        self.state_dir = state_dir
+        self.behaviour = behaviour or Behaviour()
+        self.nats_url = ""
+        self.creds_issued: dict[str, int] = {}
+        self._accounts_dirty = False
+        self._path = state_dir / "state.json"
+        if self._path.exists():
+            self.state = PlaneState.model_validate_json(self._path.read_text())
+        else:
+            self.state = self._bootstrap()
+            self.save()
+
+    # -- bootstrap and persistence
+
+    def _bootstrap(self) -> PlaneState:
+        now = utcnow()
+        operator, operator_sk = NKey.generate("operator"), NKey.generate("operator")
+        system_account = AccountRecord(
+            id=new_id(), name="SYS", seed=NKey.generate("account").seed, is_system=True, created=now
+        )
+        app_account = AccountRecord(
+            id=new_id(),
+            name="platform",
+            seed=NKey.generate("account").seed,
+            created=now,
+            sk_groups=[
+                SkGroupRecord(
+                    id=new_id(), name="Default", seed=NKey.generate("account").seed, created=now
+                )
+            ],
+        )
+        operator_jwt = natsjwt.encode(
+            {
+                "iat": int(now.timestamp()),
+                "name": "emulated-operator",
+                "sub": operator.public,
+                "nats": {
+                    "signing_keys": [operator_sk.public],
+                    "system_account": system_account.public_key,
+                    "type": "operator",
+                    "version": 2,
+                },
+            },
+            operator,
+        )
+        state = PlaneState(
+            team_id=new_id(),
+            team_name="emulated-team",
+            team_created=now,
+            system_id=new_id(),
+            system_name="emulated-system",
+            system_created=now,
+            operator_seed=operator.seed,
+            operator_sk_seed=operator_sk.seed,
+            operator_jwt=operator_jwt,
+            system_account_id=system_account.id,
+            app_account_id=app_account.id,
+            accounts={system_account.id: system_account, app_account.id: app_account},
+        )
+        for account in state.accounts.values():
+            account.jwt = self._sign_account(account, NKey(state.operator_sk_seed))
+        return state
+
+    def save(self) -> None:
+        # Write-then-rename so a crash never leaves a half-written state file behind.
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(self.state.model_dump_json(indent=1))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self._path)
+
+    def take_accounts_dirty(self) -> bool:
+        """True once after any account JWT changed, so the caller pushes it to nats-server."""
+        dirty, self._accounts_dirty = self._accounts_dirty, False
+        return dirty
+
+    # -- JWTs
+
+    @staticmethod
+    def _sign_account(account: AccountRecord, operator_sk: NKey) -> str:
+        nats: dict[str, Any] = {
+            "limits": dict(_ACCOUNT_LIMITS),
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account",
+            "version": 2,
+        }
+        if account.sk_groups:
+            nats["signing_keys"] = [NKey(group.seed).public for group in account.sk_groups]
+        if account.revocations:
+            nats["revocations"] = {key: rec.before for key, rec in account.revocations.items()}
+        claims = {
+            "iat": int(time.time()),
+            "name": account.name,
+            "sub": account.public_key,
+            "nats": nats,
+        }
+        return natsjwt.encode(claims, operator_sk)
+
+    def _resign_account(self, account: AccountRecord) -> None:
+        account.jwt = self._sign_account(account, NKey(self.state.operator_sk_seed))
+        self._accounts_dirty = True
+
+    def _mint_user_jwt(self, user: UserRecord) -> str:
+        account = self.state.accounts[user.account_id]
+        group = self._sk_group(account, user.sk_group_id)
+        settings = user.jwt_settings
+        nats: dict[str, Any] = {}
+        for direction in ("pub", "sub"):
+            # Like Go's omitempty: an empty list is left out, and to nats-server that means
+            # "no restriction", exactly as an empty list in the real service's JWTs does.
+            rules = {k: v for k, v in settings.get(direction, {}).items() if v}
+            if rules:
+                nats[direction] = rules
+        if "resp" in settings:
+            nats["resp"] = settings["resp"]
+        for key in ("src", "times", "times_location"):
+            if settings.get(key):
+                nats[key] = settings[key]
+        for limit in ("subs", "data", "payload"):
+            nats[limit] = settings.get(limit, NO_LIMIT)
+        for key in ("bearer_token", "allowed_connection_types", "tags"):
+            if settings.get(key):
+                nats[key] = settings[key]
+        # Signed by a signing key, so the server must be told which account it speaks for.
+        nats.update(issuer_account=account.public_key, type="user", version=2)
+        now = int(time.time())
+        claims: dict[str, Any] = {"iat": now, "name": user.name, "sub": user.public_key}
+        ttl = user.jwt_expires_in_secs or account.user_jwt_expires_in_secs
+        if ttl > 0:
+            claims["exp"] = now + ttl
+        claims["nats"] = nats
+        return natsjwt.encode(claims, NKey(group.seed))
+
+    # -- lookups
+
+    def account(self, account_id: str) -> AccountRecord:
+        account = self.state.accounts.get(account_id)
+        if account is None:
+            raise ApiError(404, f"account {account_id} not found")
+        return account
+
+    def accounts(self, system_id: str) -> list[AccountRecord]:
+        self.require_system(system_id)
+        return list(self.state.accounts.values())
+
+    def require_team(self, team_id: str) -> None:
+        if team_id != self.state.team_id:
+            raise ApiError(404, f"team {team_id} not found")
+
+    def require_system(self, system_id: str) -> None:
+        if system_id != self.state.system_id:
+            raise ApiError(404, f"system {system_id} not found")
+
+    @staticmethod
+    def _sk_group(account: AccountRecord, group_id: str) -> SkGroupRecord:
+        for group in account.sk_groups:
+            if group.id == group_id:
+                return group
+        raise ApiError(
+            422, f"sk_group_id {group_id} is not a signing key group of account {account.id}"
+        )
+
+    def user(self, user_id: str) -> UserRecord:
+        user = self.state.users.get(user_id)
+        if user is None:
+            raise ApiError(404, f"NATS user {user_id} not found")
+        return user
+
+    def users(self, account_id: str) -> list[UserRecord]:
+        self.account(account_id)
+        return [u for u in self.state.users.values() if u.account_id == account_id]
+
+    # -- NATS users
+
+    def create_user(self, account_id: str, payload: Any) -> UserRecord:
+        account = self.account(account_id)
+        body: CreateUserIn = parse_body(CreateUserIn, payload)
+        check_name(body.name, "name")
+        if account.is_system:
+            raise ApiError(422, "NATS users of the system account are managed by Synadia")
+        self._sk_group(account, body.sk_group_id)
+        if (body.jwt_expires_in_secs or 0) < 0:
+            raise ApiError(422, "jwt_expires_in_secs must not be negative")
+        settings = settings_from_create(body.jwt_settings)
+        check_settings(settings)
+        if any(u.name == body.name for u in self.users(account_id)):
+            raise ApiError(409, f"a NATS user named {body.name!r} already exists in the account")
+        user = UserRecord(
+            id=new_id(),
+            name=body.name,
+            account_id=account_id,
+            sk_group_id=body.sk_group_id,
+            seed=NKey.generate("user").seed,
+            jwt_settings=settings,
+            jwt_expires_in_secs=body.jwt_expires_in_secs or 0,
+            created=utcnow(),
+        )
+        user.jwt = self._mint_user_jwt(user)
+        self.state.users[user.id] = user
+        self.save()
+        return user
+
+    def patch_user(self, user_id: str, payload: Any) -> UserRecord:
+        user = self.user(user_id)
+        if not isinstance(payload, dict):
+            raise ApiError(400, "invalid request body: expected a JSON object")
+        updated = user.model_copy(deep=True)
+        if payload.get("name") is not None:
+            name = payload["name"]
+            if not isinstance(name, str):
+                raise ApiError(400, "invalid request body: name: expected a string")
+            check_name(name, "name")
+            clash = [u for u in self.users(user.account_id) if u.name == name and u.id != user.id]
+            if clash:
+                raise ApiError(409, f"a NATS user named {name!r} already exists in the account")
+            updated.name = name
+        if payload.get("jwt_expires_in_secs") is not None:
+            ttl = payload["jwt_expires_in_secs"]
+            if not isinstance(ttl, int) or isinstance(ttl, bool):
+                raise ApiError(400, "invalid request body: jwt_expires_in_secs: not an integer")
+            if ttl < 0:
+                raise ApiError(422, "jwt_expires_in_secs must not be negative")
+            updated.jwt_expires_in_secs = ttl
+        patch = payload.get("jwt_settings")
+        if patch is not None:
+            if not isinstance(patch, dict):
+                raise ApiError(400, "invalid request body: jwt_settings: expected an object")
+            updated.jwt_settings = apply_settings_patch(user.jwt_settings, patch)
+            check_settings(updated.jwt_settings)
+        updated.jwt = self._mint_user_jwt(updated)
+        self.state.users[user_id] = updated
+        self.save()
+        return updated
+
+    def delete_user(self, user_id: str) -> None:
+        user = self.user(user_id)
+        if self.behaviour.revoke_on_delete:
+            account = self.account(user.account_id)
+            for key in [user.public_key, *user.retired_public_keys]:
+                self._revoke(account, key, 0, user.sk_group_id)
+        del self.state.users[user_id]
+        self.creds_issued.pop(user_id, None)
+        self.save()
+
+    def issue_creds(self, user_id: str) -> str:
+        """A freshly minted JWT with the user's current seed, as a .creds text."""
+        user = self.user(user_id)
+        user.jwt = self._mint_user_jwt(user)
+        exp = natsjwt.decode(user.jwt).get("exp", 0)
+        user.jwt_expires_at_max = max(user.jwt_expires_at_max, exp)
+        self.creds_issued[user_id] = self.creds_issued.get(user_id, 0) + 1
+        self.save()
+        return natsjwt.format_creds(user.jwt, user.seed)
+
+    def rotate_user(self, user_id: str) -> UserRecord:
+        user = self.user(user_id)
+        old_key = user.public_key
+        user.retired_public_keys.append(old_key)
+        user.seed = NKey.generate("user").seed
+        user.jwt = self._mint_user_jwt(user)
+        if self.behaviour.revoke_on_rotate:
+            self._revoke(self.account(user.account_id), old_key, 0, user.sk_group_id)
+        self.save()
+        return user
+
+    # -- revocations
+
+    def _revoke(self, account: AccountRecord, nkey: str, before: int, sk_group_id: str) -> bool:
+        created = nkey not in account.revocations
+        group = self._sk_group(account, sk_group_id) if account.sk_groups else None
+        account.revocations[nkey] = RevocationRecord(
+            # 0 asks for "now"; everything issued up to this second is refused.
+            before=before or int(time.time()),
+            created=utcnow(),
+            account_sk_id=group.id if group else "",
+        )
+        self._resign_account(account)
+        return created
+
+    def revocation(self, account_id: str, nkey: str) -> RevocationRecord:
+        record = self.account(account_id).revocations.get(nkey)
+        if record is None:
+            raise ApiError(404, f"no revocation for {nkey} in account {account_id}")
+        return record
+
+    def put_revocation(self, account_id: str, nkey: str, payload: Any) -> tuple[bool, int]:
+        account = self.account(account_id)
+        body: RevocationIn = parse_body(RevocationIn, payload)
+        if not natsjwt.is_user_public_key(nkey):
+            raise ApiError(422, f"{nkey!r} is not a NATS user public key")
+        if body.before < 0:
+            raise ApiError(422, "before must be a unix time in seconds, or 0 for now")
+        group_id = account.sk_groups[0].id if account.sk_groups else ""
+        created = self._revoke(account, nkey, body.before, group_id)
+        self.save()
+        return created, account.revocations[nkey].before
+
+    def delete_revocation(self, account_id: str, nkey: str) -> None:
+        account = self.account(account_id)
+        if nkey not in account.revocations:
+            raise ApiError(404, f"no revocation for {nkey} in account {account_id}")
+        del account.revocations[nkey]
+        self._resign_account(account)
+        self.save()

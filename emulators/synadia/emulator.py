@@ -1,0 +1,232 @@
+"""SynadiaEmulator: the control-plane HTTP server plus the nats-server it manages.
+
+Run it in-process for tests (`async with SynadiaEmulator.running(tmp_path) as emu:`) or as a
+process (`python -m emulators.synadia --port N --state-dir DIR`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from emulators.synadia.app import API_PREFIX, EmulatorApp, Faults
+from emulators.synadia.controlplane import Behaviour, ControlPlane
+from emulators.synadia.natsserver import NatsServer
+
+# A fixed credential of a local test double, not a secret; override it with --token.
+DEFAULT_TOKEN = "emulator-token"
+
+
+class _QuietServer(uvicorn.Server):
+    # The host process owns SIGINT/SIGTERM: a test runner keeps them, and the CLI installs its
+    # own handlers so that nats-server is stopped before the process exits.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class SynadiaEmulator:
+    """The emulated Synadia Cloud control plane and its NATS server.
+
+    `faults` and `behaviour` can be changed at run time, here or through `/_emulator/...`.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        nats_port: int = -1,
+        token: str = DEFAULT_TOKEN,
+        faults: Faults | None = None,
+        behaviour: Behaviour | None = None,
+        nats_server_bin: str | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = port
+        self.token = token
+        self.plane = ControlPlane(self.state_dir, behaviour)
+        self.nats = NatsServer(self.state_dir, host=host, port=nats_port, binary=nats_server_bin)
+        self.app = EmulatorApp(self)
+        if faults is not None:
+            self.app.set_faults(faults)
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    # -- addresses and ids tests need
+
+    @property
+    def api_url(self) -> str:
+        """The Synadia URL a client is configured with (it appends /api/core/beta)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_base_url(self) -> str:
+        return f"{self.api_url}{API_PREFIX}"
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+    @property
+    def team_id(self) -> str:
+        return self.plane.state.team_id
+
+    @property
+    def system_id(self) -> str:
+        return self.plane.state.system_id
+
+    @property
+    def system_name(self) -> str:
+        return self.plane.state.system_name
+
+    @property
+    def account_id(self) -> str:
+        """The application account users are created in."""
+        return self.plane.state.app_account_id
+
+    @property
+    def account_name(self) -> str:
+        return self.plane.state.accounts[self.account_id].name
+
+    @property
+    def system_account_id(self) -> str:
+        return self.plane.state.system_account_id
+
+    @property
+    def sk_group_id(self) -> str:
+        return self.plane.state.accounts[self.account_id].sk_groups[0].id
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "api_url": self.api_url,
+            "api_base_url": self.api_base_url,
+            "nats_url": self.nats_url,
+            "team_id": self.team_id,
+            "system_id": self.system_id,
+            "system_name": self.system_name,
+            "account_id": self.account_id,
+            "account_name": self.account_name,
+            "system_account_id": self.system_account_id,
+            "sk_group_id": self.sk_group_id,
+        }
+
+    # -- knobs and counters
+
+    @property
+    def faults(self) -> Faults:
+        return self.app.faults
+
+    def set_faults(self, **changes: Any) -> Faults:
+        """Replace the fault settings (unnamed ones go back to their defaults)."""
+        faults = Faults.model_validate(changes)
+        self.app.set_faults(faults)
+        return faults
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self.plane.behaviour
+
+    def set_behaviour(self, **changes: Any) -> Behaviour:
+        self.plane.behaviour = Behaviour.model_validate(
+            {**self.plane.behaviour.model_dump(), **changes}
+        )
+        return self.plane.behaviour
+
+    def counters(self) -> dict[str, Any]:
+        """{"calls": {route: n}, "statuses": {"route status": n}, "injected": {...},
+        "creds_issued": {user_id: n}}"""
+        return self.app.counters.snapshot(self.plane.creds_issued)
+
+    def creds_issued(self, user_id: str) -> int:
+        return self.plane.creds_issued.get(user_id, 0)
+
+    def calls(self, route: str) -> int:
+        """Calls to one route, named like 'POST /nats-users/{userId}/creds'."""
+        return self.app.counters.calls[route]
+
+    def reset_counters(self) -> None:
+        self.app.reset_counters()
+
+    # -- lifecycle
+
+    def _account_jwts(self) -> dict[str, str]:
+        return {a.public_key: a.jwt for a in self.plane.state.accounts.values()}
+
+    def _system_account_key(self) -> str:
+        return self.plane.state.accounts[self.system_account_id].public_key
+
+    async def push_accounts(self) -> None:
+        await self.nats.reload(
+            self.plane.state.operator_jwt, self._system_account_key(), self._account_jwts()
+        )
+
+    async def start(self) -> None:
+        self.nats.write_config(
+            self.plane.state.operator_jwt, self._system_account_key(), self._account_jwts()
+        )
+        await self.nats.start()
+        self.plane.nats_url = self.nats.url
+        try:
+            # Binding first and handing uvicorn the socket makes port 0 race-free.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+            self._socket = sock
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self.app.build(), log_level="warning", access_log=False, lifespan="off"
+            )
+            self._server = _QuietServer(config)
+            self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started:
+                if self._serve_task.done():
+                    self._serve_task.result()
+                    raise RuntimeError("the emulator's HTTP server stopped during startup")
+                await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def wait(self) -> None:
+        """Until the HTTP server stops (see `request_stop`)."""
+        if self._serve_task is not None:
+            await self._serve_task
+
+    def request_stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(Exception):
+                await self._serve_task
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._serve_task = self._socket = None
+        await self.nats.stop()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, state_dir: Path | str, **kwargs: Any) -> AsyncIterator[SynadiaEmulator]:
+        """Start on a free port of 127.0.0.1 and stop (nats-server included) on exit."""
+        emulator = cls(state_dir, **kwargs)
+        await emulator.start()
+        try:
+            yield emulator
+        finally:
+            await emulator.stop()

@@ -1,0 +1,34 @@
+"""Kubernetes naming rules, as reusable pydantic field types.
+
+The messages say what is allowed, because they end up verbatim in `idpctl apply` errors.
+"""
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def dns1123_label(value: str) -> str:
+    if len(value) > 63 or not _LABEL.match(value):
+        raise ValueError(
+            "must be a DNS-1123 label: at most 63 lowercase letters, digits or '-', "
+            f"starting and ending with a letter or digit; got {value!r}"
+        )
+    return value
+
+
+def dns1123_subdomain(value: str) -> str:
+    if len(value) > 253 or not _SUBDOMAIN.match(value):
+        raise ValueError(
+            "must be a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' or '.', "
+            f"each part starting and ending with a letter or digit; got {value!r}"
+        )
+    return value
+
+
+Label = Annotated[str, AfterValidator(dns1123_label)]
+Subdomain = Annotated[str, AfterValidator(dns1123_subdomain)]

@@ -1,0 +1,132 @@
+"""The platform configuration file: where things go and how to reach the systems we drive.
+
+It holds no secret itself: credentials are read from environment variables it names.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from idp.durations import Duration
+from idp.loading import describe_errors
+from idp.models import API_VERSION, Delivery, Model
+from idp.names import Label
+
+
+class StateStoreConfig(Model):
+    url: str = Field(description="Anything git can push to; a relative path is read from the file.")
+    branch: str = "main"
+    path: str = Field("", description="Base directory inside the repository.")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = [p for p in value.split("/") if p]
+        if value.startswith("/") or ".." in parts or ".git" in parts:
+            raise ValueError(f"must be a relative directory inside the repository; got {value!r}")
+        return "/".join(parts)
+
+
+class Destination(Model):
+    name: Label
+    state_store: StateStoreConfig
+    default_delivery: Delivery = Delivery.SEALED_SECRET
+
+
+class ReconcileSettings(Model):
+    drift_interval: Duration = timedelta(minutes=10)
+    min_backoff: Duration = timedelta(seconds=10)
+    max_backoff: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReconcileSettings":
+        if self.drift_interval < timedelta(seconds=1):
+            raise ValueError("driftInterval must be at least 1s")
+        if not timedelta(0) < self.min_backoff <= self.max_backoff:
+            raise ValueError("minBackoff must be positive and at most maxBackoff")
+        return self
+
+
+class TemporalTls(Model):
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    server_name: str | None = None
+
+
+class TemporalConfig(Model):
+    address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = "idp"
+    api_key_env: str = Field("TEMPORAL_API_KEY", description="Variable holding an API key, if any.")
+    tls: TemporalTls | None = None
+    ui_url: str = Field("http://localhost:8233", description="Used for links in status and Port.")
+
+
+class Platform(Model):
+    api_version: str = API_VERSION
+    kind: str = "Platform"
+    destinations: list[Destination] = Field(min_length=1)
+    reconcile: ReconcileSettings = ReconcileSettings()
+    temporal: TemporalConfig = TemporalConfig()
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> "Platform":
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+
+class PlatformError(Exception):
+    """The platform file cannot be used; the message names the file and the field."""
+
+
+DEFAULT_ENV = "IDP_PLATFORM_CONFIG"
+
+
+def platform_path(explicit: str | None = None) -> Path | None:
+    value = explicit or os.environ.get(DEFAULT_ENV)
+    return Path(value) if value else None
+
+
+def load_platform(path: Path) -> Platform:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PlatformError(f"{path}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise PlatformError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(document, dict) or document.get("kind") != "Platform":
+        raise PlatformError(f"{path}: kind: must be Platform")
+    try:
+        platform = Platform.model_validate(document)
+    except ValidationError as error:
+        lines = describe_errors(error, Platform)
+        raise PlatformError("\n".join(f"{path}: {line}" for line in lines)) from None
+    return _resolve_local_paths(platform, path.parent.resolve())
+
+
+def _resolve_local_paths(platform: Platform, base: Path) -> Platform:
+    """Make relative state-store paths relative to the platform file, not to the caller's cwd."""
+    destinations = []
+    for destination in platform.destinations:
+        url = destination.state_store.url
+        if not _is_remote(url) and not Path(url).is_absolute():
+            store = destination.state_store.model_copy(update={"url": str((base / url).resolve())})
+            destination = destination.model_copy(update={"state_store": store})
+        destinations.append(destination)
+    return platform.model_copy(update={"destinations": destinations})
+
+
+def _is_remote(url: str) -> bool:
+    # git treats "host:path" (scp-like) and "scheme://" as remote; everything else is a path.
+    head = url.split("/", 1)[0]
+    return "://" in url or (":" in head and not head.endswith(":"))

@@ -1,0 +1,580 @@
+"""The git state store: make one directory per resource hold exactly its rendered manifests.
+
+Argo CD reads the branch, so the store writes only real differences and never an empty commit.
+
+Changes submitted concurrently to one store are group-committed: a single writer task turns
+everything queued into one commit and one push, which is what keeps a thousand workloads from
+costing a thousand pushes. Several workers (each with its own clone) share a branch safely: a
+rejected push means another worker won the race, and because every change is a desired state,
+re-applying the batch onto the new remote head is the correct rebase.
+
+The clone is bare and the commit is built with plumbing (ls-tree to see the head, fast-import to
+write blobs, trees and the commit on top of it) rather than in a checked-out work tree: it is the
+same "reset to the remote head, apply, commit" but costs a few milliseconds instead of a scan of
+every file, which keeps the window in which another worker can win the push race small. No
+checkout also means a symlink somebody committed can never redirect a write outside the clone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import re
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from idp.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 200
+# Lost races are normal when several workers push at once; give up only after this long (the
+# activity heartbeats meanwhile, and its own retry follows).
+PUSH_RETRY_SECONDS = 60.0
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 1.0
+NETWORK_TIMEOUT_SECONDS = 60.0
+
+# Answers from git that retrying cannot fix: wrong URL, missing or refused credentials.
+_PERMANENT_GIT_ERRORS = re.compile(
+    r"authentication failed|permission denied|repository not found|could not read username"
+    r"|does not appear to be a git repository|returned error: (401|403|404)",
+    re.IGNORECASE,
+)
+_URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_REGULAR_FILE_MODES = ("100644", "100755")
+# Commits are assembled on this private ref, then pushed by sha; the branch is never local.
+_PENDING_REF = "refs/idp/pending"
+
+# Variables that would point our git commands at somebody else's repository.
+_INHERITED_GIT_VARIABLES = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    directory: str
+    files: Mapping[str, str]
+    message: str
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    commit: str | None
+    written: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+_NO_OP = ChangeResult(commit=None, written=(), removed=())
+
+# A tree entry: (mode, object id).
+_Entry = tuple[str, str]
+_Queued = tuple[Change, asyncio.Future[ChangeResult]]
+
+
+@dataclass(frozen=True)
+class _Run:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+@dataclass
+class _Plan:
+    """What a batch does to the head: per-change effects, then the net edit for the commit."""
+
+    effects: list[tuple[list[str], list[str]]]
+    deletions: list[str]
+    writes: dict[str, bytes]
+    messages: list[str]
+
+
+class StateStore:
+    def __init__(
+        self,
+        url: str,
+        branch: str,
+        workdir: Path,
+        *,
+        author: str = "idp-reconciler",
+        email: str = "idp@localhost",
+    ) -> None:
+        if not isinstance(url, str) or not url.strip() or url.startswith("-"):
+            raise PermanentError(f"State store URL {redact_url(str(url))!r} is not a git URL.")
+        if _CONTROL_CHARACTERS.search(url + branch + author + email) or re.search(
+            "[<>]", author + email
+        ):
+            raise PermanentError(
+                f"State store {redact_url(url)!r}: the URL, branch, author or e-mail contains "
+                "control characters or angle brackets."
+            )
+        self.url = url
+        self.branch = branch
+        self.workdir = Path(workdir).absolute()
+        self._safe_url = redact_url(url)
+        # git runs inside the clone, so a relative local path must be anchored here and now.
+        self._git_url = url if _is_remote_url(url) else os.path.abspath(url)
+        self._committer = f"{author} <{email}>"
+        self._lockfile = self.workdir.parent / f".{self.workdir.name}.lock"
+        self._env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARIABLES}
+        self._env.update(GIT_TERMINAL_PROMPT="0", GIT_LITERAL_PATHSPECS="1", LC_ALL="C")
+        self._branch_checked = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = asyncio.Lock()
+        self._pending: list[_Queued] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def apply(self, change: Change) -> ChangeResult:
+        """Make `change.directory` hold exactly `change.files`; writes only what differs."""
+        change = _validated(change)
+        loop = self._bind_loop()
+        future: asyncio.Future[ChangeResult] = loop.create_future()
+        self._pending.append((change, future))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._drain())
+        return await future
+
+    async def read(self, directory: str) -> dict[str, str]:
+        """The directory's files at the remote branch head: relative name -> text."""
+        directory = _validated_directory(directory)
+        self._bind_loop()
+        async with self._exclusive():
+            await self._prepare()
+            head = await self._fetch()
+            if head is None:
+                return {}
+            entries = await self._entries(head, [directory])
+            paths = sorted(
+                path
+                for path, (mode, _) in entries.items()
+                if mode in _REGULAR_FILE_MODES and path.startswith(directory + "/")
+            )
+            if not paths:
+                return {}
+            request = "".join(f"{entries[p][1]}\n" for p in paths).encode()
+            blobs = await self._git("cat-file", "--batch", input=request)
+            names = [p.removeprefix(directory + "/") for p in paths]
+            return dict(zip(names, _split_batch(blobs.stdout), strict=True))
+
+    # The writer side.
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        # The registry outlives event loops (asyncio.run per CLI command, test loops), and a
+        # lock or writer task from a finished loop cannot be awaited in a new one.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._lock = asyncio.Lock()
+            self._pending = []
+            self._writer = None
+        return loop
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch: list[_Queued] = []
+            self._take(batch)
+            if not batch:
+                continue
+            try:
+                results = await self._commit(batch)
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+
+    def _take(self, batch: list[_Queued]) -> None:
+        """Move queued changes into the batch, up to its cap; callers that gave up are skipped."""
+        room = MAX_BATCH - len(batch)
+        batch += [(c, f) for c, f in self._pending[:room] if not f.done()]
+        del self._pending[:room]
+
+    async def _commit(self, batch: list[_Queued]) -> list[ChangeResult]:
+        """One commit for the batch; results follow the batch, which may grow while retrying."""
+        async with self._exclusive():
+            await self._prepare()
+            rejection = ""
+            deadline = asyncio.get_running_loop().time() + PUSH_RETRY_SECONDS
+            attempt = 0
+            while attempt == 0 or asyncio.get_running_loop().time() < deadline:
+                attempt += 1
+                if attempt > 1:
+                    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 8))
+                    await asyncio.sleep(random.uniform(0, ceiling))
+                    # Whatever was queued meanwhile rides along: a lost race costs no extra push.
+                    self._take(batch)
+                changes = [change for change, _ in batch]
+                head = await self._fetch()
+                plan = await self._plan(head, changes)
+                if not plan.deletions and not plan.writes:
+                    return [_NO_OP] * len(changes)
+                commit = await self._write_commit(head, plan)
+                rejection = await self._push(commit)
+                if not rejection:
+                    return [_result(commit, written, removed) for written, removed in plan.effects]
+                log.info("push to %s lost a race (%s); retrying", self._safe_url, rejection)
+            raise TransientError(
+                f"Pushing to branch {self.branch!r} of state store {self._safe_url} was rejected "
+                f"{attempt} times in {PUSH_RETRY_SECONDS:g}s (last: {rejection}): other writers "
+                "kept winning the race or the remote refuses our pushes.",
+                reason="PushRejected",
+            )
+
+    async def _plan(self, head: str | None, changes: Sequence[Change]) -> _Plan:
+        directories = sorted({change.directory for change in changes})
+        tree = await self._entries(head, directories) if head else {}
+        # A file standing where a resource needs a directory is in the way; only a resource
+        # whose directory is still empty can meet one, so ask git about those alone.
+        creating = [
+            c.directory
+            for c in changes
+            if c.files and not any(p.startswith(c.directory + "/") for p in tree)
+        ]
+        if head and creating:
+            tree |= await self._files_among(head, {a for d in creating for a in _ancestors(d)})
+        return _plan(tree, changes)
+
+    async def _entries(self, head: str, directories: Sequence[str]) -> dict[str, _Entry]:
+        """Every entry below the directories at `head`: path -> (mode, object id)."""
+        listing = await self._git("ls-tree", "-r", "-z", head, "--", *directories)
+        found: dict[str, _Entry] = {}
+        for record in filter(None, listing.stdout.decode(errors="surrogateescape").split("\0")):
+            meta, _, path = record.partition("\t")
+            mode, _, oid = meta.split(" ")
+            found[path] = (mode, oid)
+        return found
+
+    async def _files_among(self, head: str, paths: set[str]) -> dict[str, _Entry]:
+        """Those of `paths` that are files (not directories) at `head`."""
+        ordered = sorted(paths)
+        query = "".join(f"{head}:{p}\n" for p in ordered).encode()
+        answer = await self._git("cat-file", "--batch-check", input=query)
+        found: dict[str, _Entry] = {}
+        for path, line in zip(ordered, answer.stdout.decode().splitlines(), strict=True):
+            if line.endswith(" missing"):
+                continue
+            oid, kind, _ = line.split(" ")
+            if kind != "tree":
+                found[path] = (kind, oid)  # not a regular mode, so never "already as desired"
+        return found
+
+    async def _write_commit(self, head: str | None, plan: _Plan) -> str:
+        message = _commit_message(plan.messages).encode()
+        stream = bytearray(f"reset {_PENDING_REF}\ncommit {_PENDING_REF}\nmark :1\n".encode())
+        stream += f"committer {self._committer} now\ndata {len(message)}\n".encode() + message
+        stream += f"\nfrom {head}\n".encode() if head else b"\n"
+        for path in plan.deletions:
+            stream += f"D {_quoted(path)}\n".encode(errors="surrogateescape")
+        for path, data in plan.writes.items():
+            stream += f"M 100644 inline {_quoted(path)}\ndata {len(data)}\n".encode() + data + b"\n"
+        stream += b"\nget-mark :1\n"
+        written = await self._git(
+            "fast-import", "--quiet", "--force", "--date-format=now", input=bytes(stream)
+        )
+        return written.stdout.decode().strip()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        # The asyncio lock orders this process's users; the file lock keeps out any other
+        # process that was handed the same clone directory.
+        async with self._lock:
+            self._lockfile.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(0.02)
+                yield
+            finally:
+                os.close(fd)
+
+    async def _prepare(self) -> None:
+        if not (self.workdir / "HEAD").is_file():
+            if self.workdir.exists() and any(self.workdir.iterdir()):
+                raise PermanentError(
+                    f"The clone directory {self.workdir} for state store {self._safe_url} exists "
+                    "and is not a git clone; refusing to overwrite it."
+                )
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            await self._git("init", "--quiet", "--bare")
+        if not self._branch_checked:
+            valid = await self._git("check-ref-format", f"refs/heads/{self.branch}", check=False)
+            if valid.returncode != 0:
+                raise PermanentError(
+                    f"Branch {self.branch!r} of state store {self._safe_url} is not a valid git "
+                    "branch name."
+                )
+            self._branch_checked = True
+
+    async def _fetch(self) -> str | None:
+        """Fetch the branch; its head commit, or None when the remote has no such branch yet."""
+        tracking = f"refs/remotes/origin/{self.branch}"
+        refspec = f"+refs/heads/{self.branch}:{tracking}"
+        fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", self._git_url, refspec)
+        fetched = await self._git(*fetch, network=True, check=False)
+        if fetched.returncode == 0:
+            return (await self._git("rev-parse", "--verify", tracking)).stdout.decode().strip()
+        # Only ask whether the branch exists once the cheap path failed.
+        ls_remote = ("ls-remote", self._git_url, f"refs/heads/{self.branch}")
+        listed = await self._git(*ls_remote, network=True, check=False)
+        if listed.returncode == 0 and not listed.stdout.strip():
+            await self._git("update-ref", "-d", tracking, check=False)
+            return None
+        raise self._error("fetch", fetched.stderr)
+
+    async def _push(self, commit: str) -> str:
+        """Push the commit; "" on success, else why the remote refused (another writer won)."""
+        refspec = f"{commit}:refs/heads/{self.branch}"
+        push = ("push", "--porcelain", "--no-verify", self._git_url, refspec)
+        pushed = await self._git(*push, network=True, check=False)
+        if pushed.returncode == 0:
+            return ""
+        report = pushed.stdout.decode(errors="replace")
+        if "[rejected]" in report or "[remote rejected]" in report:
+            lines = [line for line in report.splitlines() if "rejected]" in line]
+            return redact_url(lines[0].split("\t")[-1]) if lines else "rejected"
+        raise self._error("push", pushed.stderr)
+
+    def _error(self, action: str, stderr: str) -> PermanentError | TransientError:
+        reason = _git_reason(stderr)
+        text = (
+            f"Could not {action} branch {self.branch!r} of state store {self._safe_url}: {reason}."
+        )
+        if _PERMANENT_GIT_ERRORS.search(stderr):
+            return PermanentError(text, reason="StateStoreUnreachable")
+        return TransientError(text, reason="StateStoreUnavailable")
+
+    async def _git(
+        self, *args: str, input: bytes | None = None, check: bool = True, network: bool = False
+    ) -> _Run:
+        # No background gc racing our next command for the clone's locks, and never the
+        # command-running ext:: transport, whatever the user's own configuration says.
+        process = await asyncio.create_subprocess_exec(
+            "git",
+            *("-c", "gc.autoDetach=false", "-c", "protocol.ext.allow=never"),
+            *args,
+            cwd=self.workdir,
+            env=self._env,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            timeout = NETWORK_TIMEOUT_SECONDS if network else None
+            stdout, stderr = await asyncio.wait_for(process.communicate(input), timeout)
+        except BaseException as error:
+            # Never leave a git process writing into the clone behind us.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            if isinstance(error, TimeoutError):
+                raise TransientError(
+                    f"git {args[0]} against state store {self._safe_url} timed out after "
+                    f"{NETWORK_TIMEOUT_SECONDS:.0f} seconds.",
+                    reason="StateStoreTimeout",
+                ) from None
+            raise
+        run = _Run(process.returncode or 0, stdout, stderr.decode(errors="replace"))
+        if check and run.returncode != 0:
+            raise TransientError(
+                f"git {args[0]} failed in the clone of state store {self._safe_url} at "
+                f"{self.workdir}: {_git_reason(run.stderr)}.",
+                reason="StateStoreCloneFailed",
+            )
+        return run
+
+
+def _plan(tree: dict[str, _Entry], changes: Sequence[Change]) -> _Plan:
+    """Apply the changes, in order, to the head's entries; only real differences survive."""
+    state = dict(tree)
+    contents: dict[str, bytes] = {}
+    effects: list[tuple[list[str], list[str]]] = []
+    for change in changes:
+        written: list[str] = []
+        removed: list[str] = []
+        prefix = change.directory + "/"
+        desired = {prefix + name: text.encode() for name, text in change.files.items()}
+        if desired:
+            for ancestor in _ancestors(change.directory):
+                if state.pop(ancestor, None):
+                    removed.append(ancestor)
+        for path in sorted(p for p in state if p.startswith(prefix) and p not in desired):
+            del state[path]
+            removed.append(path)
+        for path, data in sorted(desired.items()):
+            mode, oid = state.get(path, ("", ""))
+            if mode in _REGULAR_FILE_MODES and oid == _blob_id(data):
+                continue
+            state[path] = ("100644", _blob_id(data))
+            contents[path] = data
+            written.append(path)
+        effects.append((written, removed))
+    deletions = sorted(p for p in tree if p not in state)
+    writes = {p: contents[p] for p in sorted(state) if state[p] != tree.get(p)}
+    messages = [c.message for c, (w, r) in zip(changes, effects, strict=True) if w or r]
+    return _Plan(effects, deletions, writes, messages)
+
+
+def _result(commit: str, written: list[str], removed: list[str]) -> ChangeResult:
+    if not written and not removed:
+        return _NO_OP
+    return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
+
+
+def _blob_id(data: bytes) -> str:
+    """The object id git gives this content (SHA-1 repositories, git's default)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _ancestors(directory: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']."""
+    parts = directory.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _quoted(path: str) -> str:
+    # fast-import's C-style quoting; deletions may name paths somebody else committed.
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _commit_message(messages: Sequence[str]) -> str:
+    if len(messages) == 1:
+        return messages[0] + "\n"
+    lines = [f"idp: {len(messages)} resources", ""]
+    for message in messages:
+        first, *rest = message.splitlines()
+        lines.append(f"- {first}")
+        lines += [f"  {line}" if line.strip() else "" for line in rest]
+    return "\n".join(lines) + "\n"
+
+
+def _split_batch(output: bytes) -> list[str]:
+    """Contents from `git cat-file --batch`: "<id> <type> <size>\\n<bytes>\\n" per object."""
+    contents: list[str] = []
+    position = 0
+    while position < len(output):
+        header_end = output.index(b"\n", position)
+        size = int(output[position:header_end].split()[2])
+        start = header_end + 1
+        contents.append(output[start : start + size].decode(errors="replace"))
+        position = start + size + 1
+    return contents
+
+
+# Validation and messages.
+
+
+def _validated(change: Change) -> Change:
+    directory = _validated_directory(change.directory)
+    if not isinstance(change.files, Mapping):
+        raise PermanentError(
+            f"The files for state store directory {directory!r} must be a mapping."
+        )
+    for name, text in change.files.items():
+        if not _is_safe_relative(name):
+            raise PermanentError(
+                f"File name {name!r} in state store directory {directory!r} is not allowed: it "
+                "must be a relative path inside the directory, without '..', '.git' or empty "
+                "segments."
+            )
+        try:
+            text.encode()
+        except (AttributeError, UnicodeError):
+            raise PermanentError(f"File {directory}/{name} must be given as UTF-8 text.") from None
+    for name in change.files:
+        for parent in PurePosixPath(name).parents:
+            if str(parent) in change.files:
+                raise PermanentError(
+                    f"File names {str(parent)!r} and {name!r} in state store directory "
+                    f"{directory!r} conflict: one path cannot be both a file and a directory."
+                )
+    message = change.message.strip() if isinstance(change.message, str) else ""
+    return Change(directory, dict(change.files), message or f"idp: update {directory}")
+
+
+def _validated_directory(directory: str) -> str:
+    trimmed = directory.rstrip("/") if isinstance(directory, str) else ""
+    if not _is_safe_relative(trimmed):
+        raise PermanentError(
+            f"State store directory {directory!r} is not allowed: it must be a relative path "
+            "inside the repository, without '..', '.git' or empty segments."
+        )
+    return trimmed
+
+
+def _is_safe_relative(path: object) -> bool:
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
+        return False
+    if _CONTROL_CHARACTERS.search(path):
+        return False
+    # git itself refuses .GIT, ".git." and friends; so do we, before anything is written.
+    return all(
+        segment not in ("", ".", "..") and segment.lower().rstrip(". ") != ".git"
+        for segment in path.split("/")
+    )
+
+
+def _is_remote_url(url: str) -> bool:
+    if _URL_SCHEME.match(url):
+        return True
+    # scp-like user@host:path has a colon before any slash.
+    head, colon, _ = url.partition(":")
+    return bool(colon) and "/" not in head
+
+
+def redact_url(text: str) -> str:
+    """The URL (or any text holding URLs) without user:password@, fit for messages and logs."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+def _git_reason(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    chosen = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), None)
+    chosen = chosen or (lines[-1] if lines else "git gave no reason")
+    for prefix in ("fatal: ", "error: "):
+        chosen = chosen.removeprefix(prefix)
+    return redact_url(chosen).rstrip(".")[:300]
+
+
+# The process-wide registry: one store (one queue, one clone) per repository branch.
+
+_stores: dict[tuple[str, str], StateStore] = {}
+_stores_guard = threading.Lock()
+
+
+def state_store(url: str, branch: str, cache_dir: Path) -> StateStore:
+    """The shared store for (url, branch), cloned under cache_dir/<hash of url and branch>."""
+    with _stores_guard:
+        store = _stores.get((url, branch))
+        if store is None:
+            key = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
+            store = StateStore(url, branch, Path(cache_dir) / key)
+            _stores[(url, branch)] = store
+        return store

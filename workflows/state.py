@@ -1,0 +1,127 @@
+"""The durable memory of a workload: what it was asked for and what it created.
+
+One pydantic model, carried across continue-as-new, so a workflow that lives for years keeps
+knowing which commit, registry, user and credential version are its own.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from idp.models import Workload
+
+MAX_EVENTS = 20
+MAX_REQUEST_IDS = 256
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    PAUSED = "Paused"
+    DELETING = "Deleting"
+    DELETED = "Deleted"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class State(BaseModel):
+    """Base for mutable workflow state: camelCase JSON like the resources, and lenient about
+    fields an older worker did not know, so histories keep replaying as the state grows."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class Condition(State):
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+    last_transition_time: datetime
+
+
+class Event(State):
+    """A notable thing the workflow did, kept briefly for `describe`."""
+
+    time: datetime
+    step: str
+    message: str
+
+
+class ManifestsOutput(State):
+    directory: str
+    digest: str
+    commit: str | None = None
+
+
+class Outputs(State):
+    manifests: ManifestsOutput | None = None
+
+
+class WorkloadState(State):
+    workload: Workload
+    generation: int = 1
+    observed_generation: int = 0
+    phase: Phase = Phase.PENDING
+    paused: bool = False
+    deleting: bool = False
+    reconcile_requested: bool = False
+    conditions: list[Condition] = []
+    outputs: Outputs = Outputs()
+    events: list[Event] = []
+    failures: int = 0
+    next_check_at: datetime | None = None
+    request_ids: list[str] = []
+
+    def seen(self, request_id: str | None) -> bool:
+        """Record an external request id; True when it was handled before (a re-delivery)."""
+        if request_id is None:
+            return False
+        if request_id in self.request_ids:
+            return True
+        self.request_ids = [*self.request_ids[-(MAX_REQUEST_IDS - 1) :], request_id]
+        return False
+
+    def set_condition(
+        self, type_: str, status: ConditionStatus, reason: str, message: str, now: datetime
+    ) -> None:
+        current = self.condition(type_)
+        if current and (current.status, current.reason, current.message) == (
+            status,
+            reason,
+            message,
+        ):
+            return
+        changed = current is None or current.status != status
+        condition = Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=now if changed else current.last_transition_time,
+        )
+        if current is None:
+            self.conditions.append(condition)
+        else:
+            self.conditions = [condition if c.type == type_ else c for c in self.conditions]
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def add_event(self, step: str, message: str, now: datetime) -> None:
+        self.events = [
+            *self.events[-(MAX_EVENTS - 1) :],
+            Event(time=now, step=step, message=message),
+        ]

@@ -1,0 +1,337 @@
+"""WorkloadWorkflow: one long-running entity workflow per workload.
+
+Handlers only record intent in the state; the main loop does all the work: a reconcile pass runs
+the steps in order as activities, then the loop sleeps until a message arrives, the next drift
+check, or the next deadline. An external failure never fails the workflow: the step's condition
+goes False, the phase Degraded, and the next pass retries after a capped backoff.
+"""
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.heartbeat import HEARTBEAT_TIMEOUT
+    from activities.platform import PlatformActivities
+    from activities.statestore import ManifestsInput, ManifestsResult, StateStoreActivities
+    from idp.models import disallowed_changes
+    from idp.platform import ReconcileSettings
+    from workflows import search_attributes as sa
+    from workflows.messages import (
+        ApplyRequest,
+        ApplyResult,
+        SignalRequest,
+        WaitReadyRequest,
+        WorkloadInput,
+        WorkloadStatus,
+    )
+    from workflows.state import ConditionStatus, ManifestsOutput, Phase, WorkloadState
+
+R = TypeVar("R")
+
+# Retries inside one pass absorb blips; longer outages are the loop's job (backoff between passes),
+# so the workflow keeps answering queries and messages instead of sitting in one activity for hours.
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
+STEP_TIMEOUT = timedelta(minutes=2)
+
+MANIFESTS = "Manifests"
+
+
+@workflow.defn
+class WorkloadWorkflow:
+    @workflow.init
+    def __init__(self, input: WorkloadInput) -> None:
+        if input.state is not None:
+            self.state = input.state
+        else:
+            self.state = WorkloadState(workload=input.workload)
+            self.state.seen(input.request_id)
+        self._settings = ReconcileSettings()
+
+    # ---- messages: they only record intent; the loop acts on it -------------------------------
+
+    @workflow.update
+    def apply(self, request: ApplyRequest) -> ApplyResult:
+        if self.state.seen(request.request_id) or request.workload == self.state.workload:
+            return ApplyResult(generation=self.state.generation, changed=False)
+        self.state.workload = request.workload
+        self.state.generation += 1
+        return ApplyResult(generation=self.state.generation, changed=True)
+
+    @apply.validator
+    def _validate_apply(self, request: ApplyRequest) -> None:
+        if request.request_id is not None and request.request_id in self.state.request_ids:
+            return
+        new = request.workload
+        workflow_id = workflow.info().workflow_id
+        if new.workflow_id != workflow_id:
+            _reject(f"this workflow manages {workflow_id!r}; the spec names {new.workflow_id!r}")
+        if self.state.deleting:
+            _reject(f"{workflow_id} is being deleted; apply it again once deletion has finished")
+        for problem in disallowed_changes(self.state.workload, request.workload):
+            _reject(problem)
+
+    @workflow.update
+    async def wait_ready(self, request: WaitReadyRequest) -> WorkloadStatus:
+        def ready() -> bool:
+            observed = self.state.observed_generation >= request.generation
+            return (observed and self.state.phase == Phase.READY) or self.state.phase in (
+                Phase.DELETED,
+                Phase.PAUSED,
+            )
+
+        try:
+            await workflow.wait_condition(ready, timeout=request.timeout_seconds)
+        except TimeoutError:
+            pass
+        return self.status()
+
+    @workflow.signal
+    def reconcile(self, request: SignalRequest | None = None) -> None:
+        if not self.state.seen(_request_id(request)):
+            self.state.reconcile_requested = True
+
+    @workflow.signal
+    def pause(self, request: SignalRequest | None = None) -> None:
+        if not self.state.seen(_request_id(request)):
+            self.state.paused = True
+
+    @workflow.signal
+    def resume(self, request: SignalRequest | None = None) -> None:
+        if not self.state.seen(_request_id(request)):
+            self.state.paused = False
+
+    @workflow.signal
+    def delete(self, request: SignalRequest | None = None) -> None:
+        if not self.state.seen(_request_id(request)):
+            self.state.deleting = True
+
+    @workflow.query
+    def status(self) -> WorkloadStatus:
+        state = self.state
+        return WorkloadStatus(
+            name=state.workload.metadata.name,
+            system=state.workload.metadata.system,
+            workload=state.workload,
+            phase=state.phase,
+            paused=state.paused,
+            generation=state.generation,
+            observed_generation=state.observed_generation,
+            conditions=state.conditions,
+            outputs=state.outputs,
+            events=state.events,
+            next_check_at=state.next_check_at,
+        )
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: WorkloadInput) -> WorkloadStatus:
+        self._settings = await workflow.execute_local_activity_method(
+            PlatformActivities.reconcile_settings,
+            start_to_close_timeout=timedelta(seconds=10),
+            summary="read reconcile settings",
+        )
+        self._sync_search_attributes()
+        while True:
+            if self.state.deleting:
+                if await self._teardown():
+                    self._set_phase(Phase.DELETED)
+                    return self.status()
+            elif self.state.paused:
+                self._set_phase(Phase.PAUSED)
+            else:
+                await self._reconcile()
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    WorkloadInput(workload=self.state.workload, state=self.state)
+                )
+            await self._sleep()
+
+    def _has_work(self) -> bool:
+        """Something the loop has not acted on yet (a failed teardown waits for its backoff)."""
+        state = self.state
+        if state.deleting:
+            return state.phase != Phase.DELETING
+        if state.paused != (state.phase == Phase.PAUSED):
+            return True
+        return not state.paused and (
+            state.reconcile_requested or state.generation > state.observed_generation
+        )
+
+    async def _sleep(self) -> None:
+        if self.state.paused and not self.state.deleting:
+            self.state.next_check_at = None
+            await workflow.wait_condition(self._has_work)
+            return
+        if self.state.failures:
+            backoff = self._settings.min_backoff * 2 ** min(self.state.failures - 1, 16)
+            interval = min(backoff, self._settings.max_backoff, self._settings.drift_interval)
+            summary = "retry after backoff"
+        else:
+            interval = self._settings.drift_interval
+            summary = "next drift check"
+        self.state.next_check_at = workflow.now() + interval
+        try:
+            await workflow.wait_condition(self._has_work, timeout=interval, timeout_summary=summary)
+        except TimeoutError:
+            pass
+
+    async def _reconcile(self) -> None:
+        generation = self.state.generation
+        if self.state.observed_generation < generation:
+            self._set_phase(Phase.PROVISIONING)
+        self.state.reconcile_requested = False
+        ok = await self._manifests()
+        self.state.observed_generation = generation
+        self.state.failures = 0 if ok else self.state.failures + 1
+        self._set_phase(Phase.READY if ok else Phase.DEGRADED)
+
+    async def _teardown(self) -> bool:
+        """Undo the steps in reverse order; False when something failed and must be retried."""
+        self._set_phase(Phase.DELETING)
+        result = await self._step(
+            MANIFESTS,
+            StateStoreActivities.remove_workload_manifests,
+            self._manifests_input(),
+            f"remove manifests from {self.state.workload.spec.destination}",
+        )
+        if result is None:
+            self.state.failures += 1
+            return False
+        self.state.outputs.manifests = None
+        self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
+        return True
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    def _manifests_input(self) -> ManifestsInput:
+        return ManifestsInput(
+            workload=self.state.workload,
+            generation=self.state.generation,
+            workflow_id=workflow.info().workflow_id,
+        )
+
+    async def _manifests(self) -> bool:
+        destination = self.state.workload.spec.destination
+        result = await self._step(
+            MANIFESTS,
+            StateStoreActivities.write_workload_manifests,
+            self._manifests_input(),
+            f"write manifests to {destination}",
+        )
+        if result is None:
+            return False
+        previous = self.state.outputs.manifests
+        self.state.outputs.manifests = ManifestsOutput(
+            directory=result.directory,
+            digest=result.digest,
+            commit=result.commit or (previous.commit if previous else None),
+        )
+        if result.commit is None:
+            message = f"{result.directory} in sync"
+            self._condition(MANIFESTS, ConditionStatus.TRUE, "InSync", message)
+            return True
+        if previous is not None and previous.digest == result.digest:
+            message = f"restored files changed outside the reconciler: {_changed(result)}"
+            self.state.add_event(MANIFESTS, f"drift repaired ({message})", workflow.now())
+            self._condition(MANIFESTS, ConditionStatus.TRUE, "DriftRepaired", message)
+        else:
+            message = f"committed {_changed(result)} at {result.commit[:12]}"
+            self.state.add_event(MANIFESTS, message, workflow.now())
+            self._condition(MANIFESTS, ConditionStatus.TRUE, "Applied", message)
+        return True
+
+    async def _step(
+        self,
+        condition: str,
+        activity: Callable[[Any, Any], Awaitable[R]],
+        request: Any,
+        summary: str,
+    ) -> R | None:
+        """Run one step's activity; on failure record why and return None."""
+        try:
+            return await workflow.execute_activity_method(
+                activity,
+                request,
+                start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=STEP_RETRY,
+                summary=summary,
+            )
+        except ActivityError as error:
+            reason, message = _failure(error)
+            first = self.state.condition(condition)
+            if first is None or first.status != ConditionStatus.FALSE or first.reason != reason:
+                self.state.add_event(condition, f"failed: {message}", workflow.now())
+            self._condition(condition, ConditionStatus.FALSE, reason, message)
+            return None
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+
+    def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.state.set_condition(type_, status, reason, message, workflow.now())
+
+    def _set_phase(self, phase: Phase) -> None:
+        if phase != self.state.phase:
+            self.state.phase = phase
+            self._sync_search_attributes()
+        workflow.set_current_details(self._details())
+
+    def _sync_search_attributes(self) -> None:
+        workload = self.state.workload
+        desired: list[SearchAttributePair[Any]] = [
+            sa.KIND.value_set("Workload"),
+            sa.SYSTEM.value_set(workload.metadata.system),
+            sa.PHASE.value_set(self.state.phase.value),
+            sa.DESTINATION.value_set(workload.spec.destination),
+            sa.OWNER.value_set(workload.spec.owner),
+        ]
+        current: TypedSearchAttributes = workflow.info().typed_search_attributes
+        changed = [pair for pair in desired if current.get(pair.key) != pair.value]
+        if changed:
+            workflow.upsert_search_attributes(changed)
+
+    def _details(self) -> str:
+        lines = [f"**{self.state.phase.value}** · generation {self.state.generation}"]
+        for c in self.state.conditions:
+            mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
+            lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
+        return "\n".join(lines)
+
+
+def _reject(message: str) -> None:
+    raise ApplicationError(message, type="InvalidApply", non_retryable=True)
+
+
+def _request_id(request: SignalRequest | None) -> str | None:
+    return request.request_id if request else None
+
+
+def _failure(error: ActivityError) -> tuple[str, str]:
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "Error", cause.message
+    if isinstance(cause, ActivityTimeoutError):
+        return "Timeout", f"the activity timed out ({cause.type.name if cause.type else 'timeout'})"
+    return type(cause).__name__ if cause else "Error", str(cause or error)
+
+
+def _changed(result: ManifestsResult) -> str:
+    paths = [*result.written, *(f"-{p}" for p in result.removed)]
+    return ", ".join(p.rsplit("/", 1)[-1] for p in paths) or "nothing"
+
+
+def _removed(result: ManifestsResult) -> str:
+    return f"removed {result.directory}" if result.commit else f"{result.directory} already absent"

@@ -158,9 +158,8 @@ def idpctl(stack: Stack, *args: str) -> int:
     ).returncode
 
 
-async def cmd_dev(args: argparse.Namespace) -> None:
-    root = Path(args.state_dir).resolve()
-    stack = Stack(root=root, host="127.0.0.1", port=args.port, ui_port=args.ui_port)
+async def start(stack: Stack) -> None:
+    """Start the server and the worker; on failure, whatever started is left for stack.stop()."""
     for port in (stack.port, stack.ui_port):
         if not port_free(stack.host, port):
             raise SystemExit(
@@ -170,43 +169,29 @@ async def cmd_dev(args: argparse.Namespace) -> None:
     stack.logs.mkdir(parents=True, exist_ok=True)
     init_state_store(stack)
     write_platform(stack)
+    stack.spawn("temporal", [
+        binary("temporal"), "server", "start-dev",
+        "--ip", stack.host, "--port", str(stack.port), "--ui-port", str(stack.ui_port),
+        "--db-filename", str(stack.root / "temporal.db"), "--log-level", "warn",
+        *search_attributes.dev_server_args(),
+    ])  # fmt: skip
+    await wait_for_server(stack)
+    stack.spawn("worker", [
+        sys.executable, "-m", "worker", "--platform", str(stack.platform_file),
+        "--cache-dir", str(stack.root / "worker"),
+    ])  # fmt: skip
+
+
+async def cmd_dev(args: argparse.Namespace) -> None:
+    stack = Stack(
+        root=Path(args.state_dir).resolve(), host="127.0.0.1", port=args.port, ui_port=args.ui_port
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        stack.spawn(
-            "temporal",
-            [
-                binary("temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                stack.host,
-                "--port",
-                str(stack.port),
-                "--ui-port",
-                str(stack.ui_port),
-                "--db-filename",
-                str(root / "temporal.db"),
-                "--log-level",
-                "warn",
-                *search_attributes.dev_server_args(),
-            ],
-        )
-        await wait_for_server(stack)
-        stack.spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "--platform",
-                str(stack.platform_file),
-                "--cache-dir",
-                str(root / "worker"),
-            ],
-        )
+        await start(stack)
         _print_summary(stack)
         if args.apply:
             code = await asyncio.to_thread(

@@ -4,11 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from idp.models import Workload, disallowed_changes
@@ -48,15 +44,6 @@ async def apply_workload(
         id=workload.workflow_id,
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.KIND, "Workload"),
-                SearchAttributePair(sa.SYSTEM, workload.metadata.system),
-                SearchAttributePair(sa.PHASE, "Pending"),
-                SearchAttributePair(sa.DESTINATION, workload.spec.destination),
-                SearchAttributePair(sa.OWNER, workload.spec.owner),
-            ]
-        ),
         static_summary=(
             f"Workload {workload.metadata.system}/{workload.metadata.name} → "
             f"{workload.spec.destination}/{workload.spec.namespace}"

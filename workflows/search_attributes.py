@@ -1,6 +1,12 @@
 """Search attributes the workflows maintain, so operators can ask "which workloads are Degraded"
 or "what runs on destination X" in the Temporal UI and `temporal workflow list --query`."""
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 
 KIND = SearchAttributeKey.for_keyword("IdpKind")
@@ -24,3 +30,23 @@ def dev_server_args() -> list[str]:
     for key in ALL:
         args += ["--search-attribute", f"{key.name}={_TYPE_NAMES[key.indexed_value_type]}"]
     return args
+
+
+async def register(client: Client, namespace: str) -> list[str]:
+    """Register every attribute that is missing on the server; returns the names added.
+
+    What `idpctl platform init` runs against a self-hosted cluster (Temporal Cloud namespaces are
+    configured in its UI or tcld instead)."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+        for key in ALL
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return sorted(missing)

@@ -83,15 +83,18 @@ class WorkloadWorkflow:
 
     @workflow.update
     async def wait_ready(self, request: WaitReadyRequest) -> WorkloadStatus:
-        def ready() -> bool:
-            observed = self.state.observed_generation >= request.generation
-            return (observed and self.state.phase == Phase.READY) or self.state.phase in (
-                Phase.DELETED,
-                Phase.PAUSED,
+        def settled() -> bool:
+            state = self.state
+            observed = state.observed_generation >= request.generation
+            # Paused and deleted workloads will not get there; tell the caller now.
+            return (
+                (observed and state.phase == Phase.READY)
+                or (state.paused and state.phase == Phase.PAUSED)
+                or state.phase == Phase.DELETED
             )
 
         try:
-            await workflow.wait_condition(ready, timeout=request.timeout_seconds)
+            await workflow.wait_condition(settled, timeout=request.timeout_seconds)
         except TimeoutError:
             pass
         return self.status()
@@ -290,6 +293,8 @@ class WorkloadWorkflow:
         workflow.set_current_details(self._details())
 
     def _sync_search_attributes(self) -> None:
+        if not self._settings.search_attributes:
+            return
         workload = self.state.workload
         desired: list[SearchAttributePair[Any]] = [
             sa.KIND.value_set("Workload"),

@@ -44,6 +44,8 @@ def start_dev_server(*extra: str) -> WorkflowEnvironment:
 
 
 def start_time_skipping() -> WorkflowEnvironment:
+    """The time-skipping test server; it cannot register search attributes (no operator API),
+    so workers on it need a platform with `searchAttributes: false`."""
     return WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=data_converter(),
@@ -80,13 +82,16 @@ def read(repo: Path, path: str) -> str | None:
         return None
 
 
-def platform_for(repo: Path, drift_interval: timedelta = timedelta(minutes=10)) -> Platform:
+def platform_for(
+    repo: Path, drift_interval: timedelta = timedelta(minutes=10), *, search_attributes: bool = True
+) -> Platform:
     return Platform(
         destinations=[Destination(name="dev", state_store=StateStoreConfig(url=str(repo)))],
         reconcile=ReconcileSettings(
             drift_interval=drift_interval,
             min_backoff=timedelta(seconds=1),
             max_backoff=timedelta(seconds=5),
+            search_attributes=search_attributes,
         ),
     )
 

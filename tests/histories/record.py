@@ -1,0 +1,144 @@
+"""Record the workflow histories that tests/test_replay.py replays.
+
+    .venv/bin/python tests/histories/record.py
+
+Run it when a new scenario is worth pinning (never to "fix" a failing replay: a history that no
+longer replays means the code change needs `workflow.patched` or a new workflow version). Each
+scenario runs on a fresh dev server with a low continue-as-new threshold, against a real git repo.
+"""
+
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/, for support.*
+
+from support.stack import bare_repo, git, platform_for, running_worker, start_dev_server  # noqa: E402
+
+from idp.models import Workload  # noqa: E402
+from starter.operations import apply_workload  # noqa: E402
+from workflows.messages import WaitReadyRequest  # noqa: E402
+from workflows.state import Phase  # noqa: E402
+from workflows.workload import WorkloadWorkflow  # noqa: E402
+
+QUEUE = "idp"
+Scenario = Callable[[Client, Path, str], Awaitable[WorkflowHandle]]
+
+
+def workload(name: str, **spec: object) -> Workload:
+    return Workload.model_validate(
+        {
+            "metadata": {"name": name, "system": "replay"},
+            "spec": {"owner": "team-demo", "destination": "dev", "namespace": "demo", **spec},
+        }
+    )
+
+
+async def ready(handle: WorkflowHandle, generation: int) -> None:
+    status = await handle.execute_update(
+        WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=generation, timeout_seconds=30)
+    )
+    assert status.phase == Phase.READY, status
+
+
+async def until_phase(handle: WorkflowHandle, phase: Phase) -> None:
+    async with asyncio.timeout(30):
+        while (await handle.query(WorkloadWorkflow.status)).phase != phase:
+            await asyncio.sleep(0.1)
+
+
+async def apply_change_reconcile(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    await apply_workload(client, QUEUE, workload(name), request_id="run-1")
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await ready(handle, 1)
+    await apply_workload(client, QUEUE, workload(name, serviceAccount="renamed"), "run-2")
+    await ready(handle, 2)
+    await handle.signal(WorkloadWorkflow.reconcile)
+    await handle.signal(WorkloadWorkflow.pause)
+    await until_phase(handle, Phase.PAUSED)
+    await handle.signal(WorkloadWorkflow.resume)
+    await ready(handle, 2)
+    return handle
+
+
+async def drift_repair(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    await apply_workload(client, QUEUE, workload(name))
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await ready(handle, 1)
+    clone = repo.parent / f"clone-{name}"
+    git("clone", "--quiet", str(repo), str(clone))
+    git("rm", "--quiet", f"dev/demo/{name}/serviceaccount.yaml", cwd=clone)
+    git("commit", "--quiet", "-m", "hand delete", cwd=clone)
+    git("push", "--quiet", "origin", "main", cwd=clone)
+    await handle.signal(WorkloadWorkflow.reconcile)
+    async with asyncio.timeout(30):
+        while not any(
+            c.reason == "DriftRepaired"
+            for c in (await handle.query(WorkloadWorkflow.status)).conditions
+        ):
+            await asyncio.sleep(0.1)
+    return handle
+
+
+async def degraded_then_recovered(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    hidden = repo.with_name("hidden.git")
+    repo.rename(hidden)
+    await apply_workload(client, QUEUE, workload(name))
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await until_phase(handle, Phase.DEGRADED)
+    hidden.rename(repo)
+    await ready(handle, 1)
+    return handle
+
+
+async def continue_as_new(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    await apply_workload(client, QUEUE, workload(name), request_id="run-1")
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await ready(handle, 1)
+    first = (await handle.describe()).run_id
+    async with asyncio.timeout(60):
+        while (await handle.describe()).run_id == first:
+            await handle.signal(WorkloadWorkflow.reconcile)
+            await asyncio.sleep(0.05)
+    return client.get_workflow_handle(handle.id, run_id=first)
+
+
+async def delete(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    await apply_workload(client, QUEUE, workload(name))
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await ready(handle, 1)
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    return handle
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "workload-apply-change-pause": apply_change_reconcile,
+    "workload-drift-repair": drift_repair,
+    "workload-degraded-recovered": degraded_then_recovered,
+    "workload-continue-as-new": continue_as_new,
+    "workload-delete": delete,
+}
+
+
+async def main() -> None:
+    limit = "limit.historyCount.suggestContinueAsNew=60"
+    async with await start_dev_server("--dynamic-config-value", limit) as env:
+        for name, scenario in SCENARIOS.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                repo = bare_repo(Path(tmp) / "state.git")
+                platform = platform_for(repo)
+                async with running_worker(env.client, platform, QUEUE, Path(tmp) / "cache"):
+                    handle = await scenario(env.client, repo, name)
+                    history = await handle.fetch_history()
+            (HERE / f"{name}.json").write_text(history.to_json() + "\n")
+            print(f"recorded {name}: {len(history.events)} events")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

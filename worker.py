@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.aws import AwsActivities
 from activities.platform import PlatformActivities
 from activities.statestore import StateStoreActivities
+from idp.keyring import ENV_FORMAT, KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from starter import temporal
 from workflows.workload import WorkloadWorkflow
@@ -32,8 +33,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def activities(platform: Platform, cache_dir: Path) -> list:
     state_store = StateStoreActivities(platform, cache_dir / "statestore")
+    aws = AwsActivities(platform)
     return [
-        PlatformActivities(platform).reconcile_settings,
+        PlatformActivities(platform).runtime_settings,
+        aws.ensure_registry,
+        aws.remove_registry,
         state_store.write_workload_manifests,
         state_store.remove_workload_manifests,
     ]
@@ -57,6 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=".idp/worker",
         help="where the worker keeps its git clones (default: .idp/worker)",
     )
+    parser.add_argument(
+        "--insecure-no-encryption",
+        action="store_true",
+        help=f"run without {temporal.CODEC_KEYS_ENV}: payloads are stored in plaintext "
+        "(local experiments only; `idpctl dev` sets up a key for you)",
+    )
     temporal.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -66,6 +76,31 @@ async def run(args: argparse.Namespace) -> int:
     if path is None:
         log.error("no platform configuration: pass --platform FILE or set IDP_PLATFORM_CONFIG")
         return 2
+    try:
+        keyring = temporal.codec_keyring()
+    except KeyRingError as error:
+        log.error("%s", error)
+        return 2
+    if keyring is None and not args.insecure_no_encryption:
+        # Refuse rather than fall back: a worker writing plaintext into a namespace whose other
+        # workers encrypt would leak every payload it handles, silently.
+        log.error(
+            "%s is not set, so workflow payloads would be stored in plaintext; set it to the "
+            "payload key ring (%s), or pass --insecure-no-encryption for local experiments",
+            temporal.CODEC_KEYS_ENV,
+            ENV_FORMAT,
+        )
+        return 2
+    if keyring is None:
+        log.warning(
+            "INSECURE: --insecure-no-encryption given and %s not set: every workflow payload and "
+            "failure message is stored in PLAINTEXT in Temporal; never run like this with real "
+            "workloads",
+            temporal.CODEC_KEYS_ENV,
+        )
+    else:
+        ignored = " (--insecure-no-encryption ignored)" if args.insecure_no_encryption else ""
+        log.info("payload encryption on, encrypting with key %r%s", keyring.current_key_id, ignored)
     try:
         platform = load_platform(path)
         settings = temporal.settings(args, platform.temporal)
@@ -90,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    sys.exit(asyncio.run(run(parse_args(argv))))
+    temporal.exit_now(asyncio.run(run(parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
-"""Platform settings the workflow needs, read through an activity so history records them."""
+"""What the workflow needs to know about the platform, read through a local activity so history
+records it and a changed platform file takes effect on the next pass."""
 
+from pydantic import Field
 from temporalio import activity
 
+from idp.models import Model
 from idp.platform import Platform, ReconcileSettings
+
+
+class RuntimeSettings(Model):
+    reconcile: ReconcileSettings = ReconcileSettings()
+    registry: bool = Field(False, description="The platform offers registries (aws configured).")
 
 
 class PlatformActivities:
@@ -10,5 +18,7 @@ class PlatformActivities:
         self._platform = platform
 
     @activity.defn
-    async def reconcile_settings(self) -> ReconcileSettings:
-        return self._platform.reconcile
+    async def runtime_settings(self) -> RuntimeSettings:
+        return RuntimeSettings(
+            reconcile=self._platform.reconcile, registry=self._platform.aws is not None
+        )

@@ -12,14 +12,16 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ALLOWED = "a duration such as 90s, 10m, 1h30m or 7d"
+_MAX_SECONDS = timedelta.max // timedelta(seconds=1)
 
 
 def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
+    seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str):
         match = _PATTERN.match(value.strip())
         if match and any(match.groups()):
             seconds = sum(
@@ -27,7 +29,10 @@ def parse_duration(value: object) -> timedelta:
                 for part, unit in zip(match.groups(), _UNITS.values(), strict=True)
                 if part
             )
-            return timedelta(seconds=seconds)
+    # No setting here is a negative time; NaN, infinity or a number past timedelta's range would
+    # raise something other than ValueError, which pydantic lets escape as a crash.
+    if seconds is not None and 0 <= seconds <= _MAX_SECONDS:
+        return timedelta(seconds=seconds)
     raise ValueError(f"expected {_ALLOWED}, got {value!r}")
 
 

@@ -7,6 +7,7 @@ or changes nothing.
 import re
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,45 @@ _SECRET_PATTERNS = {
     "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "a NATS user JWT": re.compile(r"-----BEGIN NATS USER JWT-----"),
 }
+
+
+class YamlLoader(yaml.SafeLoader):
+    """Safe loading that rejects a key given twice in one mapping.
+
+    PyYAML silently keeps the last value, so a pasted second `owner:` would replace the first
+    without a word; like unknown fields, that is an error here.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may be overridden; that is their point
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """`line L, column C: not valid YAML (what)` on one line, without PyYAML's excerpt."""
+    if isinstance(error, yaml.reader.ReaderError):
+        # Control characters: the reader reports an offset, not a mark, and a multi-line message.
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        return (
+            f"line {line}, column {column}: not valid YAML "
+            f"(character #x{error.character:04x} is not allowed)"
+        )
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    return f"{where}not valid YAML ({problem})"
 
 
 @dataclass(frozen=True)
@@ -61,6 +101,9 @@ def load(paths: list[Path]) -> list[Loaded]:
         for file in files:
             loaded += _load_file(file, problems)
     _check_duplicates(loaded, problems)
+    if not loaded and not problems:
+        # Like kubectl: an apply that would silently do nothing is more likely a mistake.
+        problems.append(f"{', '.join(map(str, paths))}: no resources found (empty documents only)")
     if problems:
         raise InputError(problems)
     return loaded
@@ -72,22 +115,29 @@ def _load_file(file: Path, problems: list[str]) -> list[Loaded]:
         problems.append(f"{file}: is {size} bytes; at most {MAX_FILE_BYTES} bytes are allowed")
         return []
     try:
-        documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         problems.append(f"{file}: is not UTF-8 text")
         return []
+    try:
+        documents = list(yaml.load_all(text, Loader=YamlLoader))
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        problems.append(f"{file}: {where}not valid YAML ({problem})")
+        problems.append(f"{file}: {yaml_problem(error, text)}")
+        return []
+    except RecursionError:
+        problems.append(f"{file}: nests too deeply to read; no resource is shaped like that")
         return []
     loaded = []
     for index, document in enumerate(documents, start=1):
         if document is None:
             continue
         where = f"{file}: document {index}"
-        resource = parse_document(document, where, problems)
+        try:
+            resource = parse_document(document, where, problems)
+        except RecursionError:
+            # A YAML alias can make a document contain itself, which every walk follows forever.
+            problems.append(f"{where}: contains itself through a YAML alias (*name)")
+            continue
         if resource is not None:
             loaded.append(Loaded(str(file), index, resource))
     return loaded

@@ -123,12 +123,14 @@ class NatsPermissions(Model):
 
 
 class NatsCredentials(Model):
-    ttl: Duration = timedelta(days=7)
+    # pydantic writes a timedelta default as ISO 8601 ("P7D") in the JSON Schema, which the
+    # schema's own pattern and the loader reject; state it the way users write it.
+    ttl: Duration = Field(timedelta(days=7), json_schema_extra={"default": "7d"})
     refresh_before: Duration | None = Field(
         None, description="Refresh this long before expiry; one third of ttl when unset."
     )
     key_rotation: Duration | None = Field(None, description="Rotate the nkey this often.")
-    rotation_grace: Duration = timedelta(hours=1)
+    rotation_grace: Duration = Field(timedelta(hours=1), json_schema_extra={"default": "1h"})
     delivery: Delivery | None = Field(None, description="Platform default when unset.")
     secret_name: Subdomain | None = Field(None, description="<workload>-nats when unset.")
 

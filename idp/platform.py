@@ -6,12 +6,13 @@ It holds no secret itself: credentials are read from environment variables it na
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from idp.durations import Duration
-from idp.loading import describe_errors
+from idp.loading import YamlLoader, describe_errors, yaml_problem
 from idp.models import API_VERSION, Delivery, Model
 from idp.names import Label
 
@@ -30,9 +31,24 @@ class StateStoreConfig(Model):
         return "/".join(parts)
 
 
+class ClusterIdentity(Model):
+    """How pods on the destination cluster assume their workload's IAM role."""
+
+    trust: Literal["irsa", "pod-identity"] = "irsa"
+    oidc_provider_arn: str | None = Field(None, description="IRSA: the cluster's OIDC provider.")
+    oidc_issuer_url: str | None = Field(None, description="IRSA: or its issuer URL.")
+
+    @model_validator(mode="after")
+    def _irsa_needs_oidc(self) -> "ClusterIdentity":
+        if self.trust == "irsa" and not (self.oidc_provider_arn or self.oidc_issuer_url):
+            raise ValueError("trust irsa needs oidcProviderArn or oidcIssuerUrl")
+        return self
+
+
 class Destination(Model):
     name: Label
     state_store: StateStoreConfig
+    cluster: ClusterIdentity | None = Field(None, description="Needed when aws is configured.")
     default_delivery: Delivery = Delivery.SEALED_SECRET
 
 
@@ -40,6 +56,11 @@ class ReconcileSettings(Model):
     drift_interval: Duration = timedelta(minutes=10)
     min_backoff: Duration = timedelta(seconds=10)
     max_backoff: Duration = timedelta(minutes=10)
+    search_attributes: bool = Field(
+        True,
+        description="Maintain the Idp* search attributes; turn off only for a namespace where "
+        "they cannot be registered (workflow tasks fail on undefined attributes).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "ReconcileSettings":
@@ -48,6 +69,15 @@ class ReconcileSettings(Model):
         if not timedelta(0) < self.min_backoff <= self.max_backoff:
             raise ValueError("minBackoff must be positive and at most maxBackoff")
         return self
+
+
+class AwsConfig(Model):
+    """Where registries and roles live. Credentials come from the standard AWS chain."""
+
+    region: str = Field(pattern=r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
+    account_id: str = Field(pattern=r"^\d{12}$")
+    endpoint_url: str | None = Field(None, description="Override, e.g. a local moto server.")
+    repository_prefix: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]*/)?$")
 
 
 class TemporalTls(Model):
@@ -72,9 +102,17 @@ class Platform(Model):
     destinations: list[Destination] = Field(min_length=1)
     reconcile: ReconcileSettings = ReconcileSettings()
     temporal: TemporalConfig = TemporalConfig()
+    aws: AwsConfig | None = Field(None, description="Without it, workloads get no registry.")
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "Platform":
+        if self.aws is not None:
+            missing = [d.name for d in self.destinations if d.cluster is None]
+            if missing:
+                raise ValueError(
+                    f"with aws configured, every destination needs cluster (trust and OIDC "
+                    f"provider); missing on: {', '.join(missing)}"
+                )
         names = [d.name for d in self.destinations]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -99,11 +137,15 @@ def platform_path(explicit: str | None = None) -> Path | None:
 
 def load_platform(path: Path) -> Platform:
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise PlatformError(f"{path}: cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise PlatformError(f"{path}: is not UTF-8 text") from None
+    try:
+        document = yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError as error:
-        raise PlatformError(f"{path}: not valid YAML ({error})") from None
+        raise PlatformError(f"{path}: {yaml_problem(error, text)}") from None
     if not isinstance(document, dict) or document.get("kind") != "Platform":
         raise PlatformError(f"{path}: kind: must be Platform")
     try:

@@ -1,24 +1,35 @@
 """`idpctl dev`: the whole system on one machine, for trying it out and for the demo.
 
 Starts the Temporal dev server (SQLite file and UI), a bare git repository as the state store,
-and the worker; prints where everything is; stops everything cleanly on Ctrl-C.
+the codec server and the worker; prints where everything is; stops everything cleanly on Ctrl-C.
+
+Payloads are encrypted here too, with a key generated into the state directory (codec-keys,
+mode 0600) on first start. The UI decodes them through the codec server, which accepts the
+loopback UI without a token (the UI has no login to take one from) and everyone else only with
+the bearer token in codec-token.
 """
 
 import argparse
 import asyncio
 import contextlib
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import yaml
 
-from starter import temporal
+from idp.keyring import KeyRing, KeyRingError, generate_key
+from starter import codec_server, temporal
 from workflows import search_attributes
 
 READY_TIMEOUT = 60.0
@@ -30,7 +41,10 @@ class Stack:
     host: str
     port: int
     ui_port: int
+    codec_port: int = 0  # 0: any free port
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    codec_keys: str | None = field(default=None, repr=False)
+    codec_token: str | None = field(default=None, repr=False)
 
     @property
     def logs(self) -> Path:
@@ -52,20 +66,35 @@ class Stack:
     def state_store(self) -> Path:
         return self.root / "state-store.git"
 
+    @property
+    def codec_keys_file(self) -> Path:
+        return self.root / "codec-keys"
+
+    @property
+    def codec_token_file(self) -> Path:
+        return self.root / "codec-token"
+
+    @property
+    def codec_url(self) -> str:
+        return f"http://{self.host}:{self.codec_port}"
+
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "TEMPORAL_ADDRESS": self.address,
             "IDP_PLATFORM_CONFIG": str(self.platform_file),
         }
+        if self.codec_keys is not None:
+            env[temporal.CODEC_KEYS_ENV] = self.codec_keys
+        return env
 
-    def spawn(self, name: str, command: list[str]) -> None:
+    def spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env(),
+            env={**self.env(), **(extra_env or {})},
             cwd=self.root.parent,
             start_new_session=True,
         )
@@ -111,6 +140,44 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored in `path`, created by `make` (mode 0600) if the file does not exist."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            print(f"warning: {path} was readable by others; made it 0600", flush=True)
+            path.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(make() + "\n")
+    return path.read_text().strip()
+
+
+def load_codec_secrets(stack: Stack) -> None:
+    """The dev stack's key ring and codec server token, generated on first start.
+
+    The file, not the caller's IDP_CODEC_KEYS, decides: the key belongs to the dev server's
+    database next to it, and a production key in the shell must never encrypt dev data."""
+    stack.codec_keys = secret_file(
+        stack.codec_keys_file, lambda: f"dev-{datetime.now(UTC):%Y%m%d}:{generate_key()}"
+    )
+    try:
+        KeyRing.from_env(stack.codec_keys, variable=str(stack.codec_keys_file))
+    except KeyRingError as error:
+        raise SystemExit(f"error: {error}") from None
+    stack.codec_token = secret_file(stack.codec_token_file, lambda: secrets.token_urlsafe(32))
+    # In-process clients (the benchmarks, `wait_for_server`) connect through temporal.connect(),
+    # which reads the keys from the environment like every other entry point.
+    os.environ[temporal.CODEC_KEYS_ENV] = stack.codec_keys
+
+
 def write_platform(stack: Stack) -> None:
     if stack.platform_file.exists():
         return
@@ -152,6 +219,29 @@ async def wait_for_server(stack: Stack) -> None:
             await asyncio.sleep(0.2)
 
 
+async def wait_for_codec_server(stack: Stack) -> None:
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    headers = {"Authorization": f"Bearer {stack.codec_token}"}
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            try:
+                response = await client.post(
+                    f"{stack.codec_url}/decode", json={"payloads": []}, headers=headers
+                )
+                if response.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if (problem := stack.dead()) is not None:
+                raise SystemExit(f"error: {problem}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(
+                    f"error: the codec server did not answer within {READY_TIMEOUT:g}s; "
+                    f"see {stack.logs / 'codec-server.log'}"
+                )
+            await asyncio.sleep(0.2)
+
+
 def idpctl(stack: Stack, *args: str) -> int:
     return subprocess.run(
         [sys.executable, "-m", "starter.idpctl", *args], env=stack.env(), check=False
@@ -160,22 +250,35 @@ def idpctl(stack: Stack, *args: str) -> int:
 
 async def start(stack: Stack) -> None:
     """Start the server and the worker; on failure, whatever started is left for stack.stop()."""
-    for port in (stack.port, stack.ui_port):
+    if stack.codec_port == 0:
+        stack.codec_port = free_port(stack.host)
+    for port in (stack.port, stack.ui_port, stack.codec_port):
         if not port_free(stack.host, port):
             raise SystemExit(
                 f"error: port {port} on {stack.host} is in use (another `idpctl dev`?); stop it "
-                "or choose --port/--ui-port"
+                "or choose --port/--ui-port/--codec-port"
             )
     stack.logs.mkdir(parents=True, exist_ok=True)
+    load_codec_secrets(stack)
     init_state_store(stack)
     write_platform(stack)
     stack.spawn("temporal", [
         binary("temporal"), "server", "start-dev",
         "--ip", stack.host, "--port", str(stack.port), "--ui-port", str(stack.ui_port),
+        "--ui-codec-endpoint", stack.codec_url,
         "--db-filename", str(stack.root / "temporal.db"), "--log-level", "warn",
         *search_attributes.dev_server_args(),
     ])  # fmt: skip
+    # Browsers send whichever host name the user typed; both name the same loopback UI.
+    ui_origins = [stack.ui_url, f"http://localhost:{stack.ui_port}"]
+    stack.spawn("codec-server", [
+        sys.executable, "-m", "starter.codec_server",
+        "--host", stack.host, "--port", str(stack.codec_port),
+        *(arg for origin in ui_origins for arg in ("--ui-origin", origin)),
+        "--allow-loopback-ui-without-token",
+    ], extra_env={codec_server.TOKEN_ENV: stack.codec_token or ""})  # fmt: skip
     await wait_for_server(stack)
+    await wait_for_codec_server(stack)
     stack.spawn("worker", [
         sys.executable, "-m", "worker", "--platform", str(stack.platform_file),
         "--cache-dir", str(stack.root / "worker"),
@@ -184,7 +287,11 @@ async def start(stack: Stack) -> None:
 
 async def cmd_dev(args: argparse.Namespace) -> None:
     stack = Stack(
-        root=Path(args.state_dir).resolve(), host="127.0.0.1", port=args.port, ui_port=args.ui_port
+        root=Path(args.state_dir).resolve(),
+        host="127.0.0.1",
+        port=args.port,
+        ui_port=args.ui_port,
+        codec_port=args.codec_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,7 +326,9 @@ def _print_summary(stack: Stack) -> None:
             [
                 "",
                 f"Temporal server   {stack.address}  (SQLite: {stack.root / 'temporal.db'})",
-                f"Temporal UI       {stack.ui_url}",
+                f"Temporal UI       {stack.ui_url}  (decodes payloads via the codec server)",
+                f"Codec server      {stack.codec_url}  (token: {stack.codec_token_file})",
+                f"Payload keys      {stack.codec_keys_file}",
                 f"State store       {stack.state_store}  (git clone it to look)",
                 f"Platform config   {stack.platform_file}",
                 f"Logs              {stack.logs}/",
@@ -227,8 +336,13 @@ def _print_summary(stack: Stack) -> None:
                 "In another shell:",
                 f"  export TEMPORAL_ADDRESS={stack.address}",
                 f"  export IDP_PLATFORM_CONFIG={stack.platform_file}",
+                f'  export IDP_CODEC_KEYS="$(cat {shlex.quote(str(stack.codec_keys_file))})"',
+                f"  export TEMPORAL_CODEC_ENDPOINT={stack.codec_url}",
+                f'  export TEMPORAL_CODEC_AUTH="Bearer $(cat '
+                f'{shlex.quote(str(stack.codec_token_file))})"',
                 "  idpctl apply -f examples/ --wait",
                 "  idpctl get workloads",
+                "  temporal workflow show -w workload/<system>/<name>   # decoded",
             ]
         ),
         flush=True,
@@ -240,6 +354,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     dev.add_argument("--state-dir", default=".idp", help="where state and logs go (.idp)")
     dev.add_argument("--port", type=int, default=7233, help="Temporal frontend port (7233)")
     dev.add_argument("--ui-port", type=int, default=8233, help="Temporal UI port (8233)")
+    dev.add_argument(
+        "--codec-port",
+        type=int,
+        default=codec_server.DEFAULT_PORT,
+        help=f"codec server port ({codec_server.DEFAULT_PORT})",
+    )
     dev.add_argument("--apply", metavar="PATH", help="apply these resources once the stack is up")
     dev.add_argument(
         "--stop-after-apply",

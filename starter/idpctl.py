@@ -19,7 +19,8 @@ from temporalio.service import RPCError
 from idp.loading import InputError, load
 from idp.models import KINDS, Workload
 from idp.platform import Platform, PlatformError, load_platform, platform_path
-from starter import dev, operations, temporal
+from starter import codec_server, dev, operations, replay, temporal
+from workflows import search_attributes
 from workflows.messages import SignalRequest, WorkloadStatus
 from workflows.state import ConditionStatus, Phase
 
@@ -128,7 +129,7 @@ async def cmd_get(args: argparse.Namespace) -> None:
     client, _ = await _connect(args, _platform(args, required=False))
     rows = await operations.list_workloads(client, args.system)
     if args.output == "json":
-        _out(json.dumps([row.__dict__ for row in rows], default=str, indent=2))
+        _out(json.dumps([row.__dict__ for row in rows], default=_json_value, indent=2))
         return
     table = [("NAME", "SYSTEM", "PHASE", "DESTINATION", "AGE")]
     now = datetime.now(UTC)
@@ -141,8 +142,8 @@ async def cmd_get(args: argparse.Namespace) -> None:
 
 
 async def cmd_describe(args: argparse.Namespace) -> None:
-    client, settings = await _connect(args, _platform(args, required=False))
     workflow_id = _workload_id(args.name)
+    client, settings = await _connect(args, _platform(args, required=False))
     status = await _status(client, workflow_id)
     if args.output == "json":
         _out(status.model_dump_json(indent=2))
@@ -178,8 +179,8 @@ async def cmd_describe(args: argparse.Namespace) -> None:
 
 def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
     async def command(args: argparse.Namespace) -> None:
-        client, _ = await _connect(args, _platform(args, required=False))
         workflow_id = _workload_id(args.name)
+        client, _ = await _connect(args, _platform(args, required=False))
         try:
             await operations.send_signal(
                 client, workflow_id, name, SignalRequest(reason=getattr(args, "reason", None))
@@ -209,6 +210,31 @@ async def cmd_schema(args: argparse.Namespace) -> None:
     if args.kind == "Platform" or args.kind is None:
         schemas["Platform"] = TypeAdapter(Platform).json_schema(by_alias=True)
     _out(json.dumps(schemas[args.kind] if args.kind else schemas, indent=2))
+
+
+# ---- replay / platform init -------------------------------------------------------------------
+
+
+async def cmd_replay(args: argparse.Namespace) -> None:
+    if args.files:
+        histories = replay.from_files(Path(f) for f in args.files)
+    else:
+        client, _ = await _connect(args, _platform(args, required=False))
+        histories = replay.from_server(client, args.query, args.limit)
+    outcomes = await replay.replay(histories)
+    failures = [o for o in outcomes if o.error]
+    for outcome in failures:
+        print(f"NON-DETERMINISTIC {outcome.workflow_id}: {outcome.error}", file=sys.stderr)
+    _out(f"replayed {len(outcomes)} histories, {len(failures)} failed")
+    if failures:
+        raise Failure(f"{len(failures)} histories do not replay with this code; see above")
+
+
+async def cmd_platform_init(args: argparse.Namespace) -> None:
+    client, settings = await _connect(args, _platform(args, required=False))
+    added = await search_attributes.register(client, settings.namespace)
+    what = ", ".join(added) if added else "nothing (all present)"
+    _out(f"search attributes registered in namespace {settings.namespace}: {what}")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -256,6 +282,10 @@ def _cause(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     return getattr(error, "message", None) or str(error)
+
+
+def _json_value(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _age(delta) -> str:
@@ -315,25 +345,49 @@ def parser() -> argparse.ArgumentParser:
     schema.add_argument("kind", nargs="?", choices=[*KINDS, "Platform"])
     schema.set_defaults(run=cmd_schema)
 
+    replay_ = commands.add_parser(
+        "replay", help="replay workflow histories against this code (non-zero on any failure)"
+    )
+    replay_.add_argument("files", nargs="*", help="history JSON files (else: from the server)")
+    replay_.add_argument(
+        "--query",
+        default="WorkflowType = 'WorkloadWorkflow'",
+        help="visibility query selecting the histories to download",
+    )
+    replay_.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    replay_.set_defaults(run=cmd_replay)
+
+    platform = commands.add_parser("platform", help="set up a Temporal namespace for idp")
+    platform_commands = platform.add_subparsers(dest="platform_command", required=True)
+    init = platform_commands.add_parser("init", help="register the Idp* search attributes")
+    init.set_defaults(run=cmd_platform_init)
+
+    codec_server.add_parser(commands)
     dev.add_parser(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    code = 0
     try:
         asyncio.run(args.run(args))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except Failure as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
     except RPCError as error:
         print(f"error: the Temporal server refused the request: {error.message}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            print(error.code, file=sys.stderr)
+        code = error.code if isinstance(error.code, int) else int(error.code is not None)
+    temporal.exit_now(code)
 
 
 if __name__ == "__main__":

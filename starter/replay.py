@@ -12,7 +12,7 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
-from starter.temporal import data_converter
+from starter.temporal import codec_keyring, data_converter
 from worker import WORKFLOWS
 
 
@@ -23,7 +23,10 @@ class ReplayOutcome:
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=data_converter())
+    # With keys, encrypted histories decode; histories recorded before encryption (such as
+    # tests/histories/) pass through the codec untouched, so they replay either way.
+    converter = data_converter(codec_keyring(), encode_failures=False)
+    return Replayer(workflows=WORKFLOWS, data_converter=converter)
 
 
 async def replay(histories: AsyncIterator[WorkflowHistory]) -> list[ReplayOutcome]:

@@ -2,23 +2,39 @@
 
 Settings come from, in order: command-line flags, the `TEMPORAL_*` environment variables the
 temporal CLI also reads, the platform file, then local defaults.
+
+Payload encryption is decided here and nowhere else: `codec_keyring()` reads the key ring from
+`IDP_CODEC_KEYS`, `data_converter()` turns it into the converter every client, worker and replayer
+uses, and `connect()` combines the two.
 """
 
 import argparse
 import os
-from dataclasses import dataclass
+import re
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+)
 from temporalio.service import TLSConfig
 
+from idp.keyring import KeyRing, KeyRingError
 from idp.platform import TemporalConfig
+from starter.codec import EncryptionCodec
+
+CODEC_KEYS_ENV = "IDP_CODEC_KEYS"
 
 
 class ConnectError(Exception):
-    """The Temporal server cannot be reached; the message says where we looked."""
+    """No client: the server cannot be reached or the codec keys are unusable; the message says
+    which, and where we looked."""
 
 
 @dataclass(frozen=True)
@@ -81,18 +97,52 @@ def settings(args: argparse.Namespace, config: TemporalConfig | None = None) -> 
     )
 
 
-def data_converter() -> DataConverter:
-    return pydantic_data_converter
+def codec_keyring() -> KeyRing | None:
+    """The payload key ring from `IDP_CODEC_KEYS`; None when the variable is not set at all.
+
+    Set but empty or malformed raises KeyRingError: a secret that failed to mount must not
+    silently turn encryption off.
+    """
+    value = os.environ.get(CODEC_KEYS_ENV)
+    if value is None:
+        return None
+    return KeyRing.from_env(value, variable=CODEC_KEYS_ENV)
+
+
+def data_converter(keyring: KeyRing | None, *, encode_failures: bool = True) -> DataConverter:
+    """The pydantic converter, encrypting every payload and failure message when given keys.
+
+    Failure messages and stack traces normally travel in the clear; with keys they move into an
+    encoded (hence encrypted) attribute, because an exception message can quote its input.
+    Decoding reads both forms either way. `encode_failures=False` is for the replayer alone: its
+    failures never leave the process, and the person reading a replay report needs the reason.
+    """
+    if keyring is None:
+        return pydantic_data_converter
+    return replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keyring),
+        failure_converter_class=(
+            DefaultFailureConverterWithEncodedAttributes
+            if encode_failures
+            else DefaultFailureConverter
+        ),
+    )
 
 
 async def connect(settings: TemporalSettings) -> Client:
+    """A client whose converter encrypts with the key ring in `IDP_CODEC_KEYS`, if set."""
+    try:
+        keyring = codec_keyring()
+    except KeyRingError as error:
+        raise ConnectError(str(error)) from None
     try:
         return await Client.connect(
             settings.address,
             namespace=settings.namespace,
             api_key=settings.api_key,
             tls=settings.tls,
-            data_converter=data_converter(),
+            data_converter=data_converter(keyring),
         )
     except OSError as error:
         raise ConnectError(f"cannot read a TLS file: {error}") from None
@@ -105,4 +155,19 @@ async def connect(settings: TemporalSettings) -> Client:
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    """The OS-level reason inside the SDK's nested error text, e.g. "Connection refused"."""
+    text = str(error)
+    match = re.search(r'message: "([^"]+)"', text)
+    if match:
+        return match.group(1)
+    lines = text.strip().splitlines()
+    return lines[0][:200].rsplit(" ", 1)[0] if lines else type(error).__name__
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown. The Temporal client's Rust threads can still call into
+    Python while it finalizes, which aborts the process (SIGABRT, "PyGILState_Release: thread
+    state ... must be current"; temporalio/sdk-python#300) and turns any outcome into exit 134."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,7 +9,13 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_histories_cover_every_scenario() -> None:
     names = {path.stem for path in HISTORIES}
-    for scenario in ("apply-change-pause", "drift-repair", "continue-as-new", "delete"):
+    for scenario in (
+        "apply-change-pause",
+        "drift-repair",
+        "continue-as-new",
+        "delete",
+        "registry-lifecycle",
+    ):
         assert f"workload-{scenario}" in names
 
 

@@ -37,6 +37,7 @@ async def start_worker(client: Client, platform: Path, queue: str, cache: Path, 
         "--cache-dir", str(cache),
         "--address", client.service_client.config.target_host,
         "--task-queue", queue,
+        "--insecure-no-encryption",  # the session server's clients are plain
         stdout=log.open("ab"), stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
 
@@ -63,6 +64,7 @@ async def test_a_killed_worker_leaves_no_duplicate_commit(client: Client, tmp_pa
         # Kill it as soon as the first commit lands: the rest are mid-flight.
         async with asyncio.timeout(60):
             while not commits(repo):
+                assert worker.returncode is None, log.read_text()
                 await asyncio.sleep(0.02)
         worker.send_signal(signal.SIGKILL)
         await worker.wait()

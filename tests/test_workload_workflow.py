@@ -179,7 +179,7 @@ async def test_drift_in_the_repository_is_restored_once(client, repo, queue, sys
         assert read(repo, SA_PATH.format(name="hello")) == original
         assert commits(repo)[-1] == f"apply Workload {system}/hello generation 1"
         assert len(commits(repo)) == 3
-        assert any("drift repaired" in e.message for e in status.events)
+        assert any("changed outside the reconciler" in e.message for e in status.events)
 
         # Deleted by hand: restored too, once.
         git("pull", "--quiet", cwd=clone)

@@ -66,7 +66,13 @@ class ManifestsOutput(State):
     commit: str | None = None
 
 
+class RegistryOutput(State):
+    repository_uri: str
+    role_arn: str
+
+
 class Outputs(State):
+    registry: RegistryOutput | None = None
     manifests: ManifestsOutput | None = None
 
 

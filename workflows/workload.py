@@ -16,11 +16,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.aws import AwsActivities, RegistryInput
     from activities.heartbeat import HEARTBEAT_TIMEOUT
-    from activities.platform import PlatformActivities
+    from activities.platform import PlatformActivities, RuntimeSettings
     from activities.statestore import ManifestsInput, ManifestsResult, StateStoreActivities
     from idp.models import disallowed_changes
-    from idp.platform import ReconcileSettings
     from workflows import search_attributes as sa
     from workflows.messages import (
         ApplyRequest,
@@ -30,7 +30,13 @@ with workflow.unsafe.imports_passed_through():
         WorkloadInput,
         WorkloadStatus,
     )
-    from workflows.state import ConditionStatus, ManifestsOutput, Phase, WorkloadState
+    from workflows.state import (
+        ConditionStatus,
+        ManifestsOutput,
+        Phase,
+        RegistryOutput,
+        WorkloadState,
+    )
 
 R = TypeVar("R")
 
@@ -44,6 +50,7 @@ STEP_RETRY = RetryPolicy(
 )
 STEP_TIMEOUT = timedelta(minutes=2)
 
+REGISTRY = "Registry"
 MANIFESTS = "Manifests"
 
 
@@ -56,7 +63,7 @@ class WorkloadWorkflow:
         else:
             self.state = WorkloadState(workload=input.workload)
             self.state.seen(input.request_id)
-        self._settings = ReconcileSettings()
+        self._settings = RuntimeSettings()
 
     # ---- messages: they only record intent; the loop acts on it -------------------------------
 
@@ -140,11 +147,7 @@ class WorkloadWorkflow:
 
     @workflow.run
     async def run(self, input: WorkloadInput) -> WorkloadStatus:
-        self._settings = await workflow.execute_local_activity_method(
-            PlatformActivities.reconcile_settings,
-            start_to_close_timeout=timedelta(seconds=10),
-            summary="read reconcile settings",
-        )
+        await self._read_settings()
         self._sync_search_attributes()
         while True:
             if self.state.deleting:
@@ -162,6 +165,13 @@ class WorkloadWorkflow:
                 )
             await self._sleep()
 
+    async def _read_settings(self) -> None:
+        self._settings = await workflow.execute_local_activity_method(
+            PlatformActivities.runtime_settings,
+            start_to_close_timeout=timedelta(seconds=10),
+            summary="read platform settings",
+        )
+
     def _has_work(self) -> bool:
         """Something the loop has not acted on yet (a failed teardown waits for its backoff)."""
         state = self.state
@@ -178,12 +188,13 @@ class WorkloadWorkflow:
             self.state.next_check_at = None
             await workflow.wait_condition(self._has_work)
             return
+        settings = self._settings.reconcile
         if self.state.failures:
-            backoff = self._settings.min_backoff * 2 ** min(self.state.failures - 1, 16)
-            interval = min(backoff, self._settings.max_backoff, self._settings.drift_interval)
+            backoff = settings.min_backoff * 2 ** min(self.state.failures - 1, 16)
+            interval = min(backoff, settings.max_backoff, settings.drift_interval)
             summary = "retry after backoff"
         else:
-            interval = self._settings.drift_interval
+            interval = settings.drift_interval
             summary = "next drift check"
         self.state.next_check_at = workflow.now() + interval
         try:
@@ -196,7 +207,9 @@ class WorkloadWorkflow:
         if self.state.observed_generation < generation:
             self._set_phase(Phase.PROVISIONING)
         self.state.reconcile_requested = False
-        ok = await self._manifests()
+        await self._read_settings()
+        # Steps run in order and a failure stops the pass: later steps build on earlier outputs.
+        ok = await self._registry() and await self._manifests()
         self.state.observed_generation = generation
         self.state.failures = 0 if ok else self.state.failures + 1
         self._set_phase(Phase.READY if ok else Phase.DEGRADED)
@@ -204,27 +217,74 @@ class WorkloadWorkflow:
     async def _teardown(self) -> bool:
         """Undo the steps in reverse order; False when something failed and must be retried."""
         self._set_phase(Phase.DELETING)
-        result = await self._step(
-            MANIFESTS,
-            StateStoreActivities.remove_workload_manifests,
-            self._manifests_input(),
-            f"remove manifests from {self.state.workload.spec.destination}",
-        )
-        if result is None:
-            self.state.failures += 1
-            return False
-        self.state.outputs.manifests = None
-        self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
+        await self._read_settings()
+        destination = self.state.workload.spec.destination
+        # Nothing was ever written when the step never succeeded (an unknown destination, say):
+        # skipping it then keeps such a workload deletable.
+        if self.state.outputs.manifests is not None:
+            result = await self._step(
+                MANIFESTS,
+                StateStoreActivities.remove_workload_manifests,
+                self._manifests_input(),
+                f"remove manifests from {destination}",
+            )
+            if result is None:
+                return self._failed_pass()
+            self.state.outputs.manifests = None
+            self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
+        if self.state.outputs.registry is not None:
+            policy = self.state.workload.spec.deletion_policy.value
+            removal = await self._step(
+                REGISTRY,
+                AwsActivities.remove_registry,
+                RegistryInput(workload=self.state.workload),
+                f"remove IAM role (deletionPolicy {policy})",
+            )
+            if removal is None:
+                return self._failed_pass()
+            self.state.outputs.registry = None
+            removed = ", ".join(removal.removed) or "nothing left to remove"
+            self._condition(REGISTRY, ConditionStatus.FALSE, "Deleted", f"removed {removed}")
         return True
+
+    def _failed_pass(self) -> bool:
+        self.state.failures += 1
+        return False
 
     # ---- steps -----------------------------------------------------------------------------
 
     def _manifests_input(self) -> ManifestsInput:
+        registry = self.state.outputs.registry
         return ManifestsInput(
             workload=self.state.workload,
             generation=self.state.generation,
             workflow_id=workflow.info().workflow_id,
+            role_arn=registry.role_arn if registry else None,
         )
+
+    async def _registry(self) -> bool:
+        if not (self._settings.registry and self.state.workload.spec.registry.enabled):
+            return True
+        result = await self._step(
+            REGISTRY,
+            AwsActivities.ensure_registry,
+            RegistryInput(workload=self.state.workload),
+            "ensure ECR repository and IAM role",
+        )
+        if result is None:
+            return False
+        self.state.outputs.registry = RegistryOutput(
+            repository_uri=result.repository_uri, role_arn=result.role_arn
+        )
+        if result.created:
+            message = f"created {', '.join(result.created)}: {result.repository_uri}"
+            self._changed(REGISTRY, "Created", message)
+        elif result.repaired:
+            message = f"put back what changed outside the reconciler: {', '.join(result.repaired)}"
+            self._changed(REGISTRY, "DriftRepaired", message)
+        else:
+            self._condition(REGISTRY, ConditionStatus.TRUE, "InSync", result.repository_uri)
+        return True
 
     async def _manifests(self) -> bool:
         destination = self.state.workload.spec.destination
@@ -247,13 +307,12 @@ class WorkloadWorkflow:
             self._condition(MANIFESTS, ConditionStatus.TRUE, "InSync", message)
             return True
         if previous is not None and previous.digest == result.digest:
-            message = f"restored files changed outside the reconciler: {_changed(result)}"
-            self.state.add_event(MANIFESTS, f"drift repaired ({message})", workflow.now())
-            self._condition(MANIFESTS, ConditionStatus.TRUE, "DriftRepaired", message)
+            message = f"restored files changed outside the reconciler: {_files(result)}"
+            self._changed(MANIFESTS, "DriftRepaired", message)
         else:
-            message = f"committed {_changed(result)} at {result.commit[:12]}"
-            self.state.add_event(MANIFESTS, message, workflow.now())
-            self._condition(MANIFESTS, ConditionStatus.TRUE, "Applied", message)
+            self._changed(
+                MANIFESTS, "Applied", f"committed {_files(result)} at {result.commit[:12]}"
+            )
         return True
 
     async def _step(
@@ -286,6 +345,11 @@ class WorkloadWorkflow:
     def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
         self.state.set_condition(type_, status, reason, message, workflow.now())
 
+    def _changed(self, step: str, reason: str, message: str) -> None:
+        """A step changed something outside: worth an event as well as the condition."""
+        self.state.add_event(step, message, workflow.now())
+        self._condition(step, ConditionStatus.TRUE, reason, message)
+
     def _set_phase(self, phase: Phase) -> None:
         if phase != self.state.phase:
             self.state.phase = phase
@@ -293,7 +357,7 @@ class WorkloadWorkflow:
         workflow.set_current_details(self._details())
 
     def _sync_search_attributes(self) -> None:
-        if not self._settings.search_attributes:
+        if not self._settings.reconcile.search_attributes:
             return
         workload = self.state.workload
         desired: list[SearchAttributePair[Any]] = [
@@ -333,7 +397,7 @@ def _failure(error: ActivityError) -> tuple[str, str]:
     return type(cause).__name__ if cause else "Error", str(cause or error)
 
 
-def _changed(result: ManifestsResult) -> str:
+def _files(result: ManifestsResult) -> str:
     paths = [*result.written, *(f"-{p}" for p in result.removed)]
     return ", ".join(p.rsplit("/", 1)[-1] for p in paths) or "nothing"
 

@@ -8,25 +8,30 @@ scenario runs on a fresh dev server with a low continue-as-new threshold, agains
 """
 
 import asyncio
+import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import boto3
 from temporalio.client import Client, WorkflowHandle
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for support.*
 
+from support.moto import MOTO_ACCOUNT_ID, moto_server  # noqa: E402
 from support.stack import bare_repo, git, platform_for, running_worker, start_dev_server  # noqa: E402
 
 from idp.models import Workload  # noqa: E402
+from idp.platform import AwsConfig, ClusterIdentity, Platform  # noqa: E402
 from starter.operations import apply_workload  # noqa: E402
 from workflows.messages import WaitReadyRequest  # noqa: E402
 from workflows.state import Phase  # noqa: E402
 from workflows.workload import WorkloadWorkflow  # noqa: E402
 
 QUEUE = "idp"
+REGION = "eu-west-1"
 Scenario = Callable[[Client, Path, str], Awaitable[WorkflowHandle]]
 
 
@@ -117,7 +122,39 @@ async def delete(client: Client, repo: Path, name: str) -> WorkflowHandle:
     return handle
 
 
+async def registry_lifecycle(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """Create, repair a deleted inline policy, then delete with deletionPolicy Delete."""
+    w = workload(name, deletionPolicy="Delete")
+    await apply_workload(client, QUEUE, w)
+    handle = client.get_workflow_handle(w.workflow_id)
+    await ready(handle, 1)
+    status = await handle.query(WorkloadWorkflow.status)
+    role = status.outputs.registry.role_arn.rsplit("/", 1)[-1]
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=os.environ["IDP_RECORD_AWS"])
+    iam.delete_role_policy(RoleName=role, PolicyName="idp-registry")
+    await handle.signal(WorkloadWorkflow.reconcile)
+    async with asyncio.timeout(30):
+        while not any(
+            c.reason == "DriftRepaired"
+            for c in (await handle.query(WorkloadWorkflow.status)).conditions
+        ):
+            await asyncio.sleep(0.1)
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    return handle
+
+
+def with_aws(platform: Platform, url: str) -> Platform:
+    oidc = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:oidc-provider/oidc.eks.{REGION}.amazonaws.com/id/X"
+    destination = platform.destinations[0].model_copy(
+        update={"cluster": ClusterIdentity(oidc_provider_arn=oidc)}
+    )
+    aws = AwsConfig(region=REGION, account_id=MOTO_ACCOUNT_ID, endpoint_url=url)
+    return platform.model_copy(update={"destinations": [destination], "aws": aws})
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "workload-registry-lifecycle": registry_lifecycle,
     "workload-apply-change-pause": apply_change_reconcile,
     "workload-drift-repair": drift_repair,
     "workload-degraded-recovered": degraded_then_recovered,
@@ -128,16 +165,22 @@ SCENARIOS: dict[str, Scenario] = {
 
 async def main() -> None:
     limit = "limit.historyCount.suggestContinueAsNew=60"
-    async with await start_dev_server("--dynamic-config-value", limit) as env:
-        for name, scenario in SCENARIOS.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                repo = bare_repo(Path(tmp) / "state.git")
-                platform = platform_for(repo)
-                async with running_worker(env.client, platform, QUEUE, Path(tmp) / "cache"):
-                    handle = await scenario(env.client, repo, name)
-                    history = await handle.fetch_history()
-            (HERE / f"{name}.json").write_text(history.to_json() + "\n")
-            print(f"recorded {name}: {len(history.events)} events")
+    with moto_server() as aws_url:
+        os.environ["IDP_RECORD_AWS"] = aws_url
+        async with await start_dev_server("--dynamic-config-value", limit) as env:
+            await record_all(env.client, aws_url)
+
+
+async def record_all(client: Client, aws_url: str) -> None:
+    for name, scenario in SCENARIOS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = bare_repo(Path(tmp) / "state.git")
+            platform = with_aws(platform_for(repo), aws_url)
+            async with running_worker(client, platform, QUEUE, Path(tmp) / "cache"):
+                handle = await scenario(client, repo, name)
+                history = await handle.fetch_history()
+        (HERE / f"{name}.json").write_text(history.to_json() + "\n")
+        print(f"recorded {name}: {len(history.events)} events")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,13 @@ def temporal_cli() -> str:
 
 
 def start_dev_server(*extra: str) -> WorkflowEnvironment:
-    """An awaitable dev server with our search attributes registered."""
+    """An awaitable dev server with our search attributes registered.
+
+    Its client is plain (no codec), so tests can read histories and the temporal CLI as-is;
+    tests/test_codec.py connects encrypting clients to the same server."""
     return WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
-        data_converter=data_converter(),
+        data_converter=data_converter(None),
         dev_server_extra_args=[
             *search_attributes.dev_server_args(),
             "--log-level",
@@ -48,7 +51,7 @@ def start_time_skipping() -> WorkflowEnvironment:
     so workers on it need a platform with `searchAttributes: false`."""
     return WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=data_converter(),
+        data_converter=data_converter(None),
     )
 
 

@@ -1,0 +1,396 @@
+"""`idpctl` and the `temporal` CLI end to end, run as processes the way a user runs them.
+
+Real parts: the session's Temporal dev server, a worker in the test's event loop on its own task
+queue, and a bare git repository as the state store. Every test has its own system name because
+workflow ids are global on the session's server.
+"""
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.cli import Cli, Result, eventually, write_platform
+from support.stack import bare_repo, commits, platform_for, read, running_worker, task_queue
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from workflows.workload import WorkloadWorkflow
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SA_PATH = "dev/demo/{name}/serviceaccount.yaml"
+
+
+def workload_doc(system: str, name: str = "hello", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "idp.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name, "system": system, "labels": {"tier": "backend"}},
+        "spec": {"owner": "team-demo", "destination": "dev", "namespace": "demo", **spec},
+    }
+
+
+def write_yaml(path: Path, *documents: dict[str, Any]) -> str:
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return str(path)
+
+
+def stderr_lines(result: Result) -> list[str]:
+    lines = result.stderr.strip().splitlines()
+    return [lines[0].removeprefix("error: "), *lines[1:]] if lines else []
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return bare_repo(tmp_path / "state.git")
+
+
+@pytest.fixture
+def queue() -> str:
+    return task_queue()
+
+
+@pytest.fixture
+def system(queue: str) -> str:
+    return queue
+
+
+@pytest.fixture
+def cli(dev_env: WorkflowEnvironment, repo: Path, queue: str, tmp_path: Path) -> Cli:
+    address = dev_env.client.service_client.config.target_host
+    platform_file = write_platform(tmp_path / "platform.yaml", repo, address)
+    return Cli(address=address, task_queue=queue, platform_file=platform_file)
+
+
+@pytest.fixture
+async def worker(client: Client, repo: Path, queue: str, tmp_path: Path) -> AsyncIterator[None]:
+    async with running_worker(client, platform_for(repo), queue, tmp_path / "cache"):
+        yield
+
+
+# ---- idpctl apply ------------------------------------------------------------------------------
+
+
+async def test_apply_creates_then_is_unchanged_then_configures(
+    cli: Cli, worker: None, repo: Path, system: str, tmp_path: Path
+) -> None:
+    file = write_yaml(tmp_path / "hello.yaml", workload_doc(system))
+
+    created = await cli.idpctl("apply", "-f", file, "--wait", "--timeout", "30")
+    assert created.code == 0, created
+    assert f"workload/{system}/hello created (generation 1)" in created.stdout
+    assert f"{system}/hello: Ready (generation 1/1)" in created.stdout
+    assert "1 workload(s) Ready" in created.stdout
+
+    again = await cli.idpctl("apply", "-f", file)
+    assert again.code == 0, again
+    assert again.stdout.strip() == f"workload/{system}/hello unchanged (generation 1)"
+
+    changed = write_yaml(tmp_path / "hello.yaml", workload_doc(system, serviceAccount="hello-sa"))
+    configured = await cli.idpctl("apply", "-f", changed, "--wait", "--timeout", "30")
+    assert configured.code == 0, configured
+    assert f"workload/{system}/hello configured (generation 2)" in configured.stdout
+    assert f"{system}/hello: Ready (generation 2/2)" in configured.stdout
+    manifest = yaml.safe_load(read(repo, SA_PATH.format(name="hello")) or "")
+    assert manifest["metadata"]["name"] == "hello-sa"
+    assert len(commits(repo)) == 2
+
+
+async def test_invalid_files_are_all_reported_and_nothing_starts(
+    cli: Cli, client: Client, system: str, tmp_path: Path
+) -> None:
+    first = write_yaml(
+        tmp_path / "first.yaml",
+        workload_doc(system, name="Bad_Name", bogus=1),
+        {**workload_doc(system, name="no-owner"), "spec": {"destination": "dev", "namespace": "x"}},
+    )
+    second = write_yaml(
+        tmp_path / "second.yaml",
+        workload_doc(system, name="fine"),
+        workload_doc(system, name="bad-registry", registry={"encryption": "DES"}),
+    )
+
+    result = await cli.idpctl("apply", "-f", first, "-f", second, "--wait")
+
+    assert result.code == 2, result
+    assert result.stdout == ""
+    lines = stderr_lines(result)
+    expected = [
+        (first, 1, "metadata.name:"),
+        (first, 1, "spec.bogus: unknown field; allowed fields are owner, destination"),
+        (first, 2, "spec.owner: required field is missing"),
+        (second, 2, "spec.registry.encryption:"),
+    ]
+    assert len(lines) == len(expected), result
+    for line, (file, document, field) in zip(lines, expected, strict=True):
+        assert line.startswith(f"{file}: document {document}: {field}"), line
+    assert "Traceback" not in result.stderr
+    for name in ("Bad_Name", "no-owner", "fine", "bad-registry"):
+        assert not await workflow_exists(client, f"workload/{system}/{name}")
+
+
+async def test_a_disallowed_change_stops_the_whole_apply(
+    cli: Cli, worker: None, client: Client, system: str, tmp_path: Path
+) -> None:
+    live = write_yaml(tmp_path / "live.yaml", workload_doc(system))
+    assert (await cli.idpctl("apply", "-f", live, "--wait", "--timeout", "30")).code == 0
+
+    both = write_yaml(
+        tmp_path / "both.yaml",
+        workload_doc(system, name="newcomer"),
+        workload_doc(system, namespace="elsewhere"),
+    )
+    result = await cli.idpctl("apply", "-f", both)
+
+    assert result.code == 2, result
+    assert f"workload/{system}/hello: spec.namespace cannot change on a live workload" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not await workflow_exists(client, f"workload/{system}/newcomer")
+    status = await client.get_workflow_handle(f"workload/{system}/hello").query(
+        WorkloadWorkflow.status
+    )
+    assert (status.generation, status.workload.spec.namespace) == (1, "demo")
+
+
+async def test_an_unknown_destination_names_the_field_and_the_allowed_values(
+    cli: Cli, client: Client, system: str, tmp_path: Path
+) -> None:
+    file = write_yaml(tmp_path / "w.yaml", workload_doc(system, destination="nowhere"))
+
+    result = await cli.idpctl("apply", "-f", file)
+
+    assert result.code == 2, result
+    assert stderr_lines(result) == [
+        f"{file}: document 1: spec.destination: 'nowhere' is not a destination of the platform "
+        "configuration; allowed: dev"
+    ]
+    assert not await workflow_exists(client, f"workload/{system}/hello")
+
+
+# ---- get, describe, and the signals --------------------------------------------------------
+
+
+async def test_get_describe_reconcile_pause_resume_delete(
+    cli: Cli, worker: None, client: Client, repo: Path, system: str, tmp_path: Path
+) -> None:
+    file = write_yaml(tmp_path / "hello.yaml", workload_doc(system))
+    assert (await cli.idpctl("apply", "-f", file, "--wait", "--timeout", "30")).code == 0
+    reference = f"{system}/hello"
+
+    # Visibility is eventually consistent: ask again until the row shows the Ready phase.
+    def has_ready_row(result: Result) -> bool:
+        return any(
+            line.split()[:4] == ["hello", system, "Ready", "dev"]
+            for line in result.stdout.splitlines()
+        )
+
+    table = await eventually(
+        lambda: cli.idpctl("get", "workloads", "--system", system), has_ready_row
+    )
+    assert table.code == 0, table
+    assert table.stdout.splitlines()[0].split() == ["NAME", "SYSTEM", "PHASE", "DESTINATION", "AGE"]
+
+    listed = (await cli.idpctl("get", "workloads", "--system", system, "-o", "json")).json
+    assert [(r["name"], r["system"], r["phase"], r["destination"], r["owner"]) for r in listed] == [
+        ("hello", system, "Ready", "dev", "team-demo")
+    ]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", listed[0]["started"]), listed
+
+    described = await cli.idpctl("describe", "workload", reference)
+    assert described.code == 0, described
+    text = described.stdout
+    assert f"Name:         {reference}" in text
+    assert "Phase:        Ready" in text
+    assert re.search(r"^  Manifests +True +Applied +committed serviceaccount\.yaml", text, re.M)
+    assert "state store: dev/demo/hello (commit " in text
+
+    as_json = (await cli.idpctl("describe", "workload", reference, "-o", "json")).json
+    assert as_json["phase"] == "Ready"
+    assert as_json["observedGeneration"] == 1
+    assert as_json["outputs"]["manifests"]["directory"] == "dev/demo/hello"
+    assert as_json["workload"]["spec"]["namespace"] == "demo"
+
+    missing = await cli.idpctl("describe", "workload", f"{system}/nope")
+    assert missing.code == 1, missing
+    assert missing.stderr == f"error: no workload {system}/nope found\n"
+
+    async def describe_json() -> dict[str, Any]:
+        return (await cli.idpctl("describe", "workload", reference, "-o", "json")).json
+
+    reconciled = await cli.idpctl("reconcile", "workload", reference, "--reason", "test")
+    assert reconciled.code == 0, reconciled
+    assert reconciled.stdout.strip() == f"workload/{reference} reconcile requested"
+    # A reconcile pass with nothing to change reports the files in sync and commits nothing.
+    await eventually(describe_json, lambda s: [c["reason"] for c in s["conditions"]] == ["InSync"])
+    assert len(commits(repo)) == 1
+
+    paused = await cli.idpctl("pause", "workload", reference)
+    assert paused.code == 0, paused
+    status = await eventually(describe_json, lambda s: s["phase"] == "Paused")
+    assert status["paused"] is True
+    text = (await cli.idpctl("describe", "workload", reference)).stdout
+    assert "Phase:        Paused" in text
+
+    resumed = await cli.idpctl("resume", "workload", reference)
+    assert resumed.code == 0, resumed
+    status = await eventually(describe_json, lambda s: s["phase"] == "Ready")
+    assert status["paused"] is False
+
+    deleted = await cli.idpctl("delete", "workload", reference, "--wait", "--timeout", "30")
+    assert deleted.code == 0, deleted
+    assert deleted.stdout.splitlines() == [
+        f"workload/{reference} delete requested",
+        f"workload/{reference} deleted",
+    ]
+    description = await client.get_workflow_handle(f"workload/{reference}").describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+    assert read(repo, SA_PATH.format(name="hello")) is None
+    assert commits(repo)[-1] == f"delete Workload {reference} generation 1"
+
+    gone = await cli.idpctl("pause", "workload", reference)
+    assert gone.code == 1, gone
+    assert gone.stderr == f"error: workload {reference} is not running (completed)\n"
+
+
+# ---- usage, connection, schema -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["describe", "workload", "nonsense"],
+        ["describe", "workload", "a/b/c"],
+        ["--address", "127.0.0.1:1", "describe", "workload", "nonsense"],
+        ["--address", "127.0.0.1:1", "delete", "workload", "nonsense"],
+        ["get"],
+        ["apply"],
+        ["frobnicate"],
+    ],
+)
+async def test_bad_usage_exits_2(cli: Cli, args: list[str]) -> None:
+    result = await cli.idpctl(*args)
+    assert result.code == 2, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+async def test_an_unreachable_server_is_one_sentence_naming_the_address(cli: Cli) -> None:
+    result = await cli.idpctl("--address", "127.0.0.1:1", "get", "workloads")
+    assert result.code == 1, result
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result
+    assert result.stderr.startswith("error: cannot reach the Temporal server at 127.0.0.1:1 ")
+    assert "Traceback" not in result.stderr
+
+
+async def test_schema_is_json_schema_with_camel_case_names(cli: Cli) -> None:
+    result = await cli.idpctl("schema", "Workload")
+    assert result.code == 0, result
+    schema = result.json
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = schema["$defs"]["WorkloadSpec"]["properties"]
+    assert {"serviceAccount", "deletionPolicy"} <= set(spec)
+    names = [name for model in schema["$defs"].values() for name in model.get("properties", {})]
+    assert names and not [name for name in names if "_" in name]
+
+
+# ---- the temporal CLI ----------------------------------------------------------------------
+
+
+async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
+    cli: Cli, worker: None, client: Client, repo: Path, queue: str, system: str, tmp_path: Path
+) -> None:
+    workflow_id = f"workload/{system}/hello"
+    document = json.loads((EXAMPLES / "hello.json").read_text())
+    document["workload"]["metadata"]["system"] = system
+    start_file = tmp_path / "hello.json"
+    start_file.write_text(json.dumps(document))
+    target = ("--workflow-id", workflow_id)
+
+    started = await cli.temporal(
+        "workflow", "start", "--type", "WorkloadWorkflow", "--task-queue", queue,
+        *target, "--input-file", str(start_file),
+    )  # fmt: skip
+    assert started.code == 0, started
+
+    ready = await cli.temporal(
+        "workflow", "update", "execute", *target, "--name", "wait_ready",
+        "--input", '{"generation": 1}', "-o", "json",
+    )  # fmt: skip
+    assert ready.code == 0, ready
+    assert ready.json["result"]["phase"] == "Ready"
+    assert ready.json["result"]["observedGeneration"] == 1
+    # The CLI sends json/plain payloads; the pydantic data converter reads them as they are.
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    start_event = history.events[0]
+    assert start_event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
+    payload = start_event.workflow_execution_started_event_attributes.input.payloads[0]
+    assert payload.metadata["encoding"] == b"json/plain"
+
+    queried = await cli.temporal(
+        "workflow", "query", *target, "--name", "status", "-o", "json"
+    )  # fmt: skip
+    assert queried.code == 0, queried
+    (status,) = queried.json["queryResult"]
+    assert (status["phase"], status["system"], status["generation"]) == ("Ready", system, 1)
+
+    signalled = await cli.temporal("workflow", "signal", *target, "--name", "reconcile")
+    assert signalled.code == 0, signalled
+
+    document["workload"]["spec"]["serviceAccount"] = "hello-sa"
+    changed_file = tmp_path / "changed.json"
+    changed_file.write_text(json.dumps(document))
+    applied = await cli.temporal(
+        "workflow", "update", "execute", *target, "--name", "apply",
+        "--input-file", str(changed_file), "-o", "json",
+    )  # fmt: skip
+    assert applied.code == 0, applied
+    assert applied.json["result"] == {"generation": 2, "changed": True}
+
+    ready = await cli.temporal(
+        "workflow", "update", "execute", *target, "--name", "wait_ready",
+        "--input", '{"generation": 2}', "-o", "json",
+    )  # fmt: skip
+    assert ready.code == 0, ready
+    assert (ready.json["result"]["phase"], ready.json["result"]["observedGeneration"]) == (
+        "Ready",
+        2,
+    )
+    manifest = yaml.safe_load(read(repo, SA_PATH.format(name="hello")) or "")
+    assert manifest["metadata"]["name"] == "hello-sa"
+
+    document["workload"]["spec"]["namespace"] = "elsewhere"
+    moved_file = tmp_path / "moved.json"
+    moved_file.write_text(json.dumps(document))
+    rejected = await cli.temporal(
+        "workflow", "update", "execute", *target, "--name", "apply",
+        "--input-file", str(moved_file),
+    )  # fmt: skip
+    assert rejected.code != 0, rejected
+    assert "spec.namespace cannot change on a live workload" in rejected.stderr
+    assert "InvalidApply" in rejected.stderr
+
+    # idpctl reads a workflow the temporal CLI started like any other.
+    described = await cli.idpctl("describe", "workload", f"{system}/hello", "-o", "json")
+    assert described.code == 0, described
+    assert (described.json["generation"], described.json["phase"]) == (2, "Ready")
+    assert described.json["workload"]["spec"]["namespace"] == "demo"

@@ -166,6 +166,10 @@ async def cmd_describe(args: argparse.Namespace) -> None:
         _out(f"  {c.type:<12} {c.status.value:<7} {c.reason:<16} {c.message}")
         _out(f"  {'':<12} since {c.last_transition_time.isoformat()}")
     _out("Outputs:")
+    registry = status.outputs.registry
+    if registry:
+        _out(f"  repository:  {registry.repository_uri}")
+        _out(f"  role:        {registry.role_arn}")
     manifests = status.outputs.manifests
     if manifests:
         _out(f"  state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})")

@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.aws import AwsActivities
+from activities.nats import NatsActivities
 from activities.platform import PlatformActivities
 from activities.statestore import StateStoreActivities
 from idp.keyring import ENV_FORMAT, KeyRingError
@@ -34,12 +35,20 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def activities(platform: Platform, cache_dir: Path) -> list:
     state_store = StateStoreActivities(platform, cache_dir / "statestore")
     aws = AwsActivities(platform)
+    # The same clone directory as the manifests step: one store per repository, one commit queue.
+    nats = NatsActivities(platform, cache_dir / "statestore")
     return [
         PlatformActivities(platform).runtime_settings,
         aws.ensure_registry,
         aws.remove_registry,
         state_store.write_workload_manifests,
         state_store.remove_workload_manifests,
+        nats.ensure_nats_user,
+        nats.issue_credentials,
+        nats.check_delivery,
+        nats.rotate_nats_key,
+        nats.revoke_nats_keys,
+        nats.remove_nats,
     ]
 
 

@@ -1,13 +1,59 @@
 """Activities for a workload's NATS user in Synadia Cloud and the delivery of its credentials.
 
-The contract the workflow relies on (implementation in progress): credentials exist only inside
-`issue_credentials`, which downloads them and hands them straight to the delivery; everything
-returned is metadata (ids, public keys, expiry, version, a fingerprint that reveals nothing).
+The contract the workflow relies on: credentials exist only inside `issue_credentials`, which
+downloads them and hands them straight to the delivery; everything returned is metadata (ids,
+public keys, expiry, version, a fingerprint that reveals nothing). idp/natsusers.py and
+idp/delivery.py do the work; this module resolves configuration and maps errors.
+
+Calls per steady-state pass: `ensure_nats_user` with a known user id makes one Synadia GET;
+`check_delivery` makes no Synadia call, one git fetch and read, plus one Secrets Manager
+DescribeSecret for external-secret (one Secret GET for kubernetes).
 """
 
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
 
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from temporalio import activity
+
+from activities.errors import as_activity_errors
+from activities.heartbeat import heartbeating
+from idp.delivery import (
+    DELIVERY_FILES,
+    CredentialDelivery,
+    CredentialMetadata,
+    Delivered,
+    DeliveryTarget,
+    ExternalSecretDelivery,
+    KubeApi,
+    KubernetesDelivery,
+    KubernetesSecrets,
+    SealedSecretDelivery,
+    credential_metadata,
+    delivery_kind,
+)
+from idp.errors import PermanentError
 from idp.models import Delivery, Model, Workload
+from idp.natsusers import Directory, ensure_user, find_user, revoke_keys
+from idp.platform import Destination, Platform, SynadiaConfig
+from idp.sealing import CertificateCache
+from idp.statestore import Change, StateStore, state_store
+from idp.synadia import SynadiaClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Credential issuances by reason since the worker started (metrics come later); the log line
+# written with each increment is the durable record.
+ISSUANCES: Counter[str] = Counter()
 
 
 class NatsUserInput(Model):
@@ -67,3 +113,286 @@ class RemoveInput(Model):
     account_id: str | None
     public_keys: list[str]
     record: CredentialRecord | None
+
+
+class NatsActivities:
+    """`cache_dir` is where state-store clones live (shared with the manifests step, so their
+    commits group)."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        cache_dir: Path,
+        *,
+        certificates: CertificateCache | None = None,
+        kubernetes: Callable[[str | None], KubernetesSecrets] = KubeApi,
+    ) -> None:
+        self._platform = platform
+        self._cache_dir = cache_dir
+        self._certificates = certificates or CertificateCache()
+        self._kubernetes = kubernetes
+        self._directory = Directory(platform.synadia) if platform.synadia else None
+        self._secrets: BaseClient | None = None
+
+    # -- configuration
+
+    def _synadia(self) -> tuple[SynadiaConfig, Directory]:
+        if self._platform.synadia is None or self._directory is None:
+            raise PermanentError(
+                "the platform configuration has no synadia section, so workloads get no NATS "
+                "user; add one or remove spec.nats",
+                reason="NoSynadia",
+            )
+        return self._platform.synadia, self._directory
+
+    def _client(self) -> SynadiaClient:
+        config, _ = self._synadia()
+        token = os.environ.get(config.token_env, "")
+        if not token:
+            raise PermanentError(
+                f"the Synadia API token is not set: the worker needs it in ${config.token_env} "
+                "(synadia.tokenEnv)",
+                reason="NoSynadiaToken",
+            )
+        return SynadiaClient(config.url, token)
+
+    def _destination(self, workload: Workload) -> Destination:
+        destination = self._platform.destination(workload.spec.destination)
+        if destination is None:
+            known = ", ".join(d.name for d in self._platform.destinations)
+            raise PermanentError(
+                f"destination {workload.spec.destination!r} is not defined in the platform "
+                f"configuration (defined: {known})",
+                reason="UnknownDestination",
+            )
+        return destination
+
+    def _store(self, destination: Destination) -> StateStore:
+        config = destination.state_store
+        return state_store(config.url, config.branch, self._cache_dir)
+
+    def _secrets_client(self) -> BaseClient:
+        aws = self._platform.aws
+        assert aws is not None
+        if self._secrets is None:
+            config = Config(
+                region_name=aws.region,
+                retries={"mode": "standard", "max_attempts": 4},
+                connect_timeout=5,
+                read_timeout=30,
+            )
+            self._secrets = boto3.session.Session().client(
+                "secretsmanager", endpoint_url=aws.endpoint_url, config=config
+            )
+        return self._secrets
+
+    def _delivery(self, destination: Destination, kind: Delivery) -> CredentialDelivery:
+        if kind == Delivery.SEALED_SECRET:
+            if destination.sealing is None:
+                raise PermanentError(
+                    f"delivery sealed-secret needs the sealing certificate of destination "
+                    f"{destination.name} (destinations[].sealing in the platform configuration); "
+                    "set it or choose another spec.nats.credentials.delivery",
+                    reason="NoSealingCertificate",
+                )
+            return SealedSecretDelivery(
+                self._store(destination), destination.sealing, self._certificates
+            )
+        if kind == Delivery.EXTERNAL_SECRET:
+            if destination.secret_store is None or self._platform.aws is None:
+                raise PermanentError(
+                    f"delivery external-secret needs destinations[].secretStore for "
+                    f"{destination.name} and the aws section in the platform configuration; set "
+                    "them or choose another spec.nats.credentials.delivery",
+                    reason="NoSecretStore",
+                )
+            return ExternalSecretDelivery(
+                self._store(destination), self._secrets_client(), destination.secret_store
+            )
+        return KubernetesDelivery(
+            self._kubernetes(destination.kube_context), destination.kube_context
+        )
+
+    async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+        with as_activity_errors():
+            return await heartbeating(work())
+
+    # -- activities
+
+    @activity.defn
+    async def ensure_nats_user(self, request: NatsUserInput) -> NatsUser:
+        async def work() -> NatsUser:
+            _, directory = self._synadia()
+            async with self._client() as client:
+                ensured = await ensure_user(client, directory, request.workload, request.user_id)
+            user = ensured.user
+            return NatsUser(
+                user_id=user.id,
+                account_id=user.account.id,
+                name=user.name,
+                public_key=user.user_public_key,
+                created=ensured.created,
+                repaired=ensured.repaired,
+            )
+
+        return await self._run(work)
+
+    @activity.defn
+    async def issue_credentials(self, request: IssueInput) -> CredentialRecord:
+        return await self._run(lambda: self._issue(request))
+
+    async def _issue(self, request: IssueInput) -> CredentialRecord:
+        workload = request.workload
+        nats = workload.spec.nats
+        if nats is None:
+            raise PermanentError(
+                "the workload has no spec.nats to issue credentials for", reason="NoNats"
+            )
+        destination = self._destination(workload)
+        # Resolved before anything is issued: a delivery that cannot work must cost no issuance.
+        delivery = self._delivery(destination, delivery_kind(workload, destination))
+        target = DeliveryTarget.of(workload, destination)
+        who = f"Workload {workload.metadata.system}/{workload.metadata.name}"
+        message = (
+            f"deliver NATS credentials v{request.version} of {who}\n\n"
+            f"Reason: {request.reason}\nWorkflow: {request.workflow_id}"
+        )
+        async with self._client() as client:
+            user = await client.get_nats_user(request.user_id)
+            if user is None:
+                raise PermanentError(
+                    f"NATS user {request.user_id} of {who} no longer exists; the next pass "
+                    "creates it again before issuing",
+                    reason="NatsUserGone",
+                )
+            resumed = await delivery.resume(target, request.version, user.user_public_key, message)
+            if resumed is not None:
+                log.info(
+                    "credentials v%d of %s were already delivered by an earlier attempt (%s)",
+                    request.version,
+                    who,
+                    resumed.location,
+                )
+                return _record(resumed)
+            creds = await client.download_creds(user.id)
+        credential = credential_metadata(creds, request.version, nats.credentials.ttl)
+        ISSUANCES[request.reason] += 1
+        log.info(
+            "issued NATS credentials v%d of %s: reason %s, key %s, fingerprint %s, expires %s "
+            "(issuances by reason: %s)",
+            request.version,
+            who,
+            request.reason,
+            credential.public_key,
+            credential.fingerprint[:16],
+            credential.expires_at.isoformat(),
+            dict(ISSUANCES),
+        )
+        delivered = await delivery.deliver(target, creds.text, credential, message)
+        return _record(delivered)
+
+    @activity.defn
+    async def check_delivery(self, request: DeliveryCheckInput) -> DeliveryCheck:
+        async def work() -> DeliveryCheck:
+            destination = self._destination(request.workload)
+            record = request.record
+            # Where this version was delivered, even if the spec now names another delivery:
+            # the workflow's policy decides whether that change calls for a new issuance.
+            delivery = self._delivery(destination, record.delivery)
+            credential = CredentialMetadata(
+                version=record.version,
+                public_key=record.public_key,
+                issued_at=record.issued_at,
+                expires_at=record.expires_at,
+                fingerprint=record.fingerprint,
+            )
+            target = DeliveryTarget.of(request.workload, destination)
+            state = await delivery.check(target, credential)
+            return DeliveryCheck(in_place=state.in_place, problem=state.problem)
+
+        return await self._run(work)
+
+    @activity.defn
+    async def rotate_nats_key(self, request: NatsUserInput) -> NatsUser:
+        async def work() -> NatsUser:
+            if not request.user_id:
+                raise PermanentError("rotating a NATS key needs the user's id", reason="NoUserId")
+            async with self._client() as client:
+                user = await client.rotate_nats_user(request.user_id)
+            log.info("rotated the key of NATS user %s: now %s", user.name, user.user_public_key)
+            return NatsUser(
+                user_id=user.id,
+                account_id=user.account.id,
+                name=user.name,
+                public_key=user.user_public_key,
+            )
+
+        return await self._run(work)
+
+    @activity.defn
+    async def revoke_nats_keys(self, request: RevokeInput) -> None:
+        async def work() -> None:
+            async with self._client() as client:
+                await revoke_keys(client, request.account_id, request.public_keys)
+
+        await self._run(work)
+
+    @activity.defn
+    async def remove_nats(self, request: RemoveInput) -> None:
+        await self._run(lambda: self._remove(request))
+
+    async def _remove(self, request: RemoveInput) -> None:
+        workload = request.workload
+        if self._platform.synadia is not None:
+            _, directory = self._synadia()
+            async with self._client() as client:
+                # By id, else by its name: a user whose id the workflow never learned (a lost
+                # activity result) is found and removed too.
+                try:
+                    user = await find_user(client, directory, workload, request.user_id)
+                except PermanentError as error:
+                    if error.reason != "UnknownAccount":
+                        raise
+                    user = None  # no account, so no user in it to remove
+                account_id = request.account_id or (user.account.id if user else None)
+                keys = list(request.public_keys)
+                if user is not None:
+                    keys.append(user.user_public_key)
+                if account_id and keys:
+                    # Before the delete: a deleted user's JWTs stay valid until they expire.
+                    await revoke_keys(client, account_id, keys)
+                if user is not None and await client.delete_nats_user(user.id):
+                    log.info("deleted NATS user %s (%s)", user.name, user.id)
+        destination = self._destination(workload)
+        target = DeliveryTarget.of(workload, destination)
+        message = (
+            f"remove NATS credentials of Workload {workload.metadata.system}/"
+            f"{workload.metadata.name}\n\nWorkflow: {workload.workflow_id}"
+        )
+        removed: list[str] = []
+        # Whatever delivery was used before, its traces go: both state-store files, the
+        # Secrets Manager secret where one can exist, the Secret where it was applied.
+        if destination.secret_store is not None and self._platform.aws is not None:
+            external = self._delivery(destination, Delivery.EXTERNAL_SECRET)
+            removed += await external.remove(target, message)
+        else:
+            change = Change(target.directory, {}, message, DELIVERY_FILES)
+            removed += (await self._store(destination).apply(change)).removed
+        if request.record is not None and request.record.delivery == Delivery.KUBERNETES:
+            kubernetes = self._delivery(destination, Delivery.KUBERNETES)
+            removed += await kubernetes.remove(target, message)
+        if removed:
+            log.info("removed NATS credentials of %s: %s", workload.workflow_id, ", ".join(removed))
+
+
+def _record(delivered: Delivered) -> CredentialRecord:
+    credential = delivered.credential
+    return CredentialRecord(
+        version=credential.version,
+        public_key=credential.public_key,
+        issued_at=credential.issued_at,
+        expires_at=credential.expires_at,
+        fingerprint=credential.fingerprint,
+        delivery=delivered.delivery,
+        location=delivered.location,
+    )

@@ -11,6 +11,7 @@ from idp.platform import Platform, ReconcileSettings
 class RuntimeSettings(Model):
     reconcile: ReconcileSettings = ReconcileSettings()
     registry: bool = Field(False, description="The platform offers registries (aws configured).")
+    nats: bool = Field(False, description="The platform offers NATS users (synadia configured).")
 
 
 class PlatformActivities:
@@ -20,5 +21,7 @@ class PlatformActivities:
     @activity.defn
     async def runtime_settings(self) -> RuntimeSettings:
         return RuntimeSettings(
-            reconcile=self._platform.reconcile, registry=self._platform.aws is not None
+            reconcile=self._platform.reconcile,
+            registry=self._platform.aws is not None,
+            nats=self._platform.synadia is not None,
         )

@@ -11,6 +11,10 @@ from idp.models import Model, Workload
 from idp.platform import Destination, Platform
 from idp.statestore import Change, StateStore, state_store
 
+# The files this step manages in the workload's directory, which also holds the delivered NATS
+# secret (idp/delivery.py): only these are written or deleted by a write, never that secret.
+MANIFEST_FILES = frozenset({"serviceaccount.yaml"})
+
 
 class ManifestsInput(Model):
     workload: Workload
@@ -54,7 +58,8 @@ class StateStoreActivities:
             files = render_workload(request.workload, role_arn=request.role_arn)
             directory = workload_directory(destination.state_store.path, request.workload)
             message = _message(request, "apply")
-            result = await self._store(destination).apply(Change(directory, files, message))
+            change = Change(directory, files, message, owned=MANIFEST_FILES)
+            result = await self._store(destination).apply(change)
             return ManifestsResult(
                 directory=directory,
                 digest=digest(files),

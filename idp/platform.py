@@ -14,7 +14,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from idp.durations import Duration
 from idp.loading import YamlLoader, describe_errors, yaml_problem
 from idp.models import API_VERSION, Delivery, Model
-from idp.names import Label
+from idp.names import Label, Subdomain
+from idp.sealing import CertificateSource
 
 
 class StateStoreConfig(Model):
@@ -45,11 +46,47 @@ class ClusterIdentity(Model):
         return self
 
 
+class SecretStoreConfig(Model):
+    """How the destination's External Secrets Operator reads AWS Secrets Manager."""
+
+    name: Subdomain = Field(description="The ClusterSecretStore an ExternalSecret refers to.")
+    refresh_interval: Duration = Field(
+        timedelta(hours=1),
+        json_schema_extra={"default": "1h"},
+        description="How often the operator re-reads the secret (spec.refreshInterval).",
+    )
+    recovery_window_days: int | None = Field(
+        None, ge=7, le=30, description="Days a deleted secret can be restored (AWS default 30)."
+    )
+    force_delete: bool = Field(False, description="Delete secrets at once, without recovery.")
+
+    @model_validator(mode="after")
+    def _one_deletion_mode(self) -> "SecretStoreConfig":
+        if self.force_delete and self.recovery_window_days is not None:
+            raise ValueError("set recoveryWindowDays or forceDelete, not both")
+        if self.refresh_interval < timedelta(seconds=1) or self.refresh_interval.microseconds:
+            raise ValueError("refreshInterval must be whole seconds, at least 1s")
+        return self
+
+
 class Destination(Model):
     name: Label
     state_store: StateStoreConfig
     cluster: ClusterIdentity | None = Field(None, description="Needed when aws is configured.")
     default_delivery: Delivery = Delivery.SEALED_SECRET
+    sealing: CertificateSource | None = Field(
+        None,
+        description="Where the sealed-secrets controller's certificate comes from; needed by "
+        "workloads delivering sealed-secret.",
+    )
+    secret_store: SecretStoreConfig | None = Field(
+        None, description="Needed by workloads delivering external-secret (with aws)."
+    )
+    kube_context: str | None = Field(
+        None,
+        description="kubeconfig context of the cluster, for delivery kubernetes (in-cluster "
+        "config when unset).",
+    )
 
 
 class ReconcileSettings(Model):
@@ -80,6 +117,28 @@ class AwsConfig(Model):
     repository_prefix: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]*/)?$")
 
 
+class SynadiaConfig(Model):
+    """Synadia Cloud (or the local emulator): where NATS users live. The token is read from the
+    environment variable `tokenEnv`, never from this file."""
+
+    url: str = Field(description="Control-plane URL, e.g. https://cloud.synadia.com.")
+    token_env: str = Field("SYNADIA_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    system: str = Field(min_length=1, description="The NATS system, by name or id.")
+    default_account: str = Field(
+        min_length=1, description="Account of workloads that name none, by name or id."
+    )
+    signing_key_group: str | None = Field(
+        None, description="Signing key group users are created with (the account's first)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL; got {value!r}")
+        return value.rstrip("/")
+
+
 class TemporalTls(Model):
     cert_file: str | None = None
     key_file: str | None = None
@@ -103,9 +162,13 @@ class Platform(Model):
     reconcile: ReconcileSettings = ReconcileSettings()
     temporal: TemporalConfig = TemporalConfig()
     aws: AwsConfig | None = Field(None, description="Without it, workloads get no registry.")
+    synadia: SynadiaConfig | None = Field(None, description="Without it, no NATS users.")
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "Platform":
+        if self.synadia is not None:
+            for destination in self.destinations:
+                _check_default_delivery(destination, self.aws is not None)
         if self.aws is not None:
             missing = [d.name for d in self.destinations if d.cluster is None]
             if missing:
@@ -121,6 +184,22 @@ class Platform(Model):
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+
+def _check_default_delivery(destination: Destination, aws: bool) -> None:
+    """The destination's default delivery must be usable; a workload choosing another delivery
+    is checked when its credentials are delivered, naming the missing field."""
+    name, delivery = destination.name, destination.default_delivery
+    if delivery == Delivery.SEALED_SECRET and destination.sealing is None:
+        raise ValueError(
+            f"destination {name}: defaultDelivery sealed-secret needs sealing (file, url or "
+            "cluster of the controller certificate)"
+        )
+    if delivery == Delivery.EXTERNAL_SECRET and (destination.secret_store is None or not aws):
+        raise ValueError(
+            f"destination {name}: defaultDelivery external-secret needs secretStore and the aws "
+            "section"
+        )
 
 
 class PlatformError(Exception):
@@ -164,6 +243,10 @@ def _resolve_local_paths(platform: Platform, base: Path) -> Platform:
         if not _is_remote(url) and not Path(url).is_absolute():
             store = destination.state_store.model_copy(update={"url": str((base / url).resolve())})
             destination = destination.model_copy(update={"state_store": store})
+        sealing = destination.sealing
+        if sealing is not None and sealing.file is not None and not sealing.file.is_absolute():
+            source = CertificateSource(file=(base / sealing.file).resolve())
+            destination = destination.model_copy(update={"sealing": source})
         destinations.append(destination)
     return platform.model_copy(update={"destinations": destinations})
 

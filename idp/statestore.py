@@ -69,9 +69,18 @@ _INHERITED_GIT_VARIABLES = (
 
 @dataclass(frozen=True)
 class Change:
+    """Make `directory` hold `files`.
+
+    `owned` names the files this change manages when several writers share one directory (a
+    workload's manifests beside its delivered secret): only those names are written or deleted
+    and every other file is left alone. None manages the whole directory: files not in `files`
+    are deleted.
+    """
+
     directory: str
     files: Mapping[str, str]
     message: str
+    owned: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,8 @@ class StateStore:
         self._writer: asyncio.Task[None] | None = None
 
     async def apply(self, change: Change) -> ChangeResult:
-        """Make `change.directory` hold exactly `change.files`; writes only what differs."""
+        """Make `change.directory` hold exactly `change.files` (of the names in `change.owned`,
+        when given); writes only what differs."""
         change = _validated(change)
         loop = self._bind_loop()
         future: asyncio.Future[ChangeResult] = loop.create_future()
@@ -337,15 +347,19 @@ class StateStore:
         tracking = f"refs/remotes/origin/{self.branch}"
         refspec = f"+refs/heads/{self.branch}:{tracking}"
         fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", self._git_url, refspec)
-        fetched = await self._git(*fetch, network=True, check=False)
-        if fetched.returncode == 0:
-            return (await self._git("rev-parse", "--verify", tracking)).stdout.decode().strip()
-        # Only ask whether the branch exists once the cheap path failed.
-        ls_remote = ("ls-remote", self._git_url, f"refs/heads/{self.branch}")
-        listed = await self._git(*ls_remote, network=True, check=False)
-        if listed.returncode == 0 and not listed.stdout.strip():
-            await self._git("update-ref", "-d", tracking, check=False)
-            return None
+        for _ in range(3):
+            fetched = await self._git(*fetch, network=True, check=False)
+            if fetched.returncode == 0:
+                return (await self._git("rev-parse", "--verify", tracking)).stdout.decode().strip()
+            # Only ask whether the branch exists once the cheap path failed.
+            ls_remote = ("ls-remote", self._git_url, f"refs/heads/{self.branch}")
+            listed = await self._git(*ls_remote, network=True, check=False)
+            if listed.returncode != 0:
+                break
+            if not listed.stdout.strip():
+                await self._git("update-ref", "-d", tracking, check=False)
+                return None
+            # Another writer created the branch between our fetch and our look: fetch again.
         raise self._error("fetch", fetched.stderr)
 
     async def _push(self, commit: str) -> str:
@@ -425,6 +439,8 @@ def _plan(tree: dict[str, _Entry], changes: Sequence[Change]) -> _Plan:
                 if state.pop(ancestor, None):
                     removed.append(ancestor)
         for path in sorted(p for p in state if p.startswith(prefix) and p not in desired):
+            if change.owned is not None and path.removeprefix(prefix) not in change.owned:
+                continue
             del state[path]
             removed.append(path)
         for path, data in sorted(desired.items()):
@@ -515,8 +531,23 @@ def _validated(change: Change) -> Change:
                     f"File names {str(parent)!r} and {name!r} in state store directory "
                     f"{directory!r} conflict: one path cannot be both a file and a directory."
                 )
+    owned = change.owned
+    if owned is not None:
+        if not isinstance(owned, frozenset | set) or not all(map(_is_safe_relative, owned)):
+            raise PermanentError(
+                f"The owned file names for state store directory {directory!r} must be a set of "
+                "relative paths inside the directory."
+            )
+        strays = sorted(set(change.files) - owned)
+        if strays:
+            # A change writing a file it does not claim could never delete it again.
+            raise PermanentError(
+                f"File(s) {', '.join(map(repr, strays))} in state store directory {directory!r} "
+                "are not among the file names the change owns."
+            )
+        owned = frozenset(owned)
     message = change.message.strip() if isinstance(change.message, str) else ""
-    return Change(directory, dict(change.files), message or f"idp: update {directory}")
+    return Change(directory, dict(change.files), message or f"idp: update {directory}", owned)
 
 
 def _validated_directory(directory: str) -> str:

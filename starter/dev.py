@@ -3,6 +3,12 @@
 Starts the Temporal dev server (SQLite file and UI), a bare git repository as the state store,
 the codec server and the worker; prints where everything is; stops everything cleanly on Ctrl-C.
 
+NATS users come from the Synadia emulator (emulators/synadia, with a real nats-server); its API
+token is generated into synadia-token (0600) and handed to the emulator and the worker through
+their environment. Sealed secrets are sealed to a throwaway controller key pair that this module
+generates into sealing/ (controller-key.pem 0600, controller-cert.pem), so they can be opened
+locally with the key; the platform file points the destination's sealing source at the cert.
+
 Payloads are encrypted here too, with a key generated into the state directory (codec-keys,
 mode 0600) on first start. The UI decodes them through the codec server, which accepts the
 loopback UI without a token (the UI has no login to take one from) and everyone else only with
@@ -22,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -43,9 +49,12 @@ class Stack:
     ui_port: int
     codec_port: int = 0  # 0: any free port
     aws_port: int = 0  # moto, standing in for AWS; 0: any free port
+    synadia_port: int = 0  # the Synadia emulator's API; 0: any free port
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     codec_keys: str | None = field(default=None, repr=False)
     codec_token: str | None = field(default=None, repr=False)
+    synadia_token: str | None = field(default=None, repr=False)
+    nats_url: str = ""
 
     @property
     def logs(self) -> Path:
@@ -96,6 +105,22 @@ class Stack:
     @property
     def aws_url(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
+
+    @property
+    def synadia_url(self) -> str:
+        return f"http://{self.host}:{self.synadia_port}"
+
+    @property
+    def synadia_token_file(self) -> Path:
+        return self.root / "synadia-token"
+
+    @property
+    def sealing_key(self) -> Path:
+        return self.root / "sealing" / "controller-key.pem"
+
+    @property
+    def sealing_cert(self) -> Path:
+        return self.root / "sealing" / "controller-cert.pem"
 
     def spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("ab")
@@ -191,6 +216,51 @@ LOCAL_ACCOUNT = "123456789012"  # moto's account
 LOCAL_OIDC = f"arn:aws:iam::{LOCAL_ACCOUNT}:oidc-provider/oidc.local.idp.dev/id/LOCAL"
 
 
+# What the emulator calls the system and application account it creates on first start.
+EMULATED_SYSTEM = "emulated-system"
+EMULATED_ACCOUNT = "platform"
+SYNADIA_TOKEN_ENV = "SYNADIA_TOKEN"
+
+
+def load_synadia_token(stack: Stack) -> None:
+    stack.synadia_token = secret_file(stack.synadia_token_file, lambda: secrets.token_urlsafe(32))
+
+
+def ensure_sealing_key(stack: Stack) -> None:
+    """A throwaway sealed-secrets controller key pair, made once: the local stack has no
+    controller, and with the private key beside it a sealed secret can still be opened."""
+    if stack.sealing_key.exists() and stack.sealing_cert.exists():
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealed-secret")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    stack.sealing_key.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(stack.sealing_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(pem)
+    stack.sealing_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def write_platform(stack: Stack) -> None:
     """Written on every start, since ports may change: pass your own file to customise."""
     platform = {
@@ -201,11 +271,19 @@ def write_platform(stack: Stack) -> None:
                 "name": "dev",
                 "stateStore": {"url": str(stack.state_store), "branch": "main"},
                 "cluster": {"trust": "irsa", "oidcProviderArn": LOCAL_OIDC},
+                "sealing": {"file": str(stack.sealing_cert)},
+                "secretStore": {"name": "aws-secrets-manager", "forceDelete": True},
             },
         ],
         "reconcile": {"driftInterval": "10m"},
         "temporal": {"address": stack.address, "uiUrl": stack.ui_url},
         "aws": {"region": "eu-west-1", "accountId": LOCAL_ACCOUNT, "endpointUrl": stack.aws_url},
+        "synadia": {
+            "url": stack.synadia_url,
+            "tokenEnv": SYNADIA_TOKEN_ENV,
+            "system": EMULATED_SYSTEM,
+            "defaultAccount": EMULATED_ACCOUNT,
+        },
     }
     header = "# Generated by `idpctl dev` on each start.\n"
     stack.platform_file.write_text(header + yaml.safe_dump(platform, sort_keys=False))
@@ -235,6 +313,34 @@ async def wait_for_server(stack: Stack) -> None:
                     f"see {stack.logs / 'temporal.log'}"
                 ) from None
             await asyncio.sleep(0.2)
+
+
+async def wait_for_synadia(stack: Stack) -> None:
+    """Until the emulator answers; then check it holds the names the platform file uses."""
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            try:
+                response = await client.get(f"{stack.synadia_url}/_emulator/info")
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if (problem := stack.dead()) is not None:
+                raise SystemExit(f"error: {problem}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(
+                    f"error: the Synadia emulator did not answer within {READY_TIMEOUT:g}s; "
+                    f"see {stack.logs / 'synadia.log'}"
+                )
+            await asyncio.sleep(0.2)
+    info = response.json()
+    if (info["system_name"], info["account_name"]) != (EMULATED_SYSTEM, EMULATED_ACCOUNT):
+        raise SystemExit(
+            f"error: the Synadia emulator's state in {stack.root / 'synadia'} names system "
+            f"{info['system_name']!r} and account {info['account_name']!r}; delete that folder"
+        )
+    stack.nats_url = info["nats_url"]
 
 
 async def wait_for_codec_server(stack: Stack) -> None:
@@ -272,7 +378,10 @@ async def start(stack: Stack) -> None:
         stack.codec_port = free_port(stack.host)
     if stack.aws_port == 0:
         stack.aws_port = free_port(stack.host)
-    for port in (stack.port, stack.ui_port, stack.codec_port, stack.aws_port):
+    if stack.synadia_port == 0:
+        stack.synadia_port = free_port(stack.host)
+    ports = (stack.port, stack.ui_port, stack.codec_port, stack.aws_port, stack.synadia_port)
+    for port in ports:
         if not port_free(stack.host, port):
             raise SystemExit(
                 f"error: port {port} on {stack.host} is in use (another `idpctl dev`?); stop it "
@@ -280,6 +389,8 @@ async def start(stack: Stack) -> None:
             )
     stack.logs.mkdir(parents=True, exist_ok=True)
     load_codec_secrets(stack)
+    load_synadia_token(stack)
+    ensure_sealing_key(stack)
     init_state_store(stack)
     write_platform(stack)
     stack.spawn("temporal", [
@@ -298,12 +409,19 @@ async def start(stack: Stack) -> None:
         "--allow-loopback-ui-without-token",
     ], extra_env={codec_server.TOKEN_ENV: stack.codec_token or ""})  # fmt: skip
     stack.spawn("moto", [binary("moto_server"), "-H", stack.host, "-p", str(stack.aws_port)])
+    token = {"SYNADIA_EMULATOR_TOKEN": stack.synadia_token or ""}
+    stack.spawn("synadia", [
+        sys.executable, "-m", "emulators.synadia",
+        "--host", stack.host, "--port", str(stack.synadia_port),
+        "--state-dir", str(stack.root / "synadia"),
+    ], extra_env=token)  # fmt: skip
     await wait_for_server(stack)
     await wait_for_codec_server(stack)
+    await wait_for_synadia(stack)
     stack.spawn("worker", [
         sys.executable, "-m", "worker", "--platform", str(stack.platform_file),
         "--cache-dir", str(stack.root / "worker"),
-    ])  # fmt: skip
+    ], extra_env={SYNADIA_TOKEN_ENV: stack.synadia_token or ""})  # fmt: skip
 
 
 async def cmd_dev(args: argparse.Namespace) -> None:
@@ -352,6 +470,9 @@ def _print_summary(stack: Stack) -> None:
                 f"Payload keys      {stack.codec_keys_file}",
                 f"State store       {stack.state_store}  (git clone it to look)",
                 f"AWS (moto)        {stack.aws_url}",
+                f"Synadia emulator  {stack.synadia_url}  (token: {stack.synadia_token_file})",
+                f"NATS server       {stack.nats_url}",
+                f"Sealing key pair  {stack.sealing_key.parent}/  (throwaway, for opening secrets)",
                 f"Platform config   {stack.platform_file}",
                 f"Logs              {stack.logs}/",
                 "",

@@ -21,7 +21,7 @@ from idp.models import KINDS, Workload
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from starter import codec_server, dev, operations, replay, temporal
 from workflows import search_attributes
-from workflows.messages import SignalRequest, WorkloadStatus
+from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.state import ConditionStatus, Phase
 
 
@@ -185,13 +185,14 @@ def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]
     async def command(args: argparse.Namespace) -> None:
         workflow_id = _workload_id(args.name)
         client, _ = await _connect(args, _platform(args, required=False))
+        request = SignalRequest(reason=args.reason)
+        if name == "rotate_credentials":
+            request = RotateRequest(reason=args.reason, revoke_old=args.revoke_old)
         try:
-            await operations.send_signal(
-                client, workflow_id, name, SignalRequest(reason=getattr(args, "reason", None))
-            )
+            await operations.send_signal(client, workflow_id, name, request)
         except operations.NotFound as error:
             raise Failure(str(error)) from None
-        _out(f"{workflow_id} {name} requested")
+        _out(f"{workflow_id} {name.replace('_', '-')} requested")
         if name == "delete" and args.wait:
             handle = client.get_workflow_handle(workflow_id)
             try:
@@ -335,11 +336,19 @@ def parser() -> argparse.ArgumentParser:
         ("pause", "stop reconciling until resume"),
         ("resume", "reconcile again after pause"),
         ("delete", "tear the workload down and end its workflow"),
+        ("rotate_credentials", "new NATS key and credentials now; old key revoked after grace"),
     ):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name.replace("_", "-"), help=text)
         command.add_argument("kind", choices=["workload"])
         command.add_argument("name", metavar="SYSTEM/NAME")
         command.add_argument("--reason", help="recorded with the request")
+        if name == "rotate_credentials":
+            command.add_argument(
+                "--revoke-old",
+                choices=["after-grace", "now"],
+                default="after-grace",
+                help="now: revoke the old key at once (a leak)",
+            )
         if name == "delete":
             command.add_argument("--wait", action="store_true", help="wait until deleted")
             command.add_argument("--timeout", type=float, default=300)

@@ -18,8 +18,6 @@ from workflows.messages import (
 )
 from workflows.workload import WorkloadWorkflow
 
-SIGNALS = ("reconcile", "pause", "resume", "delete")
-
 
 class NotFound(Exception):
     """No running workflow for the resource."""

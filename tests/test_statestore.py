@@ -148,6 +148,83 @@ async def test_a_file_left_out_is_deleted_and_empty_files_remove_the_directory(
     assert (await store.apply(Change(DIR, {}, "delete again"))).commit is None
 
 
+# Files owned by different writers in one directory.
+
+SA = frozenset({"serviceaccount.yaml"})
+SEALED = frozenset({"sealedsecret-nats.yaml"})
+
+
+async def test_owned_changes_leave_the_other_writers_files_alone(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(Change(DIR, {"serviceaccount.yaml": "sa: 1\n"}, "manifests", owned=SA))
+    secret = await store.apply(
+        Change(DIR, {"sealedsecret-nats.yaml": "sealed: 1\n"}, "deliver", owned=SEALED)
+    )
+    assert secret.written == (f"{DIR}/sealedsecret-nats.yaml",) and secret.removed == ()
+
+    # The manifests step rewrites its file and does not delete the secret it does not list.
+    manifests = await store.apply(
+        Change(DIR, {"serviceaccount.yaml": "sa: 2\n"}, "manifests", owned=SA)
+    )
+    assert manifests.written == (f"{DIR}/serviceaccount.yaml",) and manifests.removed == ()
+    assert changed_paths(remote, manifests.commit) == [f"{DIR}/serviceaccount.yaml"]
+    assert await store.read(DIR) == {
+        "serviceaccount.yaml": "sa: 2\n",
+        "sealedsecret-nats.yaml": "sealed: 1\n",
+    }
+    unchanged = await store.apply(
+        Change(DIR, {"serviceaccount.yaml": "sa: 2\n"}, "again", owned=SA)
+    )
+    assert unchanged.commit is None
+
+
+async def test_an_owned_file_left_out_is_deleted_and_nothing_else(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    files = {**FILES, "sealedsecret-nats.yaml": "sealed\n", "externalsecret-nats.yaml": "es\n"}
+    await store.apply(Change(DIR, files, "everything"))
+    both = frozenset({"sealedsecret-nats.yaml", "externalsecret-nats.yaml"})
+
+    # Switching deliveries: one owned file written, the other owned one deleted, one commit.
+    switched = await store.apply(
+        Change(DIR, {"sealedsecret-nats.yaml": "sealed 2\n"}, "switch", owned=both)
+    )
+    assert switched.written == (f"{DIR}/sealedsecret-nats.yaml",)
+    assert switched.removed == (f"{DIR}/externalsecret-nats.yaml",)
+
+    removed = await store.apply(Change(DIR, {}, "remove secret", owned=both))
+    assert removed.removed == (f"{DIR}/sealedsecret-nats.yaml",)
+    assert await store.read(DIR) == FILES
+    assert (await store.apply(Change(DIR, {}, "remove again", owned=both))).commit is None
+
+    # Without `owned` the change manages the whole directory, as before.
+    gone = await store.apply(Change(DIR, {}, "delete"))
+    assert gone.removed == tuple(f"{DIR}/{name}" for name in sorted(FILES))
+
+
+async def test_an_owned_change_in_a_batch_with_a_whole_directory_change(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(Change(DIR, FILES, "generation 1"))
+    results = await asyncio.gather(
+        store.apply(Change(DIR, {"sealedsecret-nats.yaml": "s\n"}, "deliver", owned=SEALED)),
+        store.apply(Change(DIR, {"serviceaccount.yaml": "sa\n"}, "manifests", owned=SA)),
+    )
+    assert results[0].commit == results[1].commit == head(remote)
+    assert await store.read(DIR) == {
+        **FILES,
+        "serviceaccount.yaml": "sa\n",
+        "sealedsecret-nats.yaml": "s\n",
+    }
+
+
+async def test_a_file_outside_the_owned_names_is_refused(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    with pytest.raises(PermanentError, match="not among the file names the change owns"):
+        await store.apply(Change(DIR, FILES, "bad", owned=SA))
+    with pytest.raises(PermanentError, match="owned file names"):
+        await store.apply(Change(DIR, {}, "bad", owned=frozenset({"../x"})))
+    assert commit_count(remote) == 0
+
+
 async def test_drift_pushed_by_someone_else_is_repaired_with_one_commit(remote, tmp_path) -> None:
     store = store_for(remote, tmp_path)
     await store.apply(Change(DIR, FILES, "generation 1"))

@@ -5,6 +5,7 @@ stable and documented in the README.
 """
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -56,3 +57,10 @@ class SignalRequest(Model):
 
     request_id: str | None = None
     reason: str | None = Field(None, max_length=500)
+
+
+class RotateRequest(SignalRequest):
+    """`rotate_credentials`: a new key at once; the old one is revoked after the grace period,
+    or immediately with `revokeOld: now` (a leak)."""
+
+    revoke_old: Literal["now", "after-grace"] = "after-grace"

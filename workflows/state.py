@@ -7,7 +7,7 @@ knowing which commit, registry, user and credential version are its own.
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from idp.models import Workload
@@ -71,9 +71,48 @@ class RegistryOutput(State):
     role_arn: str
 
 
+class NatsOutput(State):
+    user_id: str
+    account_id: str
+    name: str
+    public_key: str
+
+
+class CredentialsOutput(State):
+    """What was issued and delivered; never the credentials themselves."""
+
+    version: int
+    public_key: str
+    issued_at: datetime
+    expires_at: datetime = Field(description="From the user JWT.")
+    fingerprint: str
+    delivery: str
+    location: str
+    permissions_digest: str
+    delivery_digest: str
+    next_refresh_at: datetime = Field(description="By the workflow's clock and the policy.")
+    reason: str
+
+
 class Outputs(State):
     registry: RegistryOutput | None = None
+    nats: NatsOutput | None = None
+    credentials: CredentialsOutput | None = None
     manifests: ManifestsOutput | None = None
+
+
+class Rotation(State):
+    """An explicit rotate_credentials request waiting for the loop."""
+
+    reason: str
+    revoke_old_now: bool
+
+
+class Revocation(State):
+    """An old nkey to revoke once the workload had time to pick up the new one."""
+
+    public_key: str
+    revoke_at: datetime
 
 
 class WorkloadState(State):
@@ -90,6 +129,10 @@ class WorkloadState(State):
     failures: int = 0
     next_check_at: datetime | None = None
     request_ids: list[str] = []
+    rotation: Rotation | None = None
+    key_rotated_at: datetime | None = None
+    revocations: list[Revocation] = []
+    issuances: int = 0
 
     def seen(self, request_id: str | None) -> bool:
         """Record an external request id; True when it was handled before (a re-delivery)."""

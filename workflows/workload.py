@@ -7,7 +7,7 @@ goes False, the phase Degraded, and the next pass retries after a capped backoff
 """
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -18,13 +18,25 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 with workflow.unsafe.imports_passed_through():
     from activities.aws import AwsActivities, RegistryInput
     from activities.heartbeat import HEARTBEAT_TIMEOUT
+    from activities.nats import (
+        CredentialRecord,
+        DeliveryCheckInput,
+        IssueInput,
+        NatsActivities,
+        NatsUser,
+        NatsUserInput,
+        RemoveInput,
+        RevokeInput,
+    )
     from activities.platform import PlatformActivities, RuntimeSettings
     from activities.statestore import ManifestsInput, ManifestsResult, StateStoreActivities
+    from idp import credentials as policy
     from idp.models import disallowed_changes
     from workflows import search_attributes as sa
     from workflows.messages import (
         ApplyRequest,
         ApplyResult,
+        RotateRequest,
         SignalRequest,
         WaitReadyRequest,
         WorkloadInput,
@@ -32,9 +44,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.state import (
         ConditionStatus,
+        CredentialsOutput,
         ManifestsOutput,
+        NatsOutput,
         Phase,
         RegistryOutput,
+        Revocation,
+        Rotation,
         WorkloadState,
     )
 
@@ -51,6 +67,8 @@ STEP_RETRY = RetryPolicy(
 STEP_TIMEOUT = timedelta(minutes=2)
 
 REGISTRY = "Registry"
+NATS = "Nats"
+CREDENTIALS = "Credentials"
 MANIFESTS = "Manifests"
 
 
@@ -120,6 +138,15 @@ class WorkloadWorkflow:
     def resume(self, request: SignalRequest | None = None) -> None:
         if not self.state.seen(_request_id(request)):
             self.state.paused = False
+
+    @workflow.signal
+    def rotate_credentials(self, request: RotateRequest | None = None) -> None:
+        request = request or RotateRequest()
+        if not self.state.seen(request.request_id):
+            self.state.rotation = Rotation(
+                reason=request.reason or "requested", revoke_old_now=request.revoke_old == "now"
+            )
+            self.state.reconcile_requested = True
 
     @workflow.signal
     def delete(self, request: SignalRequest | None = None) -> None:
@@ -196,6 +223,10 @@ class WorkloadWorkflow:
         else:
             interval = settings.drift_interval
             summary = "next drift check"
+            deadline = self._next_deadline()
+            if deadline is not None and deadline - workflow.now() < interval:
+                interval = max(deadline - workflow.now(), timedelta(seconds=1))
+                summary = "next credential deadline"
         self.state.next_check_at = workflow.now() + interval
         try:
             await workflow.wait_condition(self._has_work, timeout=interval, timeout_summary=summary)
@@ -209,7 +240,13 @@ class WorkloadWorkflow:
         self.state.reconcile_requested = False
         await self._read_settings()
         # Steps run in order and a failure stops the pass: later steps build on earlier outputs.
-        ok = await self._registry() and await self._manifests()
+        try:
+            await self._registry()
+            await self._nats()
+            await self._manifests()
+            ok = True
+        except StepFailed:
+            ok = False
         self.state.observed_generation = generation
         self.state.failures = 0 if ok else self.state.failures + 1
         self._set_phase(Phase.READY if ok else Phase.DEGRADED)
@@ -218,38 +255,42 @@ class WorkloadWorkflow:
         """Undo the steps in reverse order; False when something failed and must be retried."""
         self._set_phase(Phase.DELETING)
         await self._read_settings()
-        destination = self.state.workload.spec.destination
-        # Nothing was ever written when the step never succeeded (an unknown destination, say):
-        # skipping it then keeps such a workload deletable.
-        if self.state.outputs.manifests is not None:
-            result = await self._step(
-                MANIFESTS,
-                StateStoreActivities.remove_workload_manifests,
-                self._manifests_input(),
-                f"remove manifests from {destination}",
-            )
-            if result is None:
-                return self._failed_pass()
-            self.state.outputs.manifests = None
-            self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
-        if self.state.outputs.registry is not None:
-            policy = self.state.workload.spec.deletion_policy.value
-            removal = await self._step(
-                REGISTRY,
-                AwsActivities.remove_registry,
-                RegistryInput(workload=self.state.workload),
-                f"remove IAM role (deletionPolicy {policy})",
-            )
-            if removal is None:
-                return self._failed_pass()
-            self.state.outputs.registry = None
-            removed = ", ".join(removal.removed) or "nothing left to remove"
-            self._condition(REGISTRY, ConditionStatus.FALSE, "Deleted", f"removed {removed}")
+        try:
+            await self._remove_manifests()
+            await self._remove_nats()
+            await self._remove_registry()
+        except StepFailed:
+            self.state.failures += 1
+            return False
         return True
 
-    def _failed_pass(self) -> bool:
-        self.state.failures += 1
-        return False
+    async def _remove_manifests(self) -> None:
+        # Nothing was ever written when the step never succeeded (an unknown destination, say):
+        # skipping it then keeps such a workload deletable.
+        if self.state.outputs.manifests is None:
+            return
+        result = await self._step(
+            MANIFESTS,
+            StateStoreActivities.remove_workload_manifests,
+            self._manifests_input(),
+            f"remove manifests from {self.state.workload.spec.destination}",
+        )
+        self.state.outputs.manifests = None
+        self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
+
+    async def _remove_registry(self) -> None:
+        if self.state.outputs.registry is None:
+            return
+        policy_name = self.state.workload.spec.deletion_policy.value
+        removal = await self._step(
+            REGISTRY,
+            AwsActivities.remove_registry,
+            RegistryInput(workload=self.state.workload),
+            f"remove IAM role (deletionPolicy {policy_name})",
+        )
+        self.state.outputs.registry = None
+        removed = ", ".join(removal.removed) or "nothing left to remove"
+        self._condition(REGISTRY, ConditionStatus.FALSE, "Deleted", f"removed {removed}")
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -262,17 +303,15 @@ class WorkloadWorkflow:
             role_arn=registry.role_arn if registry else None,
         )
 
-    async def _registry(self) -> bool:
+    async def _registry(self) -> None:
         if not (self._settings.registry and self.state.workload.spec.registry.enabled):
-            return True
+            return
         result = await self._step(
             REGISTRY,
             AwsActivities.ensure_registry,
             RegistryInput(workload=self.state.workload),
             "ensure ECR repository and IAM role",
         )
-        if result is None:
-            return False
         self.state.outputs.registry = RegistryOutput(
             repository_uri=result.repository_uri, role_arn=result.role_arn
         )
@@ -284,9 +323,217 @@ class WorkloadWorkflow:
             self._changed(REGISTRY, "DriftRepaired", message)
         else:
             self._condition(REGISTRY, ConditionStatus.TRUE, "InSync", result.repository_uri)
-        return True
 
-    async def _manifests(self) -> bool:
+    # ---- NATS user and credentials ---------------------------------------------------------
+
+    def _next_deadline(self) -> datetime | None:
+        """The earliest credential deadline: refresh, scheduled key rotation, revocation."""
+        deadlines = [r.revoke_at for r in self.state.revocations]
+        credentials = self.state.outputs.credentials
+        nats = self.state.workload.spec.nats
+        if credentials is not None:
+            deadlines.append(credentials.next_refresh_at)
+        if nats is not None and nats.credentials.key_rotation and self.state.key_rotated_at:
+            deadlines.append(self.state.key_rotated_at + nats.credentials.key_rotation)
+        return min(deadlines, default=None)
+
+    async def _nats(self) -> None:
+        spec = self.state.workload.spec.nats
+        if not (self._settings.nats and spec):
+            return
+        known = self.state.outputs.nats
+        user = await self._step(
+            NATS,
+            NatsActivities.ensure_nats_user,
+            NatsUserInput(workload=self.state.workload, user_id=known.user_id if known else None),
+            "ensure NATS user",
+        )
+        recreated = user.created and self.state.outputs.credentials is not None
+        self._record_user(user)
+        if self.state.key_rotated_at is None:
+            self.state.key_rotated_at = workflow.now()
+        user, rotated = await self._rotate_if_due(user)
+        reason = (
+            policy.issue_reason(
+                self._issued(),
+                public_key=user.public_key,
+                user_created=recreated,
+                rotated=rotated,
+                spec=spec,
+                now=workflow.now(),
+            )
+            or await self._delivery_drift()
+        )
+        if reason is not None:
+            await self._issue(user, reason)
+        await self._revoke_due()
+
+    def _record_user(self, user: NatsUser) -> None:
+        self.state.outputs.nats = NatsOutput(
+            user_id=user.user_id,
+            account_id=user.account_id,
+            name=user.name,
+            public_key=user.public_key,
+        )
+        if user.created and self.state.outputs.credentials is not None:
+            self._changed(NATS, "Recreated", f"user {user.name} had vanished and was recreated")
+        elif user.created:
+            self._changed(NATS, "Created", f"user {user.name} ({user.public_key})")
+        elif user.repaired:
+            self._changed(NATS, "DriftRepaired", f"put back {', '.join(user.repaired)}")
+        else:
+            self._condition(NATS, ConditionStatus.TRUE, "InSync", f"user {user.name}")
+
+    async def _rotate_if_due(self, user: NatsUser) -> tuple[NatsUser, policy.IssueReason | None]:
+        """Rotate the nkey when asked or when the schedule says so; the old key is revoked later."""
+        spec = self.state.workload.spec.nats
+        request = self.state.rotation
+        now = workflow.now()
+        if request is None and not policy.key_rotation_due(
+            spec.credentials, self.state.key_rotated_at, now
+        ):
+            return user, None
+        rotated = await self._step(
+            NATS,
+            NatsActivities.rotate_nats_key,
+            NatsUserInput(workload=self.state.workload, user_id=user.user_id),
+            "rotate NATS user key",
+        )
+        grace = spec.credentials.rotation_grace
+        if request is not None and request.revoke_old_now:
+            grace = timedelta(0)
+        self.state.revocations.append(Revocation(public_key=user.public_key, revoke_at=now + grace))
+        self.state.key_rotated_at = now
+        self.state.rotation = None
+        self._record_user(rotated)
+        why = f"requested: {request.reason}" if request else "scheduled key rotation"
+        self.state.add_event(NATS, f"rotated key ({why}); old key revoked at {now + grace}", now)
+        reason = policy.IssueReason.REQUESTED if request else policy.IssueReason.KEY_ROTATION
+        return rotated, reason
+
+    def _issued(self) -> policy.Issued | None:
+        current = self.state.outputs.credentials
+        if current is None:
+            return None
+        return policy.Issued(
+            public_key=current.public_key,
+            permissions_digest=current.permissions_digest,
+            delivery_digest=current.delivery_digest,
+            next_refresh_at=current.next_refresh_at,
+        )
+
+    async def _delivery_drift(self) -> policy.IssueReason | None:
+        """DeliveryDrift when what was delivered is gone or altered; None when in place."""
+        check = await self._step(
+            CREDENTIALS,
+            NatsActivities.check_delivery,
+            DeliveryCheckInput(
+                workload=self.state.workload, record=self._record(self.state.outputs.credentials)
+            ),
+            "check delivered credentials",
+        )
+        if check.in_place:
+            credentials = self.state.outputs.credentials
+            message = f"version {credentials.version} delivered to {credentials.location}"
+            self._condition(CREDENTIALS, ConditionStatus.TRUE, "InSync", message)
+            return None
+        message = f"delivered secret drifted: {check.problem}"
+        self.state.add_event(CREDENTIALS, message, workflow.now())
+        return policy.IssueReason.DELIVERY_DRIFT
+
+    async def _issue(self, user: NatsUser, reason: policy.IssueReason) -> None:
+        spec = self.state.workload.spec.nats
+        previous = self.state.outputs.credentials
+        version = previous.version + 1 if previous else 1
+        record = await self._step(
+            CREDENTIALS,
+            NatsActivities.issue_credentials,
+            IssueInput(
+                workload=self.state.workload,
+                workflow_id=workflow.info().workflow_id,
+                user_id=user.user_id,
+                version=version,
+                reason=reason.value,
+            ),
+            f"issue and deliver credentials v{version} ({reason.value})",
+        )
+        now = workflow.now()
+        self.state.outputs.credentials = CredentialsOutput(
+            version=record.version,
+            public_key=record.public_key,
+            issued_at=record.issued_at,
+            expires_at=record.expires_at,
+            fingerprint=record.fingerprint,
+            delivery=record.delivery.value,
+            location=record.location,
+            permissions_digest=policy.permissions_digest(spec),
+            delivery_digest=policy.delivery_digest(spec),
+            next_refresh_at=policy.next_refresh(spec.credentials, now),
+            reason=reason.value,
+        )
+        self.state.issuances += 1
+        message = f"version {version} ({reason.value}) delivered to {record.location}"
+        self._changed(CREDENTIALS, "Issued", message)
+        if self._settings.reconcile.search_attributes:
+            expiry = sa.CREDENTIALS_EXPIRE_AT.value_set(record.expires_at)
+            workflow.upsert_search_attributes([expiry])
+
+    async def _revoke_due(self) -> None:
+        now = workflow.now()
+        due = [r for r in self.state.revocations if r.revoke_at <= now]
+        if not due:
+            return
+        nats = self.state.outputs.nats
+        await self._step(
+            NATS,
+            NatsActivities.revoke_nats_keys,
+            RevokeInput(
+                workload=self.state.workload,
+                account_id=nats.account_id,
+                public_keys=[r.public_key for r in due],
+            ),
+            f"revoke {len(due)} old NATS key(s)",
+        )
+        self.state.revocations = [r for r in self.state.revocations if r.revoke_at > now]
+        self.state.add_event(NATS, f"revoked {', '.join(r.public_key for r in due)}", now)
+
+    async def _remove_nats(self) -> None:
+        nats, credentials = self.state.outputs.nats, self.state.outputs.credentials
+        if nats is None and credentials is None:
+            return
+        keys = [r.public_key for r in self.state.revocations]
+        if nats is not None:
+            keys.append(nats.public_key)
+        await self._step(
+            NATS,
+            NatsActivities.remove_nats,
+            RemoveInput(
+                workload=self.state.workload,
+                user_id=nats.user_id if nats else None,
+                account_id=nats.account_id if nats else None,
+                public_keys=keys,
+                record=self._record(credentials) if credentials else None,
+            ),
+            "revoke keys, delete NATS user and delivered secret",
+        )
+        self.state.outputs.nats = None
+        self.state.outputs.credentials = None
+        self.state.revocations = []
+        self._condition(NATS, ConditionStatus.FALSE, "Deleted", "keys revoked, user deleted")
+
+    @staticmethod
+    def _record(credentials: CredentialsOutput) -> CredentialRecord:
+        return CredentialRecord(
+            version=credentials.version,
+            public_key=credentials.public_key,
+            issued_at=credentials.issued_at,
+            expires_at=credentials.expires_at,
+            fingerprint=credentials.fingerprint,
+            delivery=credentials.delivery,
+            location=credentials.location,
+        )
+
+    async def _manifests(self) -> None:
         destination = self.state.workload.spec.destination
         result = await self._step(
             MANIFESTS,
@@ -294,8 +541,6 @@ class WorkloadWorkflow:
             self._manifests_input(),
             f"write manifests to {destination}",
         )
-        if result is None:
-            return False
         previous = self.state.outputs.manifests
         self.state.outputs.manifests = ManifestsOutput(
             directory=result.directory,
@@ -305,15 +550,13 @@ class WorkloadWorkflow:
         if result.commit is None:
             message = f"{result.directory} in sync"
             self._condition(MANIFESTS, ConditionStatus.TRUE, "InSync", message)
-            return True
+            return
         if previous is not None and previous.digest == result.digest:
             message = f"restored files changed outside the reconciler: {_files(result)}"
             self._changed(MANIFESTS, "DriftRepaired", message)
         else:
-            self._changed(
-                MANIFESTS, "Applied", f"committed {_files(result)} at {result.commit[:12]}"
-            )
-        return True
+            message = f"committed {_files(result)} at {result.commit[:12]}"
+            self._changed(MANIFESTS, "Applied", message)
 
     async def _step(
         self,
@@ -321,8 +564,8 @@ class WorkloadWorkflow:
         activity: Callable[[Any, Any], Awaitable[R]],
         request: Any,
         summary: str,
-    ) -> R | None:
-        """Run one step's activity; on failure record why and return None."""
+    ) -> R:
+        """Run one step's activity; on failure record why in its condition and raise StepFailed."""
         try:
             return await workflow.execute_activity_method(
                 activity,
@@ -338,7 +581,7 @@ class WorkloadWorkflow:
             if first is None or first.status != ConditionStatus.FALSE or first.reason != reason:
                 self.state.add_event(condition, f"failed: {message}", workflow.now())
             self._condition(condition, ConditionStatus.FALSE, reason, message)
-            return None
+            raise StepFailed(condition) from None
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -378,6 +621,10 @@ class WorkloadWorkflow:
             mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
             lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
         return "\n".join(lines)
+
+
+class StepFailed(Exception):
+    """A step's activity failed for good in this pass; its condition already says why."""
 
 
 def _reject(message: str) -> None:

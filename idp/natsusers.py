@@ -1,0 +1,267 @@
+"""A workload's NATS user in Synadia Cloud: find or create it, keep its JWT settings as the spec
+says, rotate and revoke its keys, delete it. Free of Temporal; `activities/nats.py` calls this.
+
+Ownership is by name: every workload's user is called `<system>-<workload>` in its account, so a
+retried create, or a workflow that lost the user's id, finds the same user instead of making a
+second one. Permission changes are PATCHed onto the existing user; a user is never recreated to
+change what it may do (recreating would change its key and break every connected client).
+
+Permissions mapping (spec.nats.permissions -> jwt_settings). In a NATS user JWT an empty or
+absent allow list means *no restriction*, which is the opposite of what a workload that lists no
+subjects means. So, per direction (publish, subscribe):
+
+- allow non-empty: `allow` = the listed subjects, `deny` = the listed exceptions (if any);
+- allow empty: nothing may pass in that direction: `deny: [">"]` (and no allow). Deny entries
+  given beside an empty allow list add nothing, so they are not sent.
+
+To allow everything, a workload says so: `allow: [">"]`. `allowResponses: true` sets `resp`
+(max 1 reply per request, the server's default expiry), which lets a user answer requests on
+their reply subjects even where publish is denied; false sends no `resp`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from idp.errors import PermanentError
+from idp.models import NatsPermissions, SubjectRules, Workload
+from idp.platform import SynadiaConfig
+from idp.synadia import (
+    Account,
+    JwtSettings,
+    NatsUser,
+    Permission,
+    ResponsePermission,
+    SynadiaClient,
+    SynadiaNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+EVERYTHING = ">"
+USER_NAME_MAX = 128
+
+
+def user_name(workload: Workload) -> str:
+    """The deterministic name of the workload's user (Synadia names allow up to 128)."""
+    name = f"{workload.metadata.system}-{workload.metadata.name}"
+    if len(name) > USER_NAME_MAX:
+        raise PermanentError(
+            f"NATS user name {name[:40]}... is longer than Synadia's {USER_NAME_MAX} characters; "
+            "shorten the workload's system or name.",
+            reason="NameTooLong",
+        )
+    return name
+
+
+def account_ref(workload: Workload, config: SynadiaConfig) -> str:
+    """The account (name or id) the workload's user belongs in."""
+    nats = workload.spec.nats
+    return (nats.account if nats and nats.account else None) or config.default_account
+
+
+def _direction(rules: SubjectRules) -> Permission:
+    if not rules.allow:
+        return Permission(allow=None, deny=[EVERYTHING])
+    return Permission(allow=sorted(set(rules.allow)), deny=sorted(set(rules.deny)) or None)
+
+
+def desired_settings(permissions: NatsPermissions) -> JwtSettings:
+    """The JWT settings the spec asks for (see the module docstring for the mapping)."""
+    return JwtSettings(
+        pub=_direction(permissions.publish),
+        sub=_direction(permissions.subscribe),
+        resp=ResponsePermission(max=1, ttl=0) if permissions.allow_responses else None,
+    )
+
+
+def _rules(permission: Permission | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if permission is None:
+        return (), ()
+    return tuple(sorted(set(permission.allow or ()))), tuple(sorted(set(permission.deny or ())))
+
+
+def permission_drift(current: JwtSettings, desired: JwtSettings) -> list[str]:
+    """Which managed parts of the user's settings differ: compared as sets, order ignored.
+
+    Only pub, sub and resp are ours; limits (subs, data, payload) and the rest are left as the
+    account or an operator set them."""
+    drift = []
+    if _rules(current.pub) != _rules(desired.pub):
+        drift.append("permissions.publish")
+    if _rules(current.sub) != _rules(desired.sub):
+        drift.append("permissions.subscribe")
+    now = (current.resp.max, current.resp.ttl) if current.resp else None
+    want = (desired.resp.max, desired.resp.ttl) if desired.resp else None
+    if now != want:
+        drift.append("permissions.allowResponses")
+    return drift
+
+
+@dataclass
+class EnsuredUser:
+    user: NatsUser
+    created: bool = False
+    repaired: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Directory:
+    """Resolves the configured system and account names to ids, once per worker: they do not
+    change under a running platform, and resolving costs a listing per level."""
+
+    config: SynadiaConfig
+    _system_id: str | None = None
+    _accounts: dict[str, Account] = field(default_factory=dict)
+    _groups: dict[str, str] = field(default_factory=dict)
+
+    async def system_id(self, client: SynadiaClient) -> str:
+        if self._system_id is None:
+            system = await client.find_system(self.config.system)
+            if system is None:
+                raise PermanentError(
+                    f"Synadia system {self.config.system!r} (synadia.system in the platform "
+                    "configuration) does not exist or the token cannot see it.",
+                    reason="UnknownSystem",
+                )
+            self._system_id = system.id
+        return self._system_id
+
+    async def account(self, client: SynadiaClient, ref: str) -> Account:
+        cached = self._accounts.get(ref)
+        if cached is not None:
+            return cached
+        account = await client.find_account(await self.system_id(client), ref)
+        if account is None:
+            raise PermanentError(
+                f"Synadia account {ref!r} does not exist in system {self.config.system!r}; "
+                "create it or correct spec.nats.account (or synadia.defaultAccount).",
+                reason="UnknownAccount",
+            )
+        if account.is_system_account:
+            raise PermanentError(
+                f"Synadia account {ref!r} is the system account, which holds no workload users; "
+                "choose an application account.",
+                reason="SystemAccount",
+            )
+        self._accounts[ref] = account
+        return account
+
+    def forget(self) -> None:
+        """Resolve names again next time: an account we knew by id answered 404."""
+        self._system_id = None
+        self._accounts.clear()
+        self._groups.clear()
+
+    async def signing_key_group(self, client: SynadiaClient, account: Account) -> str:
+        cached = self._groups.get(account.id)
+        if cached is not None:
+            return cached
+        groups = [g for g in await client.list_sk_groups(account.id) if not g.disabled]
+        wanted = self.config.signing_key_group
+        chosen = [g for g in groups if g.name == wanted or g.id == wanted] if wanted else groups
+        if not chosen:
+            which = f"named {wanted!r} " if wanted else ""
+            raise PermanentError(
+                f"Synadia account {account.name!r} has no enabled signing key group {which}to "
+                "sign user JWTs with; add one (or correct synadia.signingKeyGroup).",
+                reason="NoSigningKeyGroup",
+            )
+        self._groups[account.id] = chosen[0].id
+        return chosen[0].id
+
+
+def _belongs_to(user: NatsUser, ref: str) -> bool:
+    return ref in (user.account.id, user.account.name)
+
+
+async def ensure_user(
+    client: SynadiaClient, directory: Directory, workload: Workload, user_id: str | None
+) -> EnsuredUser:
+    """Find the workload's user (by id when known, else by name) or create it; PATCH what
+    drifted. Steady state with a known id: one GET."""
+    nats = workload.spec.nats
+    if nats is None:
+        raise PermanentError(
+            f"Workload {workload.metadata.system}/{workload.metadata.name} has no spec.nats.",
+            reason="NoNats",
+        )
+    name = user_name(workload)
+    ref = account_ref(workload, directory.config)
+    desired = desired_settings(nats.permissions)
+    ttl = int(nats.credentials.ttl.total_seconds())
+
+    user = await client.get_nats_user(user_id) if user_id else None
+    created = False
+    if user is None:
+        try:
+            account = await directory.account(client, ref)
+            user = await client.find_nats_user(account.id, name)
+            if user is None:
+                group = await directory.signing_key_group(client, account)
+                # A 409 answer returns the user a lost race or an earlier try made; its settings
+                # are compared below like any other user's.
+                user = await client.create_nats_user(
+                    account.id,
+                    name,
+                    sk_group_id=group,
+                    jwt_expires_in_secs=ttl,
+                    jwt_settings=desired,
+                )
+                created = True
+                log.info("created NATS user %s (%s) in account %s", name, user.id, account.name)
+        except SynadiaNotFoundError:
+            directory.forget()
+            raise
+
+    if not _belongs_to(user, ref):
+        raise PermanentError(
+            f"NATS user {user.name} is in account {user.account.name!r}, but the workload now "
+            f"asks for account {ref!r}; a user cannot move between accounts: delete the workload "
+            "and apply it again to move it.",
+            reason="AccountChanged",
+        )
+    repaired = permission_drift(user.jwt_settings, desired)
+    ttl_drift = user.jwt_expires_in_secs != ttl
+    name_drift = user.name != name
+    if ttl_drift:
+        repaired.append("credentials.ttl")
+    if name_drift:
+        repaired.append("name")
+    if repaired:
+        user = await client.update_nats_user(
+            user.id,
+            name=name if name_drift else None,
+            jwt_expires_in_secs=ttl if ttl_drift else None,
+            jwt_settings=desired if permission_drift(user.jwt_settings, desired) else None,
+        )
+        log.info("NATS user %s: put back %s", name, ", ".join(repaired))
+    return EnsuredUser(user, created=created, repaired=[] if created else repaired)
+
+
+async def find_user(
+    client: SynadiaClient, directory: Directory, workload: Workload, user_id: str | None
+) -> NatsUser | None:
+    """The workload's user by id, else by its deterministic name; None when there is none."""
+    if user_id:
+        user = await client.get_nats_user(user_id)
+        if user is not None:
+            return user
+    account = await directory.account(client, account_ref(workload, directory.config))
+    return await client.find_nats_user(account.id, user_name(workload))
+
+
+async def revoke_keys(
+    client: SynadiaClient, account_id: str, public_keys: list[str], *, now: datetime | None = None
+) -> None:
+    """Refuse every JWT issued up to now for each key, live connections included.
+
+    PUT is idempotent: a retry moves `before` a few seconds on, which for a retired key (no JWT
+    is issued for it any more) refuses nothing new."""
+    before = int(now.timestamp()) if now else int(time.time())
+    for key in dict.fromkeys(public_keys):
+        await client.revoke_nats_user_key(account_id, key, before=before)
+        log.info("revoked NATS user key %s in account %s", key, account_id)

@@ -1,0 +1,198 @@
+"""NATS credentials through WorkloadWorkflow: real Temporal, the Synadia emulator with its real
+nats-server, git, and sealing with a throwaway controller key whose private half opens what was
+delivered, as the cluster's controller would."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from support.secrets import ControllerKeys, assert_nowhere, controller_keys
+from support.stack import (
+    bare_repo,
+    commits,
+    git,
+    platform_for,
+    read,
+    running_worker,
+    start_time_skipping,
+    task_queue,
+)
+from support.synadia import connect_refusal, connect_with_creds, write_creds
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from idp.models import Workload
+from idp.platform import Platform, SynadiaConfig
+from idp.sealing import CertificateSource, unseal_sealed_secret
+from starter.operations import apply_workload
+from workflows.messages import RotateRequest, WaitReadyRequest, WorkloadStatus
+from workflows.state import Phase
+from workflows.workload import WorkloadWorkflow
+
+TOKEN_ENV = "IDP_TEST_SYNADIA_TOKEN"
+SEALED = "dev/shop/cart/sealedsecret-nats.yaml"
+
+
+@pytest.fixture(scope="module")
+async def emulator(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynadiaEmulator]:
+    async with SynadiaEmulator.running(tmp_path_factory.mktemp("synadia")) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> ControllerKeys:
+    return controller_keys(tmp_path_factory.mktemp("sealing"))
+
+
+@pytest.fixture(autouse=True)
+def _token(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(TOKEN_ENV, DEFAULT_TOKEN)
+    caplog.set_level(logging.DEBUG)
+
+
+def nats_platform(repo: Path, emu: SynadiaEmulator, keys: ControllerKeys, **kw) -> Platform:
+    base = platform_for(repo, **kw)
+    destination = base.destinations[0].model_copy(
+        update={"sealing": CertificateSource(file=keys.cert_file)}
+    )
+    synadia = SynadiaConfig(
+        url=emu.api_url,
+        token_env=TOKEN_ENV,
+        system=emu.system_name,
+        default_account=emu.account_name,
+    )
+    return base.model_copy(update={"destinations": [destination], "synadia": synadia})
+
+
+def workload(system: str, **nats: object) -> Workload:
+    return Workload.model_validate(
+        {
+            "metadata": {"name": "cart", "system": system},
+            "spec": {
+                "owner": "team-shop",
+                "destination": "dev",
+                "namespace": "shop",
+                "nats": {
+                    "permissions": {
+                        "publish": {"allow": ["orders.>"]},
+                        "subscribe": {"allow": ["orders.>"]},
+                    },
+                    **nats,
+                },
+            },
+        }
+    )
+
+
+def delivered_creds(repo: Path, keys: ControllerKeys) -> str:
+    manifest = yaml.safe_load(read(repo, SEALED))
+    return unseal_sealed_secret(manifest, keys.key)["nats.creds"].decode()
+
+
+async def ready(handle: WorkflowHandle, generation: int = 1) -> WorkloadStatus:
+    status = await handle.execute_update(
+        WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=generation, timeout_seconds=60)
+    )
+    assert status.phase == Phase.READY, status.conditions
+    return status
+
+
+async def until(handle: WorkflowHandle, predicate, timeout: float = 30) -> WorkloadStatus:
+    async with asyncio.timeout(timeout):
+        while not predicate(status := await handle.query(WorkloadWorkflow.status)):
+            await asyncio.sleep(0.1)
+    return status
+
+
+async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path, caplog
+) -> None:
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    w = workload(queue)
+    platform = nats_platform(repo, emulator, keys)
+    async with running_worker(client, platform, queue, tmp_path / "cache"):
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        status = await ready(handle)
+        user_id = status.outputs.nats.user_id
+        assert status.outputs.credentials.version == 1
+        first = delivered_creds(repo, keys)
+        creds_v1 = write_creds(tmp_path, "v1", first)
+        probe = await connect_with_creds(emulator.nats_url, creds_v1)
+        await probe.nc.publish("orders.created", b"{}")
+        await probe.nc.flush()
+        await probe.nc.close()
+
+        # Reconcile passes observe (one delivery check each); they never issue.
+        for checks in (1, 2, 3):
+            await handle.signal(WorkloadWorkflow.reconcile)
+            await _passes(handle, checks)
+        assert emulator.creds_issued(user_id) == 1
+
+        # A leak: rotate now and revoke the old key at once.
+        await handle.signal(
+            WorkloadWorkflow.rotate_credentials,
+            RotateRequest(reason="leaked in a ticket", revoke_old="now"),
+        )
+        await until(handle, lambda s: any(e.message.startswith("revoked") for e in s.events))
+        assert emulator.creds_issued(user_id) == 2
+        second = delivered_creds(repo, keys)
+        assert second != first
+        creds_v2 = write_creds(tmp_path, "v2", second)
+        probe = await connect_with_creds(emulator.nats_url, creds_v2)
+        await probe.nc.close()
+        assert await connect_refusal(emulator.nats_url, creds_v1)
+
+        await handle.signal(WorkloadWorkflow.delete)
+        await handle.result()
+    assert await connect_refusal(emulator.nats_url, creds_v2)
+    assert read(repo, SEALED) is None
+    assert_nowhere([first, second], [repo], caplog)
+
+
+async def _passes(handle: WorkflowHandle, count: int) -> None:
+    """Wait until the workflow completed at least `count` delivery checks."""
+    async with asyncio.timeout(30):
+        while True:
+            history = await handle.fetch_history()
+            checks = sum(
+                1
+                for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                and e.activity_task_scheduled_event_attributes.activity_type.name
+                == "check_delivery"
+            )
+            if checks >= count:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_thirty_simulated_days_issue_exactly_the_scheduled_refreshes(
+    emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    repo = bare_repo(tmp_path / "state.git")
+    platform = nats_platform(repo, emulator, keys, search_attributes=False)
+    w = workload(f"sim{uuid.uuid4().hex[:6]}", credentials={"ttl": "7d"})
+    async with await start_time_skipping() as env:
+        async with running_worker(env.client, platform, "idp", tmp_path / "cache"):
+            await apply_workload(env.client, "idp", w)
+            handle = env.client.get_workflow_handle(w.workflow_id)
+            status = await ready(handle)
+            # A day at a time: one long skip would hold a single RPC open for minutes.
+            for _ in range(30):
+                await env.sleep(timedelta(days=1))
+            status = await handle.query(WorkloadWorkflow.status)
+    user_id = status.outputs.nats.user_id
+    deliveries = git("log", "--format=%H", "main", "--", SEALED, cwd=repo).split()
+    # ttl 7d, refreshBefore a third of it: issued at day 0, then every 4d16h up to day 28.
+    assert emulator.creds_issued(user_id) == 7
+    assert len(deliveries) == 7
+    assert status.outputs.credentials.version == 7
+    assert len(commits(repo)) == 8  # the seven deliveries and the ServiceAccount

@@ -170,6 +170,15 @@ async def cmd_describe(args: argparse.Namespace) -> None:
     if registry:
         _out(f"  repository:  {registry.repository_uri}")
         _out(f"  role:        {registry.role_arn}")
+    nats, credentials = status.outputs.nats, status.outputs.credentials
+    if nats:
+        _out(f"  nats user:   {nats.name} ({nats.user_id}), key {nats.public_key}")
+    if credentials:
+        _out(
+            f"  credentials: version {credentials.version} ({credentials.reason}), delivered to "
+            f"{credentials.location}; expires {credentials.expires_at.isoformat()}, "
+            f"next refresh {credentials.next_refresh_at.isoformat()}"
+        )
     manifests = status.outputs.manifests
     if manifests:
         _out(f"  state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.secrets import ControllerKeys, assert_nowhere, controller_keys
+from support.secrets import ControllerKeys, assert_nowhere, controller_keys, secret_parts
 from support.stack import (
     bare_repo,
     commits,
@@ -30,6 +30,7 @@ from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
 from idp.models import Workload
 from idp.platform import Platform, SynadiaConfig
 from idp.sealing import CertificateSource, unseal_sealed_secret
+from idp.synadia import SynadiaClient
 from starter.operations import apply_workload
 from workflows.messages import RotateRequest, WaitReadyRequest, WorkloadStatus
 from workflows.state import Phase
@@ -136,13 +137,28 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
             await _passes(handle, checks)
         assert emulator.creds_issued(user_id) == 1
 
+        # The SealedSecret deleted by hand: re-issued and delivered once, reported as drift.
+        clone = tmp_path / "someone"
+        git("clone", "--quiet", str(repo), str(clone))
+        git("rm", "--quiet", SEALED, cwd=clone)
+        git("commit", "--quiet", "-m", "hand delete", cwd=clone)
+        git("push", "--quiet", "origin", "main", cwd=clone)
+        before = len(commits(repo))
+        await handle.signal(WorkloadWorkflow.reconcile)
+        status = await until(handle, lambda s: s.outputs.credentials.version == 2)
+        assert status.outputs.credentials.reason == "DeliveryDrift"
+        assert len(commits(repo)) == before + 1
+        first = delivered_creds(repo, keys)
+        creds_v1 = write_creds(tmp_path, "v1b", first)
+        assert emulator.creds_issued(user_id) == 2
+
         # A leak: rotate now and revoke the old key at once.
         await handle.signal(
             WorkloadWorkflow.rotate_credentials,
             RotateRequest(reason="leaked in a ticket", revoke_old="now"),
         )
         await until(handle, lambda s: any(e.message.startswith("revoked") for e in s.events))
-        assert emulator.creds_issued(user_id) == 2
+        assert emulator.creds_issued(user_id) == 3
         second = delivered_creds(repo, keys)
         assert second != first
         creds_v2 = write_creds(tmp_path, "v2", second)
@@ -152,9 +168,13 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
 
         await handle.signal(WorkloadWorkflow.delete)
         await handle.result()
+        history = (await handle.fetch_history()).to_json()
     assert await connect_refusal(emulator.nats_url, creds_v2)
     assert read(repo, SEALED) is None
     assert_nowhere([first, second], [repo], caplog)
+    # Nor in the workflow's history (this server's client is plain, so it is readable here).
+    for part in secret_parts(first) + secret_parts(second):
+        assert part not in history
 
 
 async def _passes(handle: WorkflowHandle, count: int) -> None:
@@ -196,3 +216,33 @@ async def test_thirty_simulated_days_issue_exactly_the_scheduled_refreshes(
     assert len(deliveries) == 7
     assert status.outputs.credentials.version == 7
     assert len(commits(repo)) == 8  # the seven deliveries and the ServiceAccount
+
+
+async def test_onboarding_through_synadia_faults_converges_without_duplicates(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    platform = nats_platform(repo, emulator, keys)
+    items = [
+        workload(queue).model_copy(
+            update={"metadata": workload(queue).metadata.model_copy(update={"name": f"w{i:02}"})}
+        )
+        for i in range(50)
+    ]
+    emulator.set_faults(error_rate=0.2, throttle_rate=0.1, seed=7)
+    try:
+        async with running_worker(client, platform, queue, tmp_path / "cache"):
+            await asyncio.gather(*(apply_workload(client, queue, w) for w in items))
+            statuses = await asyncio.gather(
+                *(ready(client.get_workflow_handle(w.workflow_id)) for w in items)
+            )
+    finally:
+        emulator.set_faults()
+    async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
+        users = await synadia.list_nats_users(emulator.account_id)
+    names = [u.name for u in users if u.name.startswith(f"{queue}-")]
+    assert sorted(names) == sorted(f"{queue}-w{i:02}" for i in range(50))
+    assert all(emulator.creds_issued(s.outputs.nats.user_id) == 1 for s in statuses)
+    injected = emulator.counters()["injected"]
+    assert sum(injected.values()) > 0, "the faults were never injected"

@@ -15,6 +15,7 @@ def test_histories_cover_every_scenario() -> None:
         "continue-as-new",
         "delete",
         "registry-lifecycle",
+        "nats-rotation",
     ):
         assert f"workload-{scenario}" in names
 

@@ -21,16 +21,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for support.*
 
 from support.moto import MOTO_ACCOUNT_ID, moto_server  # noqa: E402
+from support.secrets import ControllerKeys, controller_keys  # noqa: E402
 from support.stack import bare_repo, git, platform_for, running_worker, start_dev_server  # noqa: E402
 
+from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator  # noqa: E402
 from idp.models import Workload  # noqa: E402
-from idp.platform import AwsConfig, ClusterIdentity, Platform  # noqa: E402
+from idp.platform import AwsConfig, ClusterIdentity, Platform, SynadiaConfig  # noqa: E402
+from idp.sealing import CertificateSource  # noqa: E402
 from starter.operations import apply_workload  # noqa: E402
-from workflows.messages import WaitReadyRequest  # noqa: E402
+from workflows.messages import RotateRequest, WaitReadyRequest  # noqa: E402
 from workflows.state import Phase  # noqa: E402
 from workflows.workload import WorkloadWorkflow  # noqa: E402
 
 QUEUE = "idp"
+SYNADIA_TOKEN_ENV = "IDP_RECORD_SYNADIA_TOKEN"
 REGION = "eu-west-1"
 Scenario = Callable[[Client, Path, str], Awaitable[WorkflowHandle]]
 
@@ -144,6 +148,27 @@ async def registry_lifecycle(client: Client, repo: Path, name: str) -> WorkflowH
     return handle
 
 
+async def nats_rotation(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """Issue, check, rotate with immediate revocation, then delete (revoke and remove the user)."""
+    w = workload(name, nats={"permissions": {"publish": {"allow": ["orders.>"]}}})
+    await apply_workload(client, QUEUE, w)
+    handle = client.get_workflow_handle(w.workflow_id)
+    await ready(handle, 1)
+    await handle.signal(WorkloadWorkflow.reconcile)
+    await handle.signal(
+        WorkloadWorkflow.rotate_credentials, RotateRequest(reason="recorded", revoke_old="now")
+    )
+    async with asyncio.timeout(30):
+        while not any(
+            e.message.startswith("revoked")
+            for e in (await handle.query(WorkloadWorkflow.status)).events
+        ):
+            await asyncio.sleep(0.1)
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    return handle
+
+
 def with_aws(platform: Platform, url: str) -> Platform:
     oidc = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:oidc-provider/oidc.eks.{REGION}.amazonaws.com/id/X"
     destination = platform.destinations[0].model_copy(
@@ -153,7 +178,21 @@ def with_aws(platform: Platform, url: str) -> Platform:
     return platform.model_copy(update={"destinations": [destination], "aws": aws})
 
 
+def with_nats(platform: Platform, synadia: SynadiaEmulator, keys: ControllerKeys) -> Platform:
+    destination = platform.destinations[0].model_copy(
+        update={"sealing": CertificateSource(file=keys.cert_file)}
+    )
+    config = SynadiaConfig(
+        url=synadia.api_url,
+        token_env=SYNADIA_TOKEN_ENV,
+        system=synadia.system_name,
+        default_account=synadia.account_name,
+    )
+    return platform.model_copy(update={"destinations": [destination], "synadia": config})
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "workload-nats-rotation": nats_rotation,
     "workload-registry-lifecycle": registry_lifecycle,
     "workload-apply-change-pause": apply_change_reconcile,
     "workload-drift-repair": drift_repair,
@@ -165,17 +204,24 @@ SCENARIOS: dict[str, Scenario] = {
 
 async def main() -> None:
     limit = "limit.historyCount.suggestContinueAsNew=60"
-    with moto_server() as aws_url:
+    with moto_server() as aws_url, tempfile.TemporaryDirectory() as keys_dir:
         os.environ["IDP_RECORD_AWS"] = aws_url
-        async with await start_dev_server("--dynamic-config-value", limit) as env:
-            await record_all(env.client, aws_url)
+        os.environ[SYNADIA_TOKEN_ENV] = DEFAULT_TOKEN
+        keys = controller_keys(Path(keys_dir))
+        async with (
+            SynadiaEmulator.running(Path(keys_dir) / "synadia") as synadia,
+            await start_dev_server("--dynamic-config-value", limit) as env,
+        ):
+            await record_all(env.client, aws_url, synadia, keys)
 
 
-async def record_all(client: Client, aws_url: str) -> None:
+async def record_all(
+    client: Client, aws_url: str, synadia: SynadiaEmulator, keys: ControllerKeys
+) -> None:
     for name, scenario in SCENARIOS.items():
         with tempfile.TemporaryDirectory() as tmp:
             repo = bare_repo(Path(tmp) / "state.git")
-            platform = with_aws(platform_for(repo), aws_url)
+            platform = with_nats(with_aws(platform_for(repo), aws_url), synadia, keys)
             async with running_worker(client, platform, QUEUE, Path(tmp) / "cache"):
                 handle = await scenario(client, repo, name)
                 history = await handle.fetch_history()

@@ -215,6 +215,36 @@ async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
     )
 
 
+async def test_a_rotated_controller_certificate_keeps_old_secrets_and_seals_new_ones(
+    store: StateStore, remote: Path, tmp_path: Path
+) -> None:
+    # The controller renews its key every 30 days and keeps the old ones: what was sealed for
+    # the old certificate still decrypts, so a rotation alone must not cause a new delivery.
+    old = controller_keys(tmp_path / "old")
+    cache = CertificateCache()
+    source = CertificateSource(file=old.cert_file)
+    delivery = SealedSecretDelivery(store, source, cache)
+    target = target_for(remote)
+    first = metadata(mint_creds(), 1)
+    await delivery.deliver(target, SecretStr(mint_creds().reveal()), first, "v1")
+    old_fingerprint = yaml.safe_load(show(remote, target.path(SEALED_FILE)) or "")["metadata"][
+        "annotations"
+    ]["idp.dev/sealing-certificate"]
+
+    new = controller_keys(tmp_path / "new")
+    old.cert_file.write_bytes(new.cert_file.read_bytes())
+    cache.invalidate(source)
+    assert (await delivery.check(target, first)).in_place
+    assert commit_count(remote) == 1
+
+    secret = mint_creds()
+    second = metadata(secret, 2)
+    await delivery.deliver(target, SecretStr(secret.reveal()), second, "v2")
+    manifest = yaml.safe_load(show(remote, target.path(SEALED_FILE)) or "")
+    assert manifest["metadata"]["annotations"]["idp.dev/sealing-certificate"] != old_fingerprint
+    assert unseal_sealed_secret(manifest, new.key) == {"nats.creds": secret.reveal().encode()}
+
+
 async def test_sealed_resume_returns_what_an_earlier_attempt_delivered(
     store: StateStore, remote: Path, keys: ControllerKeys
 ) -> None:

@@ -28,6 +28,9 @@ test-faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/apply_latency.py
+	$(BIN)/python bench/apply_latency.py --nats
+	$(BIN)/python bench/no_churn.py
+	$(BIN)/python bench/codec_overhead.py
 
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:

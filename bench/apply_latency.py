@@ -1,11 +1,11 @@
 """Apply → Ready latency on the local stack, and 100 workloads applied at once.
 
-    .venv/bin/python bench/apply_latency.py [--samples 30] [--burst 100]
+    .venv/bin/python bench/apply_latency.py [--samples 30] [--burst 100] [--nats]
 
 Starts the same stack as `idpctl dev` (Temporal dev server with its SQLite file, the worker as
-its own process, a bare git repository) in a temporary directory on free ports, measures through
-the public client path (update-with-start `apply`, then the `wait_ready` update), prints one
-table and stops everything.
+its own process, moto, the Synadia emulator, a bare git repository) in a temporary directory on
+free ports, measures through the public client path (update-with-start `apply`, then the
+`wait_ready` update), prints one table and stops everything.
 """
 
 import argparse
@@ -32,11 +32,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def workload(system: str, name: str) -> Workload:
+NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl": "7d"}}
+
+
+def workload(system: str, name: str, nats: bool = False) -> Workload:
+    spec = {"owner": "bench", "destination": "dev", "namespace": "bench"}
     return Workload.model_validate(
         {
             "metadata": {"name": name, "system": system},
-            "spec": {"owner": "bench", "destination": "dev", "namespace": "bench"},
+            "spec": spec | ({"nats": NATS} if nats else {}),
         }
     )
 
@@ -57,7 +61,7 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def main(samples: int, burst: int) -> None:
+async def main(samples: int, burst: int, nats: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
         stack = dev.Stack(Path(tmp), "127.0.0.1", free_port(), free_port())
         try:
@@ -66,11 +70,11 @@ async def main(samples: int, burst: int) -> None:
             await apply_and_wait(client, "idp", workload("warmup", "w"))
 
             single = [
-                await apply_and_wait(client, "idp", workload("single", f"w{i:03}"))
+                await apply_and_wait(client, "idp", workload("single", f"w{i:03}", nats))
                 for i in range(samples)
             ]
             started = time.perf_counter()
-            batch = [workload("burst", f"w{i:04}") for i in range(burst)]
+            batch = [workload("burst", f"w{i:04}", nats) for i in range(burst)]
             await asyncio.gather(*(apply_and_wait(client, "idp", item) for item in batch))
             burst_seconds = time.perf_counter() - started
             commits = len(dev_commits(stack))
@@ -80,6 +84,8 @@ async def main(samples: int, burst: int) -> None:
     ms = [s * 1000 for s in single]
     python = platform.python_version()
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {python}")
+    steps = "registry, NATS user, sealed credentials, manifests" if nats else "registry, manifests"
+    print(f"steps per workload: {steps}")
     print(f"{'measure':<44} {'value':>12}")
     print(f"{'apply → Ready, one workload, p50 (ms)':<44} {statistics.median(ms):>12.1f}")
     print(f"{'apply → Ready, one workload, p95 (ms)':<44} {percentile(ms, 95):>12.1f}")
@@ -102,5 +108,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--nats", action="store_true", help="workloads with a NATS user")
     args = parser.parse_args()
-    asyncio.run(main(args.samples, args.burst))
+    asyncio.run(main(args.samples, args.burst, args.nats))

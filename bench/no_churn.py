@@ -144,6 +144,7 @@ async def run(platform, synadia: SynadiaEmulator, aws_url: str, repo: Path, pass
                 for i in items
             ]
             users = [s.outputs.nats.user_id for s in statuses]
+            calls_before = sum(synadia.counters()["calls"].values())
             before = (
                 commits(repo),
                 secret_versions(aws_url, "idp/churn/external/nats"),
@@ -156,6 +157,8 @@ async def run(platform, synadia: SynadiaEmulator, aws_url: str, repo: Path, pass
                 secret_versions(aws_url, "idp/churn/external/nats"),
                 [synadia.creds_issued(u) for u in users],
             )
+            calls = sum(synadia.counters()["calls"].values()) - calls_before
+    print(f"Synadia API calls per steady-state pass and workload: {calls / passes / len(items):g}")
     # Both workloads share the repository, so commits are reported once, on the first row.
     return [
         ("sealed-secret", passes, after[0] - before[0], "-", after[2][0] - before[2][0]),

@@ -246,3 +246,29 @@ async def test_onboarding_through_synadia_faults_converges_without_duplicates(
     assert all(emulator.creds_issued(s.outputs.nats.user_id) == 1 for s in statuses)
     injected = emulator.counters()["injected"]
     assert sum(injected.values()) > 0, "the faults were never injected"
+
+
+async def test_after_a_rotation_the_old_key_works_until_the_grace_period_ends(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    w = workload(queue, credentials={"rotationGrace": "6s"})
+    async with running_worker(client, nats_platform(repo, emulator, keys), queue, tmp_path / "c"):
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        await ready(handle)
+        old = write_creds(tmp_path, "old", delivered_creds(repo, keys))
+        await handle.signal(WorkloadWorkflow.rotate_credentials, RotateRequest(reason="yearly"))
+        status = await until(handle, lambda s: s.outputs.credentials.version == 2)
+        new = write_creds(tmp_path, "new", delivered_creds(repo, keys))
+        # Within the grace period both keys connect, so the workload can roll over.
+        assert any(e.message.startswith("rotated key") for e in status.events)
+        assert not any(e.message.startswith("revoked") for e in status.events)
+        probe = await connect_with_creds(emulator.nats_url, old)
+        await probe.nc.close()
+        # The credential deadline wakes the workflow; no signal is needed to revoke.
+        await until(handle, lambda s: any(e.message.startswith("revoked") for e in s.events))
+        assert await connect_refusal(emulator.nats_url, old)
+        probe = await connect_with_creds(emulator.nats_url, new)
+        await probe.nc.close()

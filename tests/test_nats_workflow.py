@@ -4,6 +4,7 @@ delivered, as the cluster's controller would."""
 
 import asyncio
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -272,3 +273,51 @@ async def test_after_a_rotation_the_old_key_works_until_the_grace_period_ends(
         assert await connect_refusal(emulator.nats_url, old)
         probe = await connect_with_creds(emulator.nats_url, new)
         await probe.nc.close()
+
+
+async def test_a_worker_killed_between_user_creation_and_creds_download_makes_one_user(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    platform = nats_platform(repo, emulator, keys)
+    platform_file = tmp_path / "platform.yaml"
+    platform_file.write_text(yaml.safe_dump(platform.model_dump(mode="json")))
+    w = workload(queue)
+    log = tmp_path / "worker.log"
+
+    async def start_worker(cache: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker",
+            "--platform", str(platform_file), "--cache-dir", str(tmp_path / cache),
+            "--address", client.service_client.config.target_host,
+            "--task-queue", queue, "--insecure-no-encryption",
+            stdout=log.open("ab"), stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+    # Creds downloads fail for a while, so the kill lands after the user exists and before
+    # any creds were downloaded.
+    emulator.set_faults(fail_next=[503] * 50, fail_match="/creds")
+    worker = await start_worker("cache1")
+    try:
+        await apply_workload(client, queue, w)
+        async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
+            async with asyncio.timeout(60):
+                while await synadia.find_nats_user(emulator.account_id, f"{queue}-cart") is None:
+                    assert worker.returncode is None, log.read_text()
+                    await asyncio.sleep(0.05)
+        worker.kill()
+        await worker.wait()
+        emulator.set_faults()
+        worker = await start_worker("cache2")
+        status = await ready(client.get_workflow_handle(w.workflow_id))
+    finally:
+        emulator.set_faults()
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
+    async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
+        users = await synadia.list_nats_users(emulator.account_id)
+    assert [u.name for u in users if u.name == f"{queue}-cart"] == [f"{queue}-cart"]
+    assert emulator.creds_issued(status.outputs.nats.user_id) == 1
+    assert status.outputs.credentials.version == 1

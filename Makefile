@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/apply_latency.py --nats
 	$(BIN)/python bench/no_churn.py
 	$(BIN)/python bench/codec_overhead.py
+	$(BIN)/python bench/seal_time.py
 
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:

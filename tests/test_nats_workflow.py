@@ -128,8 +128,12 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
         first = delivered_creds(repo, keys)
         creds_v1 = write_creds(tmp_path, "v1", first)
         probe = await connect_with_creds(emulator.nats_url, creds_v1)
+        received = await probe.nc.subscribe("orders.created")
         await probe.nc.publish("orders.created", b"{}")
-        await probe.nc.flush()
+        assert (await received.next_msg(timeout=3)).data == b"{}"
+        # Outside what the spec allows: the server refuses it.
+        await probe.nc.publish("payments.completed", b"{}")
+        assert "permissions violation" in (await probe.wait_for_error("permissions violation"))
         await probe.nc.close()
 
         # Reconcile passes observe (one delivery check each); they never issue.

@@ -16,20 +16,19 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from moto.server import ThreadedMotoServer
 from temporalio.testing import WorkflowEnvironment
 
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
 from idp.models import Workload
 from idp.platform import load_platform
+from idp.sealing import controller_certificate
 from starter.operations import apply_workload
 from starter.temporal import data_converter
 from worker import build_worker
@@ -43,18 +42,7 @@ ACCOUNT = "123456789012"
 
 def sealing_certificate(directory: Path) -> Path:
     key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealed-secret")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    cert = controller_certificate(key, timedelta(days=30))
     path = directory / "cert.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path

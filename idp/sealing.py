@@ -50,6 +50,7 @@ __all__ = [
     "ControllerCertificate",
     "SealingScope",
     "UnsealError",
+    "controller_certificate",
     "label_for",
     "parse_certificate",
     "render_sealed_secret",
@@ -523,3 +524,20 @@ class CertificateCache:
         if source.url is not None:
             return _fetch_url(source, self._timeout)
         return _fetch_cluster(source, self._timeout, self._kubeconfig)
+
+
+def controller_certificate(key: RSAPrivateKey, valid_for: timedelta) -> x509.Certificate:
+    """A self-signed certificate for a key, like the one the sealed-secrets controller makes for
+    itself: for the local stack, tests and benchmarks, which have no controller."""
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "sealed-secret")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + valid_for)
+        .sign(key, hashes.SHA256())
+    )

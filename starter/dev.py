@@ -35,6 +35,7 @@ import httpx
 import yaml
 
 from idp.keyring import KeyRing, KeyRingError, generate_key
+from idp.sealing import controller_certificate
 from starter import codec_server, temporal
 from workflows import search_attributes
 
@@ -231,24 +232,11 @@ def ensure_sealing_key(stack: Stack) -> None:
     controller, and with the private key beside it a sealed secret can still be opened."""
     if stack.sealing_key.exists() and stack.sealing_cert.exists():
         return
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealed-secret")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
+    cert = controller_certificate(key, timedelta(days=3650))
     stack.sealing_key.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,

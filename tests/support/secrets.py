@@ -8,17 +8,16 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from emulators.synadia import natsjwt
 from emulators.synadia.natsjwt import NKey
+from idp.sealing import controller_certificate
 from idp.synadia import NatsCreds, parse_creds
 
 
@@ -31,18 +30,7 @@ class ControllerKeys:
 def controller_keys(directory: Path) -> ControllerKeys:
     """A key pair like the sealed-secrets controller's (2048 bits: enough here, and fast)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealed-secret")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    cert = controller_certificate(key, timedelta(days=30))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "controller-cert.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -25,6 +25,7 @@ from temporalio import activity
 
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
+from activities.statestore import destination_store
 from idp.delivery import (
     DELIVERY_FILES,
     CredentialDelivery,
@@ -44,7 +45,7 @@ from idp.models import Delivery, Model, Workload
 from idp.natsusers import Directory, ensure_user, find_user, revoke_keys
 from idp.platform import Destination, Platform, SynadiaConfig
 from idp.sealing import CertificateCache
-from idp.statestore import Change, StateStore, state_store
+from idp.statestore import Change, StateStore
 from idp.synadia import SynadiaClient
 
 log = logging.getLogger(__name__)
@@ -157,19 +158,10 @@ class NatsActivities:
         return SynadiaClient(config.url, token)
 
     def _destination(self, workload: Workload) -> Destination:
-        destination = self._platform.destination(workload.spec.destination)
-        if destination is None:
-            known = ", ".join(d.name for d in self._platform.destinations)
-            raise PermanentError(
-                f"destination {workload.spec.destination!r} is not defined in the platform "
-                f"configuration (defined: {known})",
-                reason="UnknownDestination",
-            )
-        return destination
+        return self._platform.require_destination(workload.spec.destination)
 
     def _store(self, destination: Destination) -> StateStore:
-        config = destination.state_store
-        return state_store(config.url, config.branch, self._cache_dir)
+        return destination_store(destination, self._cache_dir)
 
     def _secrets_client(self) -> BaseClient:
         aws = self._platform.aws

@@ -5,7 +5,6 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.errors import as_activity_errors
-from idp.errors import PermanentError
 from idp.manifests import digest, render_workload, workload_directory
 from idp.models import Model, Workload
 from idp.platform import Destination, Platform
@@ -31,25 +30,22 @@ class ManifestsResult(Model):
     removed: list[str] = []
 
 
+def destination_store(destination: Destination, cache_dir: Path) -> StateStore:
+    """The worker's one StateStore per repository and branch, shared by every step."""
+    config = destination.state_store
+    return state_store(config.url, config.branch, cache_dir)
+
+
 class StateStoreActivities:
     def __init__(self, platform: Platform, cache_dir: Path) -> None:
         self._platform = platform
         self._cache_dir = cache_dir
 
     def _destination(self, workload: Workload) -> Destination:
-        destination = self._platform.destination(workload.spec.destination)
-        if destination is None:
-            known = ", ".join(d.name for d in self._platform.destinations)
-            raise PermanentError(
-                f"destination {workload.spec.destination!r} is not defined in the platform "
-                f"configuration (defined: {known})",
-                reason="UnknownDestination",
-            )
-        return destination
+        return self._platform.require_destination(workload.spec.destination)
 
     def _store(self, destination: Destination) -> StateStore:
-        config = destination.state_store
-        return state_store(config.url, config.branch, self._cache_dir)
+        return destination_store(destination, self._cache_dir)
 
     @activity.defn
     async def write_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:

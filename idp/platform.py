@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from idp.durations import Duration
+from idp.errors import PermanentError
 from idp.loading import YamlLoader, describe_errors, yaml_problem
 from idp.models import API_VERSION, Delivery, Model
 from idp.names import Label, Subdomain
@@ -184,6 +185,18 @@ class Platform(Model):
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def require_destination(self, name: str) -> Destination:
+        """The destination, or the permanent error a step reports when the spec names another."""
+        destination = self.destination(name)
+        if destination is None:
+            known = ", ".join(d.name for d in self.destinations)
+            raise PermanentError(
+                f"destination {name!r} is not defined in the platform configuration "
+                f"(defined: {known})",
+                reason="UnknownDestination",
+            )
+        return destination
 
 
 def _check_default_delivery(destination: Destination, aws: bool) -> None:

@@ -132,7 +132,6 @@ class WorkloadState(State):
     rotation: Rotation | None = None
     key_rotated_at: datetime | None = None
     revocations: list[Revocation] = []
-    issuances: int = 0
 
     def seen(self, request_id: str | None) -> bool:
         """Record an external request id; True when it was handled before (a re-delivery)."""

@@ -471,7 +471,6 @@ class WorkloadWorkflow:
             next_refresh_at=policy.next_refresh(spec.credentials, now),
             reason=reason.value,
         )
-        self.state.issuances += 1
         message = f"version {version} ({reason.value}) delivered to {record.location}"
         self._changed(CREDENTIALS, "Issued", message)
         if self._settings.reconcile.search_attributes:

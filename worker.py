@@ -1,6 +1,7 @@
 """The worker: runs every workflow and activity of the reconciler.
 
     idp-worker --platform platform.yaml [--address host:port] [--namespace ns]
+        [--metrics-address 0.0.0.0:9464]
 
 Configuration comes from the platform file and the environment; SIGTERM and Ctrl-C stop it
 gracefully (running activities get to finish; workflows resume on another worker).
@@ -9,6 +10,7 @@ gracefully (running activities get to finish; workflows resume on another worker
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
@@ -17,18 +19,26 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.apiroutes import ApiRouteActivities
 from activities.aws import AwsActivities
 from activities.nats import NatsActivities
 from activities.platform import PlatformActivities
+from activities.port import PortActivities
 from activities.statestore import StateStoreActivities
+from idp.errors import PermanentError
 from idp.keyring import ENV_FORMAT, KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
-from starter import temporal
+from idp.port import client_from_config
+from starter import telemetry, temporal
+from workflows.aggregator import ApiAggregatorWorkflow
+from workflows.portrun import PortRunWorkflow
 from workflows.workload import WorkloadWorkflow
 
 log = logging.getLogger("idp.worker")
 
-WORKFLOWS: list[type] = [WorkloadWorkflow]
+# PortRunWorkflow is registered even without Port: only the bridge starts it, and the replayer
+# must know every workflow type a server may hold.
+WORKFLOWS: list[type] = [WorkloadWorkflow, ApiAggregatorWorkflow, PortRunWorkflow]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -37,6 +47,7 @@ def activities(platform: Platform, cache_dir: Path) -> list:
     aws = AwsActivities(platform)
     # The same clone directory as the manifests step: one store per repository, one commit queue.
     nats = NatsActivities(platform, cache_dir / "statestore")
+    routes = ApiRouteActivities(platform, cache_dir / "statestore")
     return [
         PlatformActivities(platform).runtime_settings,
         aws.ensure_registry,
@@ -49,6 +60,25 @@ def activities(platform: Platform, cache_dir: Path) -> list:
         nats.rotate_nats_key,
         nats.revoke_nats_keys,
         nats.remove_nats,
+        routes.register_api_targets,
+        routes.write_api_routes,
+        routes.remove_api_routes,
+    ]
+
+
+def port_activities(client: Client, platform: Platform) -> list:
+    """Port's activities, when the platform has Port; PermanentError naming the variable when
+    Port's client id or secret is missing from the environment."""
+    if platform.port is None:
+        return []
+    ui_url = platform.port.ui_url or platform.temporal.ui_url
+    port = PortActivities(client_from_config(platform.port), client, ui_url)
+    return [
+        port.publish_workload,
+        port.log_to_port_run,
+        port.wait_for_workload,
+        port.sync_port_entities,
+        port.finish_port_run,
     ]
 
 
@@ -57,7 +87,7 @@ def build_worker(client: Client, platform: Platform, task_queue: str, cache_dir:
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities(platform, cache_dir),
+        activities=activities(platform, cache_dir) + port_activities(client, platform),
         graceful_shutdown_timeout=timedelta(seconds=20),
     )
 
@@ -75,6 +105,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"run without {temporal.CODEC_KEYS_ENV}: payloads are stored in plaintext "
         "(local experiments only; `idpctl dev` sets up a key for you)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get(telemetry.METRICS_ADDRESS_ENV),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9464 "
+        f"({telemetry.METRICS_ADDRESS_ENV}; default: off)",
     )
     temporal.add_arguments(parser)
     return parser.parse_args(argv)
@@ -111,13 +148,25 @@ async def run(args: argparse.Namespace) -> int:
         ignored = " (--insecure-no-encryption ignored)" if args.insecure_no_encryption else ""
         log.info("payload encryption on, encrypting with key %r%s", keyring.current_key_id, ignored)
     try:
+        address = args.metrics_address and telemetry.metrics_address(args.metrics_address)
+        runtime = telemetry.metrics_runtime(address) if address else None
+        tracing = telemetry.tracing("idp-worker")
+    except telemetry.TelemetryError as error:
+        log.error("%s", error)
+        return 2
+    try:
         platform = load_platform(path)
         settings = temporal.settings(args, platform.temporal)
-        client = await temporal.connect(settings)
+        interceptors = [tracing.interceptor] if tracing else []
+        client = await temporal.connect(settings, runtime=runtime, interceptors=interceptors)
     except (PlatformError, temporal.ConnectError) as error:
         log.error("%s", error)
         return 1
-    worker = build_worker(client, platform, settings.task_queue, Path(args.cache_dir))
+    try:
+        worker = build_worker(client, platform, settings.task_queue, Path(args.cache_dir))
+    except PermanentError as error:
+        log.error("%s", error)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
@@ -127,7 +176,18 @@ async def run(args: argparse.Namespace) -> int:
         settings.address,
         settings.namespace,
     )
+    phases = None
+    if runtime is not None:
+        log.info("metrics on http://%s/metrics", address)
+        # Without the search attributes there is nothing to count workloads by.
+        if platform.reconcile.search_attributes:
+            meter = runtime.metric_meter
+            phases = asyncio.create_task(telemetry.report_workloads_by_phase(client, meter))
     await worker.run()
+    if phases is not None:
+        phases.cancel()
+    if tracing is not None:
+        tracing.shutdown()
     log.info("worker stopped")
     return 0
 

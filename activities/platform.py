@@ -12,6 +12,7 @@ class RuntimeSettings(Model):
     reconcile: ReconcileSettings = ReconcileSettings()
     registry: bool = Field(False, description="The platform offers registries (aws configured).")
     nats: bool = Field(False, description="The platform offers NATS users (synadia configured).")
+    port: bool = Field(False, description="Workloads are published to Port (port configured).")
 
 
 class PlatformActivities:
@@ -24,4 +25,5 @@ class PlatformActivities:
             reconcile=self._platform.reconcile,
             registry=self._platform.aws is not None,
             nats=self._platform.synadia is not None,
+            port=self._platform.port is not None,
         )

@@ -1,5 +1,6 @@
 """Activities that write a workload's manifests into its destination's git state store."""
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from temporalio import activity
@@ -8,7 +9,7 @@ from activities.errors import as_activity_errors
 from idp.manifests import digest, render_workload, workload_directory
 from idp.models import Model, Workload
 from idp.platform import Destination, Platform
-from idp.statestore import Change, StateStore, state_store
+from idp.statestore import Change, ChangeResult, StateStore, state_store
 
 # The files this step manages in the workload's directory, which also holds the delivered NATS
 # secret (idp/delivery.py): only these are written or deleted by a write, never that secret.
@@ -28,6 +29,18 @@ class ManifestsResult(Model):
     commit: str | None
     written: list[str] = []
     removed: list[str] = []
+
+    @classmethod
+    def of(
+        cls, directory: str, files: Mapping[str, str], result: ChangeResult
+    ) -> "ManifestsResult":
+        return cls(
+            directory=directory,
+            digest=digest(files),
+            commit=result.commit,
+            written=list(result.written),
+            removed=list(result.removed),
+        )
 
 
 def destination_store(destination: Destination, cache_dir: Path) -> StateStore:
@@ -56,13 +69,7 @@ class StateStoreActivities:
             message = _message(request, "apply")
             change = Change(directory, files, message, owned=MANIFEST_FILES)
             result = await self._store(destination).apply(change)
-            return ManifestsResult(
-                directory=directory,
-                digest=digest(files),
-                commit=result.commit,
-                written=list(result.written),
-                removed=list(result.removed),
-            )
+            return ManifestsResult.of(directory, files, result)
 
     @activity.defn
     async def remove_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:
@@ -71,12 +78,7 @@ class StateStoreActivities:
             directory = workload_directory(destination.state_store.path, request.workload)
             message = _message(request, "delete")
             result = await self._store(destination).apply(Change(directory, {}, message))
-            return ManifestsResult(
-                directory=directory,
-                digest=digest({}),
-                commit=result.commit,
-                removed=list(result.removed),
-            )
+            return ManifestsResult.of(directory, {}, result)
 
 
 def _message(request: ManifestsInput, verb: str) -> str:

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from idp.durations import Duration
-from idp.names import Label, Subdomain
+from idp.names import Hostname, Label, Subdomain
 
 API_VERSION = "idp.dev/v1alpha1"
 
@@ -32,6 +32,8 @@ class Model(BaseModel):
 
 
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+# RFC 3986 path characters, as the HTTPRoute CRD's validation rule allows them.
+_PATH_CHARACTERS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})+$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
 
 
@@ -65,6 +67,11 @@ def _path(value: str) -> str:
             raise ValueError(f"must not contain {bad!r}; got {value!r}")
     if value.endswith(("/.", "/..")):
         raise ValueError(f"must not end with '/.' or '/..'; got {value!r}")
+    if not _PATH_CHARACTERS.match(value):
+        raise ValueError(
+            "must contain only URL path characters (letters, digits, /-._~!$&'()*+,;=:@ or "
+            f"%XX escapes); got {value!r}"
+        )
     return value
 
 
@@ -156,7 +163,7 @@ class ServiceRef(Model):
 
 
 class ApiTarget(Model):
-    aggregator: Label
+    aggregator: Hostname = Field(description="The hostname of the ApiAggregator to join.")
     paths: list[HttpPath] = Field(min_length=1, max_length=16)
     service: ServiceRef
     rewrite_prefix: HttpPath | None = None
@@ -201,7 +208,7 @@ class ParentRef(Model):
 
 
 class ApiAggregatorSpec(Model):
-    hostname: Subdomain
+    hostname: Hostname
     gateway: ParentRef
     destination: Label
     namespace: Label = Field(description="Namespace the aggregator's shared objects live in.")
@@ -246,5 +253,22 @@ def disallowed_changes(current: Workload, new: Workload) -> list[str]:
             problems.append(
                 f"spec.{field} cannot change on a live workload (it is {before!r}, the new spec "
                 f"says {after!r}); delete the workload and apply it again to move it"
+            )
+    return problems
+
+
+def disallowed_aggregator_changes(current: ApiAggregator, new: ApiAggregator) -> list[str]:
+    """Why `new` may not replace a live `current`: its routes live under the name, destination
+    and namespace, so moving them means deleting and applying again."""
+    problems = []
+    for field, before, after in (
+        ("metadata.name", current.metadata.name, new.metadata.name),
+        ("spec.destination", current.spec.destination, new.spec.destination),
+        ("spec.namespace", current.spec.namespace, new.spec.namespace),
+    ):
+        if before != after:
+            problems.append(
+                f"{field} cannot change on a live ApiAggregator (it is {before!r}, the new spec "
+                f"says {after!r}); delete the ApiAggregator and apply it again to move it"
             )
     return problems

@@ -30,5 +30,21 @@ def dns1123_subdomain(value: str) -> str:
     return value
 
 
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
+_IPV4 = re.compile(r"^[0-9.]+$")
+
+
+def gateway_hostname(value: str) -> str:
+    # Gateway API's hostname rules, plus at least one dot: a bare word here is nearly always an
+    # aggregator's name pasted where its hostname belongs.
+    if len(value) > 253 or not _HOSTNAME.match(value) or _IPV4.match(value):
+        raise ValueError(
+            "must be a DNS hostname such as api.example.com (lowercase, at least two labels, "
+            f"'*' allowed only as the whole first label, no IP address or port); got {value!r}"
+        )
+    return value
+
+
 Label = Annotated[str, AfterValidator(dns1123_label)]
 Subdomain = Annotated[str, AfterValidator(dns1123_subdomain)]
+Hostname = Annotated[str, AfterValidator(gateway_hostname)]

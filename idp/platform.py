@@ -70,6 +70,23 @@ class SecretStoreConfig(Model):
         return self
 
 
+class GatewayConfig(Model):
+    """A Gateway on the destination cluster that ApiAggregators attach their routes to."""
+
+    name: Label
+    namespace: Label
+    implementation: Literal["envoy-gateway", "nginx-gateway-fabric"] = Field(
+        "envoy-gateway",
+        description="Decides how maxRequestBodySize is rendered: an Envoy Gateway "
+        "BackendTrafficPolicy or an NGINX Gateway Fabric ClientSettingsPolicy.",
+    )
+    allowed_routes_from: Literal["All", "Same", "Selector"] = Field(
+        description="What the listener's allowedRoutes.namespaces.from says. Routes live in the "
+        "workloads' namespaces, so anything but All needs care; `idpctl describe apiaggregator` "
+        "warns about routes the listener will not accept."
+    )
+
+
 class Destination(Model):
     name: Label
     state_store: StateStoreConfig
@@ -88,6 +105,12 @@ class Destination(Model):
         description="kubeconfig context of the cluster, for delivery kubernetes (in-cluster "
         "config when unset).",
     )
+    gateways: list[GatewayConfig] = Field(
+        [], description="The Gateways ApiAggregators on this destination attach to."
+    )
+
+    def gateway(self, name: str, namespace: str) -> GatewayConfig | None:
+        return next((g for g in self.gateways if (g.name, g.namespace) == (name, namespace)), None)
 
 
 class ReconcileSettings(Model):
@@ -140,6 +163,51 @@ class SynadiaConfig(Model):
         return value.rstrip("/")
 
 
+PORT_REGIONS = {"eu": "https://api.getport.io", "us": "https://api.us.getport.io"}
+
+
+class PortConfig(Model):
+    """Port.io, the developer portal (or the local emulator): where self-service actions come
+    from and where runs and entities are reported. The client id and secret are read from the
+    environment variables named here, never from this file; the secret also verifies webhooks."""
+
+    region: Literal["eu", "us"] | None = Field(
+        None, description="Port's API region (eu when neither region nor url is set)."
+    )
+    url: str | None = Field(None, description="API base URL instead of a region (an emulator).")
+    client_id_env: str = Field("PORT_CLIENT_ID", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    client_secret_env: str = Field("PORT_CLIENT_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    webhook_window: Duration = Field(
+        timedelta(minutes=5),
+        json_schema_extra={"default": "5m"},
+        description="How old (or how far in the future) a signed webhook may be.",
+    )
+    ui_url: str | None = Field(
+        None,
+        description="Temporal UI address for the links Port shows, when Port's users reach it "
+        "by another address than temporal.uiUrl.",
+    )
+
+    @field_validator("url", "ui_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL; got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> "PortConfig":
+        if self.region and self.url:
+            raise ValueError("set region or url, not both")
+        if self.webhook_window < timedelta(seconds=1):
+            raise ValueError("webhookWindow must be at least 1s")
+        return self
+
+    @property
+    def api_url(self) -> str:
+        return self.url or PORT_REGIONS[self.region or "eu"]
+
+
 class TemporalTls(Model):
     cert_file: str | None = None
     key_file: str | None = None
@@ -164,6 +232,7 @@ class Platform(Model):
     temporal: TemporalConfig = TemporalConfig()
     aws: AwsConfig | None = Field(None, description="Without it, workloads get no registry.")
     synadia: SynadiaConfig | None = Field(None, description="Without it, no NATS users.")
+    port: PortConfig | None = Field(None, description="Without it, no Port.io bridge.")
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "Platform":

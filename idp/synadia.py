@@ -15,18 +15,17 @@ import base64
 import hashlib
 import json
 import logging
-import random
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from idp.errors import PermanentError, TransientError
+from idp.httpapi import ApiClient
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +296,7 @@ def _api_base(url: str) -> str:
 # ---------------------------------------------------------------- the client
 
 
-class SynadiaClient:
+class SynadiaClient(ApiClient):
     """One connection pool to the control plane; use as `async with SynadiaClient(...) as c`."""
 
     def __init__(
@@ -312,40 +311,20 @@ class SynadiaClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
-        self.base_url = _api_base(base_url)
-        self.max_attempts = max(1, max_attempts)
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {secret}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        super().__init__(
+            _api_base(base_url),
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
             transport=transport,
         )
-
-    async def __aenter__(self) -> SynadiaClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def __repr__(self) -> str:
-        return f"SynadiaClient({self.base_url!r})"
 
     # -- transport with retries
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        # Half fixed, half random: spreads a herd of retrying workers without collapsing to 0.
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        delay = self.backoff(attempt)
         if retry_after and retry_after.strip().isdigit():
             delay = max(delay, min(float(retry_after), self.backoff_cap))
         return delay

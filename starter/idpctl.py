@@ -16,12 +16,14 @@ from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from idp import links
 from idp.loading import InputError, load
-from idp.models import KINDS, Workload
+from idp.models import KINDS, ApiAggregator, Workload, disallowed_aggregator_changes
 from idp.platform import Platform, PlatformError, load_platform, platform_path
-from starter import codec_server, dev, operations, replay, temporal
+from starter import codec_server, dev, operations, port_setup, replay, temporal
 from workflows import search_attributes
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
+from workflows.routetable import AggregatorStatus, TargetState
 from workflows.state import ConditionStatus, Phase
 
 
@@ -47,19 +49,25 @@ async def cmd_apply(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     platform = _platform(args, required=False)
     workloads = [item.resource for item in loaded if isinstance(item.resource, Workload)]
+    aggregators = [i.resource for i in loaded if isinstance(i.resource, ApiAggregator)]
     if platform is not None:
         _check_destinations(platform, loaded)
-    unsupported = [i for i in loaded if not isinstance(i.resource, Workload)]
-    if unsupported:
-        first = unsupported[0]
-        raise UsageError(
-            f"{first.source}: document {first.index}: kind: {first.resource.kind} cannot be "
-            "applied by this version yet; only Workload is supported"
-        )
     client, settings = await _connect(args, platform)
     problems, existing = await operations.check_apply(client, workloads)
+    aggregator_problems, live = await _check_aggregators(client, aggregators)
+    problems += aggregator_problems
     if problems:
         raise UsageError("\n".join(problems))
+    # Aggregators first: the workloads' targets then find their hostname's spec in place.
+    for aggregator in aggregators:
+        try:
+            result = await operations.apply_aggregator(client, settings.task_queue, aggregator)
+        except WorkflowUpdateFailedError as error:
+            raise Failure(f"{aggregator.workflow_id}: rejected: {_cause(error)}") from None
+        verb = "configured" if result.changed else "unchanged"
+        if aggregator.workflow_id not in live:
+            verb = "created"
+        _out(f"{aggregator.workflow_id} {verb} (generation {result.generation})")
     generations: dict[str, int] = {}
     for workload in workloads:
         try:
@@ -76,6 +84,24 @@ async def cmd_apply(args: argparse.Namespace) -> None:
         )
     if args.wait:
         await _wait_ready(client, generations, args.timeout)
+
+
+async def _check_aggregators(
+    client: Client, aggregators: list[ApiAggregator]
+) -> tuple[list[str], set[str]]:
+    """The aggregator validator's refusals, found before anything is applied; and the ids of
+    the aggregators whose spec is already applied."""
+    problems, live = [], set()
+    for aggregator in aggregators:
+        try:
+            current = await operations.aggregator_status(client, aggregator.spec.hostname)
+        except operations.NotFound:
+            continue
+        if current.aggregator is not None:
+            live.add(aggregator.workflow_id)
+            changes = disallowed_aggregator_changes(current.aggregator, aggregator)
+            problems += [f"{aggregator.workflow_id}: {change}" for change in changes]
+    return problems, live
 
 
 def _check_destinations(platform: Platform, loaded: list) -> None:
@@ -127,21 +153,51 @@ def _progress(status: WorkloadStatus) -> str:
 
 async def cmd_get(args: argparse.Namespace) -> None:
     client, _ = await _connect(args, _platform(args, required=False))
+    if args.kind.startswith("apiaggregator"):
+        await _get_aggregators(client, args.output)
+        return
     rows = await operations.list_workloads(client, args.system)
     if args.output == "json":
         _out(json.dumps([row.__dict__ for row in rows], default=_json_value, indent=2))
         return
-    table = [("NAME", "SYSTEM", "PHASE", "DESTINATION", "AGE")]
     now = datetime.now(UTC)
-    table += [(r.name, r.system, r.phase, r.destination, _age(now - r.started)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        _out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _table(
+        ("NAME", "SYSTEM", "PHASE", "DESTINATION", "AGE"),
+        [(r.name, r.system, r.phase, r.destination, _age(now - r.started)) for r in rows],
+    )
     if not rows:
         print("No workloads found.", file=sys.stderr)
 
 
+async def _get_aggregators(client: Client, output: str) -> None:
+    rows = await operations.list_aggregators(client)
+    if output == "json":
+        _out(json.dumps([row.__dict__ for row in rows], default=_json_value, indent=2))
+        return
+    now = datetime.now(UTC)
+    _table(
+        ("HOSTNAME", "NAME", "PHASE", "DESTINATION", "TARGETS", "REFUSED", "AGE"),
+        [
+            (r.hostname, r.name, r.phase, r.destination, str(r.targets), str(r.refused),
+             _age(now - r.started))
+            for r in rows
+        ],
+    )  # fmt: skip
+    if not rows:
+        print("No ApiAggregators found.", file=sys.stderr)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        _out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
 async def cmd_describe(args: argparse.Namespace) -> None:
+    if args.kind == "apiaggregator":
+        await _describe_aggregator(args)
+        return
     workflow_id = _workload_id(args.name)
     client, settings = await _connect(args, _platform(args, required=False))
     status = await _status(client, workflow_id)
@@ -151,10 +207,7 @@ async def cmd_describe(args: argparse.Namespace) -> None:
     spec = status.workload.spec
     _out(f"Name:         {status.system}/{status.name}")
     _out(f"Workflow:     {workflow_id}")
-    _out(
-        f"Link:         {settings.ui_url}/namespaces/{settings.namespace}/workflows/"
-        f"{workflow_id.replace('/', '%2F')}"
-    )
+    _out(f"Link:         {links.workflow_link(settings.ui_url, settings.namespace, workflow_id)}")
     _out(f"Owner:        {spec.owner}")
     _out(f"Destination:  {spec.destination} (namespace {spec.namespace})")
     _out(f"Phase:        {status.phase.value}{' (paused)' if status.paused else ''}")
@@ -182,8 +235,102 @@ async def cmd_describe(args: argparse.Namespace) -> None:
     manifests = status.outputs.manifests
     if manifests:
         _out(f"  state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})")
+    for route in status.outputs.api:
+        reason = f": {route.reason}" if route.reason else ""
+        _out(f"  api:         {', '.join(route.paths)} on {route.hostname} {route.state}{reason}")
+    _events(status.events)
+
+
+async def _describe_aggregator(args: argparse.Namespace) -> None:
+    platform = _platform(args, required=False)
+    client, settings = await _connect(args, platform)
+    try:
+        status = await operations.aggregator_status(client, args.name)
+    except operations.NotFound as error:
+        raise Failure(str(error)) from None
+    if args.output == "json":
+        _out(status.model_dump_json(indent=2))
+        return
+    workflow_id = operations.aggregator_id(status.hostname)
+    aggregator = status.aggregator
+    _out(f"Hostname:     {status.hostname}")
+    _out(f"Workflow:     {workflow_id}")
+    _out(f"Link:         {links.workflow_link(settings.ui_url, settings.namespace, workflow_id)}")
+    if aggregator is None:
+        _out("Spec:         none applied yet: targets are held, nothing is rendered")
+    else:
+        spec = aggregator.spec
+        gateway = f"{spec.gateway.namespace}/{spec.gateway.name}"
+        if spec.gateway.section_name:
+            gateway += f" (listener {spec.gateway.section_name})"
+        _out(f"Name:         {aggregator.metadata.name}")
+        _out(f"Destination:  {spec.destination} (namespace {spec.namespace})")
+        _out(f"Gateway:      {gateway}")
+        _out(f"Body limit:   {spec.max_request_body_size or '-'}")
+        _out(f"Rewrite:      {spec.rewrite_prefix or '-'}")
+    _out(f"Phase:        {status.phase.value}")
+    _out(f"Generation:   {status.generation} (written {status.written_generation})")
+    if status.output:
+        _out(
+            f"State store:  {status.output.directory} (commit {(status.output.commit or '-')[:12]})"
+        )
+    _out("Conditions:")
+    for c in status.conditions:
+        _out(f"  {c.type:<12} {c.status.value:<7} {c.reason:<16} {c.message}")
+    _out("Targets:")
+    for entry in status.entries:
+        target = entry.target
+        service = f"{target.service_namespace}/{target.service.name}:{target.service.port}"
+        _out(f"  {target.holder:<24} {entry.state.value:<9} {', '.join(target.paths)} → {service}")
+        if entry.reason:
+            _out(f"  {'':<24} {entry.reason}")
+    if not status.entries:
+        _out("  none")
+    for warning in _listener_warnings(platform, status):
+        _out(f"Warning: {warning}")
+    _events(status.events)
+
+
+def _listener_warnings(platform: Platform | None, status: AggregatorStatus) -> list[str]:
+    """Routes the Gateway's listener will not accept: HTTPRoutes live in the workloads'
+    namespaces, and a listener takes routes from its own namespace unless told otherwise."""
+    aggregator = status.aggregator
+    if platform is None or aggregator is None:
+        return []
+    spec = aggregator.spec
+    namespaces = sorted(
+        {e.target.namespace for e in status.entries if e.state == TargetState.ACCEPTED}
+    )
+    destination = platform.destination(spec.destination)
+    gateway = (
+        destination.gateway(spec.gateway.name, spec.gateway.namespace) if destination else None
+    )
+    name = f"Gateway {spec.gateway.namespace}/{spec.gateway.name}"
+    if gateway is None:
+        return [
+            f"the platform configuration does not describe {name} on destination "
+            f"{spec.destination}; make sure its listener's allowedRoutes.namespaces.from admits "
+            f"the route namespaces ({', '.join(namespaces) or 'none yet'})"
+        ]
+    if gateway.allowed_routes_from == "Same":
+        foreign = [n for n in namespaces if n != gateway.namespace]
+        if foreign:
+            return [
+                f"{name} accepts routes only from its own namespace (allowedRoutes.namespaces."
+                f"from: Same), so the routes in {', '.join(foreign)} will not be attached; "
+                "set it to All or Selector"
+            ]
+    if gateway.allowed_routes_from == "Selector" and namespaces:
+        return [
+            f"{name} accepts routes from namespaces matching its selector: check that "
+            f"{', '.join(namespaces)} match it"
+        ]
+    return []
+
+
+def _events(events: list) -> None:
     _out("Events:")
-    for event in status.events:
+    for event in events:
         _out(f"  {event.time.isoformat()}  {event.step}: {event.message}")
 
 
@@ -192,6 +339,9 @@ async def cmd_describe(args: argparse.Namespace) -> None:
 
 def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
     async def command(args: argparse.Namespace) -> None:
+        if args.kind == "apiaggregator":
+            await _delete_aggregator(args)
+            return
         workflow_id = _workload_id(args.name)
         client, _ = await _connect(args, _platform(args, required=False))
         request = SignalRequest(reason=args.reason)
@@ -213,6 +363,26 @@ def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]
             _out(f"{workflow_id} deleted")
 
     return command
+
+
+async def _delete_aggregator(args: argparse.Namespace) -> None:
+    client, _ = await _connect(args, _platform(args, required=False))
+    workflow_id = operations.aggregator_id(args.name)
+    try:
+        await operations.delete_aggregator(client, args.name)
+    except operations.NotFound as error:
+        raise Failure(str(error)) from None
+    except WorkflowUpdateFailedError as error:
+        raise Failure(f"{workflow_id}: rejected: {_cause(error)}") from None
+    _out(f"{workflow_id} delete requested")
+    if args.wait:
+        try:
+            await asyncio.wait_for(
+                client.get_workflow_handle(workflow_id).result(), timeout=args.timeout
+            )
+        except TimeoutError:
+            raise Failure(f"timed out after {args.timeout:g}s waiting for deletion") from None
+        _out(f"{workflow_id} deleted")
 
 
 # ---- schema ----------------------------------------------------------------------------------
@@ -329,14 +499,14 @@ def parser() -> argparse.ArgumentParser:
     apply.set_defaults(run=cmd_apply)
 
     get = commands.add_parser("get", help="list resources")
-    get.add_argument("kind", choices=["workloads", "workload"])
+    get.add_argument("kind", choices=["workloads", "workload", "apiaggregators", "apiaggregator"])
     get.add_argument("--system", help="only this system")
     get.add_argument("-o", "--output", choices=["table", "json"], default="table")
     get.set_defaults(run=cmd_get)
 
     describe = commands.add_parser("describe", help="show a resource's status in detail")
-    describe.add_argument("kind", choices=["workload"])
-    describe.add_argument("name", metavar="SYSTEM/NAME")
+    describe.add_argument("kind", choices=["workload", "apiaggregator"])
+    describe.add_argument("name", metavar="SYSTEM/NAME|HOSTNAME")
     describe.add_argument("-o", "--output", choices=["text", "json"], default="text")
     describe.set_defaults(run=cmd_describe)
 
@@ -348,8 +518,11 @@ def parser() -> argparse.ArgumentParser:
         ("rotate_credentials", "new NATS key and credentials now; old key revoked after grace"),
     ):
         command = commands.add_parser(name.replace("_", "-"), help=text)
-        command.add_argument("kind", choices=["workload"])
-        command.add_argument("name", metavar="SYSTEM/NAME")
+        kinds = ["workload", "apiaggregator"] if name == "delete" else ["workload"]
+        command.add_argument("kind", choices=kinds)
+        command.add_argument(
+            "name", metavar="SYSTEM/NAME|HOSTNAME" if name == "delete" else "SYSTEM/NAME"
+        )
         command.add_argument("--reason", help="recorded with the request")
         if name == "rotate_credentials":
             command.add_argument(
@@ -373,8 +546,8 @@ def parser() -> argparse.ArgumentParser:
     replay_.add_argument("files", nargs="*", help="history JSON files (else: from the server)")
     replay_.add_argument(
         "--query",
-        default="WorkflowType = 'WorkloadWorkflow'",
-        help="visibility query selecting the histories to download",
+        default=replay.DEFAULT_QUERY,
+        help="visibility query selecting the histories to download (every workflow type here)",
     )
     replay_.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     replay_.set_defaults(run=cmd_replay)
@@ -386,6 +559,7 @@ def parser() -> argparse.ArgumentParser:
 
     codec_server.add_parser(commands)
     dev.add_parser(commands)
+    port_setup.add_parser(commands)
     return root
 
 

@@ -7,14 +7,21 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecut
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from idp.models import Workload, disallowed_changes
+from idp.models import ApiAggregator, Workload, disallowed_changes
 from workflows import search_attributes as sa
+from workflows.aggregator import ApiAggregatorWorkflow
 from workflows.messages import (
     ApplyRequest,
     ApplyResult,
     SignalRequest,
     WorkloadInput,
     WorkloadStatus,
+)
+from workflows.routetable import (
+    AggregatorApplyRequest,
+    AggregatorDeleteRequest,
+    AggregatorInput,
+    AggregatorStatus,
 )
 from workflows.workload import WorkloadWorkflow
 
@@ -131,3 +138,86 @@ async def list_workloads(client: Client, system: str | None = None) -> list[Work
             )
         )
     return sorted(rows, key=lambda r: (r.system, r.name))
+
+
+# ---- ApiAggregators ---------------------------------------------------------------------------
+
+
+def aggregator_id(hostname: str) -> str:
+    return f"api-aggregator/{hostname.removeprefix('api-aggregator/')}"
+
+
+async def apply_aggregator(
+    client: Client, task_queue: str, aggregator: ApiAggregator, request_id: str | None = None
+) -> ApplyResult:
+    """Create the hostname's workflow if needed (workloads may have created it already, holding
+    their targets) and apply the spec, in one update-with-start."""
+    spec = aggregator.spec
+    start = WithStartWorkflowOperation(
+        ApiAggregatorWorkflow.run,
+        AggregatorInput(hostname=spec.hostname),
+        id=aggregator.workflow_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"API routes of {spec.hostname}",
+    )
+    return await client.execute_update_with_start_workflow(
+        ApiAggregatorWorkflow.apply,
+        AggregatorApplyRequest(aggregator=aggregator, request_id=request_id),
+        start_workflow_operation=start,
+    )
+
+
+async def aggregator_status(client: Client, hostname: str) -> AggregatorStatus:
+    handle = client.get_workflow_handle(aggregator_id(hostname))
+    try:
+        return await handle.query(ApiAggregatorWorkflow.status)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"no ApiAggregator for hostname {hostname} found") from None
+        raise
+
+
+async def delete_aggregator(client: Client, hostname: str, request_id: str | None = None) -> None:
+    handle = client.get_workflow_handle(aggregator_id(hostname))
+    try:
+        await handle.execute_update(
+            ApiAggregatorWorkflow.delete, AggregatorDeleteRequest(request_id=request_id)
+        )
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"no ApiAggregator for hostname {hostname} found") from None
+        raise
+
+
+@dataclass(frozen=True)
+class AggregatorRow:
+    hostname: str
+    name: str
+    phase: str
+    destination: str
+    targets: int
+    refused: int
+    started: datetime
+
+
+async def list_aggregators(client: Client) -> list[AggregatorRow]:
+    """Running aggregators, from visibility and the memo each keeps (no query: listing must not
+    depend on every workflow's worker being there to answer)."""
+    query = "WorkflowType = 'ApiAggregatorWorkflow' AND ExecutionStatus = 'Running'"
+    rows = []
+    async for execution in client.list_workflows(query):
+        attributes = execution.typed_search_attributes
+        memo = await execution.memo()
+        rows.append(
+            AggregatorRow(
+                hostname=execution.id.removeprefix("api-aggregator/"),
+                name=memo.get("name") or "-",
+                phase=attributes.get(sa.PHASE) or "Unknown",
+                destination=attributes.get(sa.DESTINATION) or "",
+                targets=memo.get("targets", 0),
+                refused=memo.get("refused", 0),
+                started=execution.start_time,
+            )
+        )
+    return sorted(rows, key=lambda r: r.hostname)

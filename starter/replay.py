@@ -15,6 +15,8 @@ from temporalio.worker import Replayer
 from starter.temporal import codec_keyring, data_converter
 from worker import WORKFLOWS
 
+DEFAULT_QUERY = " OR ".join(f"WorkflowType = '{w.__name__}'" for w in WORKFLOWS)
+
 
 @dataclass(frozen=True)
 class ReplayOutcome:

@@ -12,17 +12,19 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverter,
     DefaultFailureConverterWithEncodedAttributes,
 )
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from idp.keyring import KeyRing, KeyRingError
@@ -130,8 +132,16 @@ def data_converter(keyring: KeyRing | None, *, encode_failures: bool = True) -> 
     )
 
 
-async def connect(settings: TemporalSettings) -> Client:
-    """A client whose converter encrypts with the key ring in `IDP_CODEC_KEYS`, if set."""
+async def connect(
+    settings: TemporalSettings,
+    *,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """A client whose converter encrypts with the key ring in `IDP_CODEC_KEYS`, if set.
+
+    `runtime` carries the worker's metrics exporter; `interceptors` that are also worker
+    interceptors (tracing) apply to the workers built on this client too."""
     try:
         keyring = codec_keyring()
     except KeyRingError as error:
@@ -143,6 +153,8 @@ async def connect(settings: TemporalSettings) -> Client:
             api_key=settings.api_key,
             tls=settings.tls,
             data_converter=data_converter(keyring),
+            runtime=runtime,
+            interceptors=interceptors,
         )
     except OSError as error:
         raise ConnectError(f"cannot read a TLS file: {error}") from None

@@ -394,3 +394,53 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     assert described.code == 0, described
     assert (described.json["generation"], described.json["phase"]) == (2, "Ready")
     assert described.json["workload"]["spec"]["namespace"] == "demo"
+
+
+# ---- ApiAggregators --------------------------------------------------------------------------
+
+
+async def test_apply_get_describe_and_delete_an_api_aggregator(
+    cli: Cli, worker: None, repo: Path, system: str, tmp_path: Path
+) -> None:
+    hostname = f"{system}.example.com"
+    aggregator = {
+        "apiVersion": "idp.dev/v1alpha1",
+        "kind": "ApiAggregator",
+        "metadata": {"name": "public"},
+        "spec": {
+            "hostname": hostname,
+            "gateway": {"name": "edge", "namespace": "gateways"},
+            "destination": "dev",
+            "namespace": "platform",
+        },
+    }
+    api = [{"aggregator": hostname, "paths": ["/hello"], "service": {"name": "hello", "port": 80}}]
+    file = write_yaml(tmp_path / "api.yaml", workload_doc(system, api=api), aggregator)
+
+    applied = await cli.idpctl("apply", "-f", file, "--wait", "--timeout", "30")
+    assert applied.code == 0, applied
+    lines = applied.stdout.splitlines()
+    assert lines[0] == f"api-aggregator/{hostname} created (generation 1)"
+    assert read(repo, "dev/platform/api-public/httproute-demo-hello-public.yaml") is not None
+
+    listed = await cli.idpctl("get", "apiaggregators")
+    assert listed.code == 0, listed
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(hostname))
+    assert row[:-1] == [hostname, "public", "Ready", "dev", "1", "0"]
+
+    described = await cli.idpctl("describe", "apiaggregator", hostname)
+    assert described.code == 0, described
+    assert f"{system}/hello" in described.stdout and "/hello → demo/hello:80" in described.stdout
+    # The platform file says nothing about the Gateway, so its listener cannot be checked.
+    assert (
+        "Warning: the platform configuration does not describe Gateway gateways/edge on "
+        "destination dev; make sure its listener's allowedRoutes.namespaces.from admits the "
+        "route namespaces (demo)"
+    ) in described.stdout
+
+    refused = await cli.idpctl("delete", "apiaggregator", hostname)
+    assert refused.code == 1, refused
+    assert stderr_lines(refused) == [
+        f"api-aggregator/{hostname}: rejected: {hostname} still routes to {system}/hello; "
+        "remove their spec.api entries for it first"
+    ]

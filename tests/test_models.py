@@ -71,7 +71,7 @@ def aggregator_doc(name: str = "public", **spec: Any) -> dict[str, Any]:
 
 def target(**fields: Any) -> dict[str, Any]:
     base = {
-        "aggregator": "public",
+        "aggregator": "api.example.com",
         "paths": ["/orders"],
         "service": {"name": "hello", "port": 8080},
     }

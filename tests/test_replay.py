@@ -16,8 +16,11 @@ def test_histories_cover_every_scenario() -> None:
         "delete",
         "registry-lifecycle",
         "nats-rotation",
+        "api-routes",
+        "port-run",
     ):
         assert f"workload-{scenario}" in names
+    assert {"api-aggregator-lifecycle", "port-run"} <= names
 
 
 async def test_every_committed_history_replays() -> None:

@@ -94,11 +94,25 @@ class CredentialsOutput(State):
     reason: str
 
 
+class ApiRoute(State):
+    """Where one hostname's aggregator has this workload's targets, as it last answered."""
+
+    hostname: str
+    paths: list[str]
+    state: str = Field(
+        description="Accepted, PathConflict, WrongDestination, AggregatorPending or "
+        "RoutesNotWritten."
+    )
+    reason: str | None = None
+    commit: str | None = None
+
+
 class Outputs(State):
     registry: RegistryOutput | None = None
     nats: NatsOutput | None = None
     credentials: CredentialsOutput | None = None
     manifests: ManifestsOutput | None = None
+    api: list[ApiRoute] = []
 
 
 class Rotation(State):
@@ -115,23 +129,13 @@ class Revocation(State):
     revoke_at: datetime
 
 
-class WorkloadState(State):
-    workload: Workload
-    generation: int = 1
-    observed_generation: int = 0
-    phase: Phase = Phase.PENDING
-    paused: bool = False
-    deleting: bool = False
-    reconcile_requested: bool = False
+class Ledger(State):
+    """What every entity workflow keeps for `describe`: conditions, recent events, and the
+    external request ids it has acted on (so a re-delivered request changes nothing twice)."""
+
     conditions: list[Condition] = []
-    outputs: Outputs = Outputs()
     events: list[Event] = []
-    failures: int = 0
-    next_check_at: datetime | None = None
     request_ids: list[str] = []
-    rotation: Rotation | None = None
-    key_rotated_at: datetime | None = None
-    revocations: list[Revocation] = []
 
     def seen(self, request_id: str | None) -> bool:
         """Record an external request id; True when it was handled before (a re-delivery)."""
@@ -173,3 +177,20 @@ class WorkloadState(State):
             *self.events[-(MAX_EVENTS - 1) :],
             Event(time=now, step=step, message=message),
         ]
+
+
+class WorkloadState(Ledger):
+    workload: Workload
+    generation: int = 1
+    observed_generation: int = 0
+    phase: Phase = Phase.PENDING
+    paused: bool = False
+    deleting: bool = False
+    reconcile_requested: bool = False
+    outputs: Outputs = Outputs()
+    failures: int = 0
+    next_check_at: datetime | None = None
+    rotation: Rotation | None = None
+    key_rotated_at: datetime | None = None
+    revocations: list[Revocation] = []
+    published: str | None = Field(None, description="Digest of what Port last showed.")

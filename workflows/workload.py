@@ -6,16 +6,17 @@ check, or the next deadline. An external failure never fails the workflow: the s
 goes False, the phase Degraded, and the next pass retries after a capped backoff.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.apiroutes import ApiRouteActivities, RegisterInput
     from activities.aws import AwsActivities, RegistryInput
     from activities.heartbeat import HEARTBEAT_TIMEOUT
     from activities.nats import (
@@ -28,10 +29,13 @@ with workflow.unsafe.imports_passed_through():
         RemoveInput,
         RevokeInput,
     )
-    from activities.platform import PlatformActivities, RuntimeSettings
+    from activities.platform import RuntimeSettings
+    from activities.port import PortActivities, PublishInput, port_view
     from activities.statestore import ManifestsInput, ManifestsResult, StateStoreActivities
     from idp import credentials as policy
-    from idp.models import disallowed_changes
+    from idp.models import ApiTarget, disallowed_changes
+    from idp.routes import RegisterTargets, Registration, TargetState
+    from workflows import metrics
     from workflows import search_attributes as sa
     from workflows.messages import (
         ApplyRequest,
@@ -43,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
     )
     from workflows.state import (
+        ApiRoute,
         ConditionStatus,
         CredentialsOutput,
         ManifestsOutput,
@@ -53,23 +58,30 @@ with workflow.unsafe.imports_passed_through():
         Rotation,
         WorkloadState,
     )
+    from workflows.steps import (
+        STEP_RETRY,
+        STEP_TIMEOUT,
+        StepFailed,
+        continue_as_new_if_suggested,
+        details,
+        failure,
+        read_settings,
+        reject,
+        retry_interval,
+    )
 
 R = TypeVar("R")
-
-# Retries inside one pass absorb blips; longer outages are the loop's job (backoff between passes),
-# so the workflow keeps answering queries and messages instead of sitting in one activity for hours.
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-)
-STEP_TIMEOUT = timedelta(minutes=2)
 
 REGISTRY = "Registry"
 NATS = "Nats"
 CREDENTIALS = "Credentials"
 MANIFESTS = "Manifests"
+API = "Api"
+PORT = "Port"
+# The Api states besides the aggregator's TargetState: waiting for the ApiAggregator to be
+# applied, and accepted but not yet in the state store.
+PENDING = "AggregatorPending"
+UNWRITTEN = "RoutesNotWritten"
 
 
 @workflow.defn
@@ -82,6 +94,7 @@ class WorkloadWorkflow:
             self.state = WorkloadState(workload=input.workload)
             self.state.seen(input.request_id)
         self._settings = RuntimeSettings()
+        self._publishing: asyncio.Task[None] | None = None
 
     # ---- messages: they only record intent; the loop acts on it -------------------------------
 
@@ -100,11 +113,11 @@ class WorkloadWorkflow:
         new = request.workload
         workflow_id = workflow.info().workflow_id
         if new.workflow_id != workflow_id:
-            _reject(f"this workflow manages {workflow_id!r}; the spec names {new.workflow_id!r}")
+            reject(f"this workflow manages {workflow_id!r}; the spec names {new.workflow_id!r}")
         if self.state.deleting:
-            _reject(f"{workflow_id} is being deleted; apply it again once deletion has finished")
+            reject(f"{workflow_id} is being deleted; apply it again once deletion has finished")
         for problem in disallowed_changes(self.state.workload, request.workload):
-            _reject(problem)
+            reject(problem)
 
     @workflow.update
     async def wait_ready(self, request: WaitReadyRequest) -> WorkloadStatus:
@@ -180,24 +193,22 @@ class WorkloadWorkflow:
             if self.state.deleting:
                 if await self._teardown():
                     self._set_phase(Phase.DELETED)
+                    self._publish()
+                    if self._publishing:
+                        await self._publishing
                     return self.status()
             elif self.state.paused:
                 self._set_phase(Phase.PAUSED)
             else:
                 await self._reconcile()
-            if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    WorkloadInput(workload=self.state.workload, state=self.state)
-                )
+            self._publish()
+            await continue_as_new_if_suggested(
+                WorkloadInput(workload=self.state.workload, state=self.state)
+            )
             await self._sleep()
 
     async def _read_settings(self) -> None:
-        self._settings = await workflow.execute_local_activity_method(
-            PlatformActivities.runtime_settings,
-            start_to_close_timeout=timedelta(seconds=10),
-            summary="read platform settings",
-        )
+        self._settings = await read_settings()
 
     def _has_work(self) -> bool:
         """Something the loop has not acted on yet (a failed teardown waits for its backoff)."""
@@ -217,8 +228,7 @@ class WorkloadWorkflow:
             return
         settings = self._settings.reconcile
         if self.state.failures:
-            backoff = settings.min_backoff * 2 ** min(self.state.failures - 1, 16)
-            interval = min(backoff, settings.max_backoff, settings.drift_interval)
+            interval = retry_interval(settings, self.state.failures)
             summary = "retry after backoff"
         else:
             interval = settings.drift_interval
@@ -244,18 +254,24 @@ class WorkloadWorkflow:
             await self._registry()
             await self._nats()
             await self._manifests()
+            settled = await self._api()
             ok = True
         except StepFailed:
-            ok = False
+            ok = settled = False
         self.state.observed_generation = generation
         self.state.failures = 0 if ok else self.state.failures + 1
-        self._set_phase(Phase.READY if ok else Phase.DEGRADED)
+        # Accepted routes not yet in the state store: the aggregator asks for another pass
+        # once they are, and only then is the workload Ready.
+        phase = Phase.PROVISIONING if ok and not settled else Phase.READY
+        self._set_phase(phase if ok else Phase.DEGRADED)
+        metrics.reconcile_pass("Workload")
 
     async def _teardown(self) -> bool:
         """Undo the steps in reverse order; False when something failed and must be retried."""
         self._set_phase(Phase.DELETING)
         await self._read_settings()
         try:
+            await self._remove_api()
             await self._remove_manifests()
             await self._remove_nats()
             await self._remove_registry()
@@ -473,6 +489,7 @@ class WorkloadWorkflow:
         )
         message = f"version {version} ({reason.value}) delivered to {record.location}"
         self._changed(CREDENTIALS, "Issued", message)
+        metrics.credentials_issued(reason.value)
         if self._settings.reconcile.search_attributes:
             expiry = sa.CREDENTIALS_EXPIRE_AT.value_set(record.expires_at)
             workflow.upsert_search_attributes([expiry])
@@ -557,6 +574,109 @@ class WorkloadWorkflow:
             message = f"committed {_files(result)} at {result.commit[:12]}"
             self._changed(MANIFESTS, "Applied", message)
 
+    # ---- Port --------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Show the workload in Port, only when what Port shows would change. In the background:
+        the loop must not wait on a portal, and Port being down costs nothing but the entity's
+        freshness (the next pass tries again)."""
+        if not self._settings.port or (self._publishing and not self._publishing.done()):
+            return
+        status = self.status()
+        shown = port_view(status)
+        if shown != self.state.published:
+            self._publishing = asyncio.create_task(self._publish_now(status, shown))
+
+    async def _publish_now(self, status: WorkloadStatus, shown: str) -> None:
+        try:
+            await workflow.execute_activity_method(
+                PortActivities.publish_workload,
+                PublishInput(status=status),
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=STEP_RETRY,
+                summary="publish to Port",
+            )
+        except ActivityError as error:
+            _, message = failure(error)
+            self.state.add_event(PORT, f"could not publish to Port: {message}", workflow.now())
+            return
+        self.state.published = shown
+
+    # ---- API routes ------------------------------------------------------------------------
+
+    async def _api(self) -> bool:
+        """Register the targets with the aggregator of each hostname, and unregister them from
+        hostnames the spec no longer names; False while accepted routes await their write.
+
+        A refused or pending target is the user's to fix (or the ApiAggregator's to arrive):
+        its condition says so and the rest stays Ready. An aggregator that cannot write is a
+        failed step like any other."""
+        desired: dict[str, list[ApiTarget]] = {}
+        for target in self.state.workload.spec.api:
+            desired.setdefault(target.aggregator, []).append(target)
+        known = {route.hostname for route in self.state.outputs.api}
+        hostnames = sorted(desired.keys() | known)
+        if not hostnames:
+            return True
+        previous = self.state.outputs.api
+        for hostname in hostnames:
+            registration = await self._register(hostname, desired.get(hostname, []))
+            # Recorded per hostname, so a failure on the next one cannot forget this one.
+            self.state.outputs.api = [
+                *(r for r in self.state.outputs.api if r.hostname != hostname),
+                *_routes(registration),
+            ]
+            if registration.problem:
+                message = f"{hostname} cannot write its routes: {registration.problem}"
+                self._condition(API, ConditionStatus.FALSE, "AggregatorFailing", message)
+                raise StepFailed(API)
+        return self._api_condition(previous)
+
+    async def _register(self, hostname: str, targets: list[ApiTarget]) -> Registration:
+        workload = self.state.workload
+        verb = f"register {len(targets)} target(s) with" if targets else "unregister from"
+        return await self._step(
+            API,
+            ApiRouteActivities.register_api_targets,
+            RegisterInput(
+                hostname=hostname,
+                request=RegisterTargets(
+                    system=workload.metadata.system,
+                    workload=workload.metadata.name,
+                    namespace=workload.spec.namespace,
+                    destination=workload.spec.destination,
+                    targets=targets,
+                ),
+            ),
+            f"{verb} {hostname}",
+        )
+
+    def _api_condition(self, previous: list[ApiRoute]) -> bool:
+        """Set the Api condition from the aggregators' answers; False while routes await their
+        write (the only state that resolves without anyone acting)."""
+        routes = self.state.outputs.api
+        problems = [r for r in routes if r.state != TargetState.ACCEPTED]
+        if problems:
+            # Refusals first: they are what a person has to act on.
+            problems.sort(key=lambda r: r.state in (UNWRITTEN, PENDING))
+            reason, status = problems[0].state, ConditionStatus.FALSE
+            message = "; ".join(r.reason or "" for r in problems)
+        elif routes:
+            reason, status = "Routed", ConditionStatus.TRUE
+            message = "; ".join(f"{', '.join(r.paths)} on {r.hostname}" for r in routes)
+        else:
+            reason, status, message = "Unrouted", ConditionStatus.TRUE, "no API targets"
+        if _route_view(routes) != _route_view(previous):
+            self.state.add_event(API, message, workflow.now())
+        self._condition(API, status, reason, message)
+        return all(r.state != UNWRITTEN for r in routes)
+
+    async def _remove_api(self) -> None:
+        for hostname in sorted({route.hostname for route in self.state.outputs.api}):
+            await self._register(hostname, [])
+            self.state.outputs.api = [r for r in self.state.outputs.api if r.hostname != hostname]
+            self._condition(API, ConditionStatus.FALSE, "Deleted", f"unregistered from {hostname}")
+
     async def _step(
         self,
         condition: str,
@@ -575,7 +695,8 @@ class WorkloadWorkflow:
                 summary=summary,
             )
         except ActivityError as error:
-            reason, message = _failure(error)
+            reason, message = failure(error)
+            metrics.step_failed(condition, reason)
             first = self.state.condition(condition)
             if first is None or first.status != ConditionStatus.FALSE or first.reason != reason:
                 self.state.add_event(condition, f"failed: {message}", workflow.now())
@@ -591,6 +712,7 @@ class WorkloadWorkflow:
         """A step changed something outside: worth an event as well as the condition."""
         self.state.add_event(step, message, workflow.now())
         self._condition(step, ConditionStatus.TRUE, reason, message)
+        metrics.step_changed(step, reason)
 
     def _set_phase(self, phase: Phase) -> None:
         if phase != self.state.phase:
@@ -615,32 +737,12 @@ class WorkloadWorkflow:
             workflow.upsert_search_attributes(changed)
 
     def _details(self) -> str:
-        lines = [f"**{self.state.phase.value}** · generation {self.state.generation}"]
-        for c in self.state.conditions:
-            mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
-            lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
-        return "\n".join(lines)
-
-
-class StepFailed(Exception):
-    """A step's activity failed for good in this pass; its condition already says why."""
-
-
-def _reject(message: str) -> None:
-    raise ApplicationError(message, type="InvalidApply", non_retryable=True)
+        headline = f"**{self.state.phase.value}** · generation {self.state.generation}"
+        return details(headline, self.state.conditions)
 
 
 def _request_id(request: SignalRequest | None) -> str | None:
     return request.request_id if request else None
-
-
-def _failure(error: ActivityError) -> tuple[str, str]:
-    cause = error.cause
-    if isinstance(cause, ApplicationError):
-        return cause.type or "Error", cause.message
-    if isinstance(cause, ActivityTimeoutError):
-        return "Timeout", f"the activity timed out ({cause.type.name if cause.type else 'timeout'})"
-    return type(cause).__name__ if cause else "Error", str(cause or error)
 
 
 def _files(result: ManifestsResult) -> str:
@@ -650,3 +752,34 @@ def _files(result: ManifestsResult) -> str:
 
 def _removed(result: ManifestsResult) -> str:
     return f"removed {result.directory}" if result.commit else f"{result.directory} already absent"
+
+
+def _routes(registration: Registration) -> list[ApiRoute]:
+    """The workload's view of one hostname: Pending until the ApiAggregator is applied and
+    the accepted routes are written."""
+    routes = []
+    for target in registration.targets:
+        state, reason = target.state.value, target.reason
+        if target.state == TargetState.ACCEPTED and registration.aggregator is None:
+            state = PENDING
+            reason = (
+                f"no ApiAggregator for {registration.hostname} has been applied yet; the "
+                "targets are held until it is"
+            )
+        elif target.state == TargetState.ACCEPTED and not registration.written:
+            state = UNWRITTEN
+            reason = f"accepted; {registration.hostname} has not written them yet"
+        routes.append(
+            ApiRoute(
+                hostname=registration.hostname,
+                paths=target.paths,
+                state=state,
+                reason=reason,
+                commit=registration.commit,
+            )
+        )
+    return routes
+
+
+def _route_view(routes: list[ApiRoute]) -> list[tuple[str, list[str], str]]:
+    return sorted((r.hostname, r.paths, r.state) for r in routes)

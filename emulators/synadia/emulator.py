@@ -6,29 +6,18 @@ process (`python -m emulators.synadia --port N --state-dir DIR`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from emulators.serving import AsgiServer
 from emulators.synadia.app import API_PREFIX, EmulatorApp, Faults
 from emulators.synadia.controlplane import Behaviour, ControlPlane
 from emulators.synadia.natsserver import NatsServer
 
 # A fixed credential of a local test double, not a secret; override it with --token.
 DEFAULT_TOKEN = "emulator-token"
-
-
-class _QuietServer(uvicorn.Server):
-    # The host process owns SIGINT/SIGTERM: a test runner keeps them, and the CLI installs its
-    # own handlers so that nats-server is stopped before the process exits.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class SynadiaEmulator:
@@ -59,9 +48,7 @@ class SynadiaEmulator:
         self.app = EmulatorApp(self)
         if faults is not None:
             self.app.set_faults(faults)
-        self._server: uvicorn.Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        self._http: AsgiServer | None = None
 
     # -- addresses and ids tests need
 
@@ -178,46 +165,26 @@ class SynadiaEmulator:
         await self.nats.start()
         self.plane.nats_url = self.nats.url
         try:
-            # Binding first and handing uvicorn the socket makes port 0 race-free.
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(128)
-            sock.setblocking(False)
-            self._socket = sock
-            self.port = sock.getsockname()[1]
-            config = uvicorn.Config(
-                self.app.build(), log_level="warning", access_log=False, lifespan="off"
-            )
-            self._server = _QuietServer(config)
-            self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
-            while not self._server.started:
-                if self._serve_task.done():
-                    self._serve_task.result()
-                    raise RuntimeError("the emulator's HTTP server stopped during startup")
-                await asyncio.sleep(0.01)
+            self._http = AsgiServer(self.app.build(), self.host, self.port)
+            await self._http.start()
+            self.port = self._http.port
         except BaseException:
             await self.stop()
             raise
 
     async def wait(self) -> None:
         """Until the HTTP server stops (see `request_stop`)."""
-        if self._serve_task is not None:
-            await self._serve_task
+        if self._http is not None:
+            await self._http.wait()
 
     def request_stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        if self._http is not None:
+            self._http.request_stop()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._serve_task is not None:
-            with contextlib.suppress(Exception):
-                await self._serve_task
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._serve_task = self._socket = None
+        if self._http is not None:
+            await self._http.stop()
+        self._http = None
         await self.nats.stop()
 
     @classmethod

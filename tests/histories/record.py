@@ -1,6 +1,6 @@
 """Record the workflow histories that tests/test_replay.py replays.
 
-    .venv/bin/python tests/histories/record.py
+    .venv/bin/python tests/histories/record.py [SCENARIO ...]
 
 Run it when a new scenario is worth pinning (never to "fix" a failing replay: a history that no
 longer replays means the code change needs `workflow.patched` or a new workflow version). Each
@@ -21,14 +21,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for support.*
 
 from support.moto import MOTO_ACCOUNT_ID, moto_server  # noqa: E402
+from support.port import port_stack  # noqa: E402
 from support.secrets import ControllerKeys, controller_keys  # noqa: E402
 from support.stack import bare_repo, git, platform_for, running_worker, start_dev_server  # noqa: E402
 
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator  # noqa: E402
-from idp.models import Workload  # noqa: E402
+from idp.models import ApiAggregator, Workload  # noqa: E402
 from idp.platform import AwsConfig, ClusterIdentity, Platform, SynadiaConfig  # noqa: E402
 from idp.sealing import CertificateSource  # noqa: E402
-from starter.operations import apply_workload  # noqa: E402
+from starter.operations import apply_aggregator, apply_workload, delete_aggregator  # noqa: E402
+from workflows.aggregator import ApiAggregatorWorkflow  # noqa: E402
 from workflows.messages import RotateRequest, WaitReadyRequest  # noqa: E402
 from workflows.state import Phase  # noqa: E402
 from workflows.workload import WorkloadWorkflow  # noqa: E402
@@ -169,6 +171,107 @@ async def nats_rotation(client: Client, repo: Path, name: str) -> WorkflowHandle
     return handle
 
 
+def api(hostname: str, path: str) -> list[dict[str, object]]:
+    return [{"aggregator": hostname, "paths": [path], "service": {"name": "web", "port": 80}}]
+
+
+async def api_routes(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """A workload registers before its ApiAggregator exists, is routed once it is applied,
+    changes its path, and is deleted (unregistering)."""
+    hostname = "api.replay.example.com"
+    w = workload(name, api=api(hostname, "/shop"))
+    await apply_workload(client, QUEUE, w)
+    handle = client.get_workflow_handle(w.workflow_id)
+    await ready(handle, 1)
+    await apply_aggregator(client, QUEUE, aggregator(hostname))
+    await until_condition(handle, "Api", "Routed")
+    await apply_workload(client, QUEUE, workload(name, api=api(hostname, "/store")))
+    await ready(handle, 2)
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    return handle
+
+
+async def api_aggregator(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """Applied, two workloads registered, a conflict refused and released, routes repaired by a
+    drift check, then deleted once empty."""
+    hostname = "agg.replay.example.com"
+    await apply_aggregator(client, QUEUE, aggregator(hostname))
+    handle = client.get_workflow_handle(f"api-aggregator/{hostname}")
+    first, second = (
+        workload(f"{name}-a", api=api(hostname, "/a")),
+        workload(f"{name}-b", api=api(hostname, "/a/b")),
+    )
+    for w in (first, second):
+        await apply_workload(client, QUEUE, w)
+        await ready(client.get_workflow_handle(w.workflow_id), 1)
+    clone = repo.parent / f"clone-{name}"
+    git("clone", "--quiet", str(repo), str(clone))
+    git("rm", "--quiet", "-r", "dev/platform/api-public", cwd=clone)
+    git("commit", "--quiet", "-m", "hand delete", cwd=clone)
+    git("push", "--quiet", "origin", "main", cwd=clone)
+    await handle.signal(ApiAggregatorWorkflow.reconcile)
+    async with asyncio.timeout(30):
+        while not any(
+            c.reason == "DriftRepaired"
+            for c in (await handle.query(ApiAggregatorWorkflow.status)).conditions
+        ):
+            await asyncio.sleep(0.1)
+    for w in (first, second):
+        workload_handle = client.get_workflow_handle(w.workflow_id)
+        await workload_handle.signal(WorkloadWorkflow.delete)
+        await workload_handle.result()
+    await delete_aggregator(client, hostname)
+    await handle.result()
+    return handle
+
+
+def aggregator(hostname: str) -> ApiAggregator:
+    return ApiAggregator.model_validate(
+        {
+            "metadata": {"name": "public"},
+            "spec": {
+                "hostname": hostname,
+                "gateway": {"name": "edge", "namespace": "gateways"},
+                "destination": "dev",
+                "namespace": "platform",
+                "maxRequestBodySize": "1Mi",
+            },
+        }
+    )
+
+
+async def until_condition(handle: WorkflowHandle, type_: str, reason: str) -> None:
+    async with asyncio.timeout(30):
+        while not any(
+            c.type == type_ and c.reason == reason
+            for c in (await handle.query(WorkloadWorkflow.status)).conditions
+        ):
+            await asyncio.sleep(0.1)
+
+
+async def port_run(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """A Port "create workload" run, reported back to the Port emulator."""
+    async with port_stack(client, repo, repo.parent / "port-cache") as stack:
+        fields = {"name": name, "system": "replay", "owner": "team-demo"}
+        invocation = await stack.emulator.invoke(
+            "idp_create_workload", fields | {"destination": "dev", "namespace": "demo"}
+        )
+        handle = client.get_workflow_handle(f"port-run/{invocation.run_id}")
+        await handle.result()
+        workload = client.get_workflow_handle(f"workload/replay/{name}")
+        await workload.signal(WorkloadWorkflow.pause)
+        await until_phase(workload, Phase.PAUSED)
+        await workload.signal(WorkloadWorkflow.delete)
+        await workload.result()
+        WORKLOAD_HISTORIES[name] = workload
+        return handle
+
+
+# Scenarios that also leave a workload history worth keeping (its Port publishing).
+WORKLOAD_HISTORIES: dict[str, WorkflowHandle] = {}
+
+
 def with_aws(platform: Platform, url: str) -> Platform:
     oidc = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:oidc-provider/oidc.eks.{REGION}.amazonaws.com/id/X"
     destination = platform.destinations[0].model_copy(
@@ -199,6 +302,9 @@ SCENARIOS: dict[str, Scenario] = {
     "workload-degraded-recovered": degraded_then_recovered,
     "workload-continue-as-new": continue_as_new,
     "workload-delete": delete,
+    "workload-api-routes": api_routes,
+    "api-aggregator-lifecycle": api_aggregator,
+    "port-run": port_run,
 }
 
 
@@ -218,15 +324,21 @@ async def main() -> None:
 async def record_all(
     client: Client, aws_url: str, synadia: SynadiaEmulator, keys: ControllerKeys
 ) -> None:
-    for name, scenario in SCENARIOS.items():
+    chosen = sys.argv[1:] or list(SCENARIOS)
+    for name in chosen:
+        scenario = SCENARIOS[name]
         with tempfile.TemporaryDirectory() as tmp:
             repo = bare_repo(Path(tmp) / "state.git")
             platform = with_nats(with_aws(platform_for(repo), aws_url), synadia, keys)
             async with running_worker(client, platform, QUEUE, Path(tmp) / "cache"):
                 handle = await scenario(client, repo, name)
-                history = await handle.fetch_history()
-        (HERE / f"{name}.json").write_text(history.to_json() + "\n")
-        print(f"recorded {name}: {len(history.events)} events")
+                histories = {name: await handle.fetch_history()}
+                if name in WORKLOAD_HISTORIES:
+                    workload = WORKLOAD_HISTORIES[name]
+                    histories[f"workload-{name}"] = await workload.fetch_history()
+        for recorded, history in histories.items():
+            (HERE / f"{recorded}.json").write_text(history.to_json() + "\n")
+            print(f"recorded {recorded}: {len(history.events)} events")
 
 
 if __name__ == "__main__":

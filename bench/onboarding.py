@@ -1,0 +1,144 @@
+"""Onboarding: N workloads applied at once, and what durability costs over plain asyncio.
+
+    .venv/bin/python bench/onboarding.py [--sizes 100,500,1000]
+
+For each N, on a fresh local stack (`idpctl dev`'s parts in a temporary directory: Temporal dev
+server with its SQLite file, the worker as its own process, moto, the Synadia emulator with a real
+nats-server, a bare git repository): N workloads, each with a registry, a NATS user and sealed
+credentials and its manifests, applied at once through update-with-start; the clock stops when
+every one is Ready. Activity executions come from the workflows' histories afterwards.
+
+The baseline runs the same activity code (the same idp/ functions: ensure the registry, ensure the
+NATS user, issue and deliver, write the manifests) for another N workloads from one plain asyncio
+program with the same concurrency, no Temporal, against the same stack. The ratio is the cost of
+durability: server round trips, history, workflow tasks.
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import ActivityEnvironment
+
+from activities.aws import AwsActivities, RegistryInput
+from activities.nats import IssueInput, NatsActivities, NatsUserInput
+from activities.statestore import ManifestsInput, StateStoreActivities
+from idp.models import Workload
+from idp.platform import load_platform
+from starter import dev, operations, temporal
+from workflows.messages import WaitReadyRequest
+from workflows.state import Phase
+from workflows.workload import WorkloadWorkflow
+
+NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl": "7d"}}
+
+
+def workload(system: str, name: str) -> Workload:
+    return Workload.model_validate(
+        {
+            "metadata": {"name": name, "system": system},
+            "spec": {"owner": "bench", "destination": "dev", "namespace": "bench", "nats": NATS},
+        }
+    )
+
+
+async def ready(client, item: Workload) -> None:
+    result = await operations.apply_workload(client, "idp", item)
+    status = await client.get_workflow_handle(item.workflow_id).execute_update(
+        WorkloadWorkflow.wait_ready,
+        WaitReadyRequest(generation=result.generation, timeout_seconds=1800),
+    )
+    if status.phase != Phase.READY:
+        raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
+
+
+async def activity_executions(client, items: list[Workload]) -> int:
+    count = 0
+    for item in items:
+        history = await client.get_workflow_handle(item.workflow_id).fetch_history()
+        count += sum(
+            e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events
+        )
+    return count
+
+
+async def plain(stack: dev.Stack, items: list[Workload]) -> float:
+    """The same steps, called directly: what a script without durability would do."""
+    os.environ[dev.SYNADIA_TOKEN_ENV] = stack.synadia_token or ""
+    os.environ |= {"AWS_ACCESS_KEY_ID": "idp-local", "AWS_SECRET_ACCESS_KEY": "idp-local"}
+    config = load_platform(stack.platform_file)
+    cache = stack.root / "plain-cache"
+    aws, nats = AwsActivities(config), NatsActivities(config, cache / "statestore")
+    manifests = StateStoreActivities(config, cache / "statestore")
+    env = ActivityEnvironment()
+
+    async def onboard(item: Workload) -> None:
+        registry = await env.run(aws.ensure_registry, RegistryInput(workload=item))
+        user = await env.run(nats.ensure_nats_user, NatsUserInput(workload=item, user_id=None))
+        issue = IssueInput(
+            workload=item,
+            workflow_id=item.workflow_id,
+            user_id=user.user_id,
+            version=1,
+            reason="initial",
+        )
+        await env.run(nats.issue_credentials, issue)
+        request = ManifestsInput(
+            workload=item, generation=1, workflow_id=item.workflow_id, role_arn=registry.role_arn
+        )
+        await env.run(manifests.write_workload_manifests, request)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(onboard(item) for item in items))
+    return time.perf_counter() - started
+
+
+async def measure(n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="idp-onboarding-") as tmp:
+        stack = dev.Stack(
+            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+        )
+        try:
+            await dev.start(stack)
+            client = await temporal.connect(
+                temporal.TemporalSettings(address=stack.address),
+            )
+            items = [workload("onboard", f"w{i:04}") for i in range(n)]
+            started = time.perf_counter()
+            await asyncio.gather(*(ready(client, item) for item in items))
+            durable = time.perf_counter() - started
+            activities = await activity_executions(client, items)
+            baseline = await plain(stack, [workload("plain", f"w{i:04}") for i in range(n)])
+        finally:
+            stack.stop()
+    return {"n": n, "seconds": durable, "activities": activities, "plain": baseline}
+
+
+async def main(sizes: list[int]) -> None:
+    rows = [await measure(n) for n in sizes]
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print("steps per workload: registry (moto), NATS user, sealed credentials, manifests")
+    header = (
+        f"{'workloads':>9} {'all Ready (s)':>14} {'workloads/s':>12} {'activities/s':>13} "
+        f"{'plain asyncio (s)':>18} {'durable/plain':>14}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['n']:>9} {r['seconds']:>14.1f} {r['n'] / r['seconds']:>12.1f} "
+            f"{r['activities'] / r['seconds']:>13.1f} {r['plain']:>18.1f} "
+            f"{r['seconds'] / r['plain']:>14.2f}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,500,1000")
+    sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
+    asyncio.run(main(sizes))

@@ -1,0 +1,77 @@
+"""What every entity workflow here shares about running a step: retries, timeouts, how a failed
+activity becomes a condition's reason and message, and how a request is refused."""
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.platform import PlatformActivities, RuntimeSettings
+    from idp.platform import ReconcileSettings
+    from workflows.state import Condition, ConditionStatus
+
+# Retries inside one pass absorb blips; longer outages are the loop's job (backoff between passes),
+# so the workflow keeps answering queries and messages instead of sitting in one activity for hours.
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
+STEP_TIMEOUT = timedelta(minutes=2)
+
+
+class StepFailed(Exception):
+    """A step's activity failed for good in this pass; its condition already says why."""
+
+
+def reject(message: str) -> None:
+    """Refuse an update in its validator: nothing reaches history, the caller gets `message`."""
+    raise ApplicationError(message, type="InvalidApply", non_retryable=True)
+
+
+def failure(error: ActivityError) -> tuple[str, str]:
+    """(reason, message) of a failed activity, for its step's condition."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "Error", cause.message
+    if isinstance(cause, ActivityTimeoutError):
+        return "Timeout", f"the activity timed out ({cause.type.name if cause.type else 'timeout'})"
+    return type(cause).__name__ if cause else "Error", str(cause or error)
+
+
+def details(headline: str, conditions: Sequence[Condition]) -> str:
+    """The UI's current details: the phase line, then one line per condition."""
+    lines = [headline]
+    for c in conditions:
+        mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
+        lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
+    return "\n".join(lines)
+
+
+async def read_settings() -> RuntimeSettings:
+    """The platform's settings as of now, recorded in history by a local activity."""
+    return await workflow.execute_local_activity_method(
+        PlatformActivities.runtime_settings,
+        start_to_close_timeout=timedelta(seconds=10),
+        summary="read platform settings",
+    )
+
+
+def retry_interval(settings: ReconcileSettings, failures: int) -> timedelta:
+    """Capped exponential backoff after `failures` failed passes in a row."""
+    backoff = settings.min_backoff * 2 ** min(failures - 1, 16)
+    return min(backoff, settings.max_backoff, settings.drift_interval)
+
+
+async def continue_as_new_if_suggested(next_input: Any) -> None:
+    """Start over with `next_input` when history grows long, after every handler has finished
+    (an update cut off mid-way would never answer its caller)."""
+    if workflow.info().is_continue_as_new_suggested():
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(next_input)

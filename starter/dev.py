@@ -314,6 +314,9 @@ def write_platform(stack: Stack) -> None:
                 "cluster": {"trust": "irsa", "oidcProviderArn": LOCAL_OIDC},
                 "sealing": {"file": str(stack.sealing_cert)},
                 "secretStore": {"name": "aws-secrets-manager", "forceDelete": True},
+                # The Gateway examples/api.yaml attaches to; its listener takes routes from
+                # every namespace, as the workloads' HTTPRoutes need.
+                "gateways": [{"name": "edge", "namespace": "gateways", "allowedRoutesFrom": "All"}],
             },
         ],
         "reconcile": {"driftInterval": stack.drift_interval},

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from idp.models import API_VERSION, KINDS, Resource
+from idp.models import API_VERSION, KINDS, Resource, Workload
+from idp.routes import RouteTarget, conflicts
 
 MAX_FILE_BYTES = 1024 * 1024
 SUFFIXES = (".yaml", ".yml")
@@ -101,6 +102,7 @@ def load(paths: list[Path]) -> list[Loaded]:
         for file in files:
             loaded += _load_file(file, problems)
     _check_duplicates(loaded, problems)
+    _check_path_conflicts(loaded, problems)
     if not loaded and not problems:
         # Like kubectl: an apply that would silently do nothing is more likely a mistake.
         problems.append(f"{', '.join(map(str, paths))}: no resources found (empty documents only)")
@@ -267,3 +269,30 @@ def _check_duplicates(loaded: list[Loaded], problems: list[str]) -> None:
             )
         else:
             seen[key] = item
+
+
+def _check_path_conflicts(loaded: list[Loaded], problems: list[str]) -> None:
+    """Workloads of one apply whose paths overlap on one hostname: the aggregator would accept
+    whichever registered first and refuse the other, so the apply is refused instead, naming the
+    document that claimed the path first."""
+    held: dict[str, list[tuple[Loaded, RouteTarget]]] = {}
+    for item in loaded:
+        if not isinstance(item.resource, Workload):
+            continue
+        metadata, spec = item.resource.metadata, item.resource.spec
+        for index, target in enumerate(spec.api):
+            claim = RouteTarget.of(metadata.system, metadata.name, spec.namespace, index, target)
+            claimed = held.setdefault(target.aggregator, [])
+            clash = next(
+                ((first, c) for first, other in claimed for c in conflicts(claim, [other])), None
+            )
+            if clash is None:
+                claimed.append((item, claim))
+                continue
+            first, conflict = clash
+            problems.append(
+                f"{item.source}: document {item.index}: spec.api[{index}].paths: "
+                f"{conflict.message(target.aggregator)}, declared in {first.source} document "
+                f"{first.index}; split the paths or put them under one workload"
+            )
+            break

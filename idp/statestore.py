@@ -26,6 +26,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -333,6 +334,7 @@ class StateStore:
                 )
             self.workdir.mkdir(parents=True, exist_ok=True)
             await self._git("init", "--quiet", "--bare")
+        self._clear_stale_locks()
         if not self._branch_checked:
             valid = await self._git("check-ref-format", f"refs/heads/{self.branch}", check=False)
             if valid.returncode != 0:
@@ -341,6 +343,18 @@ class StateStore:
                     "branch name."
                 )
             self._branch_checked = True
+
+    def _clear_stale_locks(self) -> None:
+        """Remove git's *.lock files left by a git process killed mid-update (a worker killed
+        with its children): git never removes them itself, and every later fetch or commit
+        would fail on them. Only old ones: a live git holds its lock for far less than this,
+        and other processes sharing the clone are kept out by the file lock we hold."""
+        cutoff = time.time() - NETWORK_TIMEOUT_SECONDS
+        for lock in self.workdir.rglob("*.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                if lock.is_file() and lock.stat().st_mtime < cutoff:
+                    log.warning("removing stale git lock %s", lock)
+                    lock.unlink()
 
     async def _fetch(self) -> str | None:
         """Fetch the branch; its head commit, or None when the remote has no such branch yet."""

@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from idp import statestore
 from idp.errors import PermanentError, TransientError
-from idp.statestore import Change, StateStore, state_store
+from idp.statestore import NETWORK_TIMEOUT_SECONDS, Change, StateStore, state_store
 
 BRANCH = "main"
 DIR = "dev/team-a/hello"
@@ -534,3 +535,21 @@ async def test_the_registry_store_works_end_to_end(remote, tmp_path) -> None:
     store = state_store(str(remote), BRANCH, tmp_path / "cache")
     result = await store.apply(Change(DIR, FILES, "via the registry"))
     assert result.commit == head(remote)
+
+
+async def test_a_lock_left_by_a_killed_git_does_not_wedge_the_clone(remote, tmp_path) -> None:
+    # A worker killed together with its git children leaves git's ref lock behind; git never
+    # removes it, and without help every later fetch fails on it forever.
+    clone = tmp_path / "work" / "clone"
+    await store_for(remote, tmp_path).apply(Change("a", {"x.yaml": "1\n"}, "first"))
+    lock = clone / "refs/remotes/origin/main.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    old = time.time() - NETWORK_TIMEOUT_SECONDS - 1
+    os.utime(lock, (old, old))
+
+    result = await store_for(remote, tmp_path).apply(Change("b", {"x.yaml": "2\n"}, "second"))
+
+    assert result.commit is not None
+    assert not lock.exists()
+    assert tree(remote) == {"a/x.yaml": "1\n", "b/x.yaml": "2\n"}

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--throttle-rate", type=float, default=0.0, help="share of calls that 429")
     parser.add_argument("--retry-after", type=int, default=None, help="Retry-After on 429s")
     parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--spike-rate", type=float, default=0.0, help="share of calls delayed")
+    parser.add_argument("--spike-ms", type=int, default=2000, help="delay of those calls")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault dice")
     parser.add_argument("--revoke-on-rotate", action="store_true")
     parser.add_argument("--revoke-on-delete", action="store_true")
@@ -51,6 +53,8 @@ async def _main(args: argparse.Namespace) -> None:
         throttle_rate=args.throttle_rate,
         retry_after=args.retry_after,
         latency_ms=args.latency_ms,
+        spike_rate=args.spike_rate,
+        spike_ms=args.spike_ms,
         seed=args.seed,
     )
     behaviour = Behaviour(

@@ -44,6 +44,10 @@ class Faults(BaseModel):
     throttle_rate: float = Field(0.0, ge=0.0, le=1.0)
     retry_after: int | None = Field(None, ge=0, description="Retry-After seconds on 429s.")
     latency_ms: int = Field(0, ge=0)
+    spike_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of calls delayed by spike_ms."
+    )
+    spike_ms: int = Field(2000, ge=0, description="The extra delay of a latency spike.")
     fail_next: list[int] = Field(
         [], description="Statuses answered, in order, to the next matching calls."
     )
@@ -136,8 +140,13 @@ class EmulatorApp:
         return Route(template, endpoint, methods=[method])
 
     async def _run(self, route: str, request: Request, handler: Handler) -> Response:
-        if self.faults.latency_ms:
-            await asyncio.sleep(self.faults.latency_ms / 1000)
+        delay = self.faults.latency_ms
+        if self.faults.spike_rate and self._rng.random() < self.faults.spike_rate:
+            # A slow answer now and then, the way an overloaded API misbehaves before it fails.
+            self.counters.injected[f"{route} spike"] += 1
+            delay += self.faults.spike_ms
+        if delay:
+            await asyncio.sleep(delay / 1000)
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token, self.emu.token):

@@ -46,7 +46,7 @@ from idp.natsusers import Directory, ensure_user, find_user, revoke_keys
 from idp.platform import Destination, Platform, SynadiaConfig
 from idp.sealing import CertificateCache
 from idp.statestore import Change, StateStore
-from idp.synadia import SynadiaClient
+from idp.synadia import SynadiaApiError, SynadiaClient
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,19 @@ class NatsActivities:
 
     async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
         with as_activity_errors():
-            return await heartbeating(work())
+            try:
+                return await heartbeating(work())
+            except SynadiaApiError as error:
+                if error.status != 401:
+                    raise
+                # The token is the operator's to fix, and the worker reads it only at start.
+                config, _ = self._synadia()
+                raise PermanentError(
+                    f"{error} Synadia refused the API token in ${config.token_env} "
+                    "(synadia.tokenEnv): the worker reads it when it starts, so restart it after "
+                    "changing the variable.",
+                    reason=error.reason,
+                ) from None
 
     # -- activities
 

@@ -138,7 +138,9 @@ def synadia_token_revoked(proxy: FaultProxy, synadia: SynadiaEmulator) -> Refusa
         condition="Nats",
         reason="SynadiaHTTP401",
         message="Synadia list teams failed with HTTP 401 Unauthorized: missing or invalid bearer "
-        "token.",
+        f"token. Synadia refused the API token in ${fleet.SYNADIA_TOKEN_ENV} "
+        "(synadia.tokenEnv): the worker reads it when it starts, so restart it after changing "
+        "the variable.",
         refuse=lambda: setattr(synadia, "token", "rotated-by-someone-else"),
         heal=lambda: setattr(synadia, "token", DEFAULT_TOKEN),
         calls=lambda: sum(synadia.counters()["calls"].values()),

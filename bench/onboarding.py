@@ -96,8 +96,10 @@ async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
 
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(onboard(item) for item in items), return_exceptions=True)
-    failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
-    return time.perf_counter() - started, failed
+    errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    if errors:
+        print(f"plain asyncio, {len(errors)} failed; the first: {errors[0]}", flush=True)
+    return time.perf_counter() - started, len(errors)
 
 
 async def measure(n: int) -> dict[str, float]:

@@ -3,7 +3,7 @@
     PORT_CLIENT_ID=... PORT_CLIENT_SECRET=... IDP_CODEC_KEYS=... \\
         idp-port-bridge --platform platform.yaml [--host 127.0.0.1] [--port 8235]
 
-`POST /port/webhook` takes the body the actions under port/actions send (port/README.md):
+`POST /port/webhook` takes the body the actions under starter/port/actions send (see their README):
 `{action, runId, inputs, entity, triggeredBy}`. The signature (x-port-timestamp,
 x-port-signature) is checked on the raw body first; then the action becomes update-with-start
 `apply` (create, update) or a signal (reconcile, rotate credentials, pause, resume, delete),
@@ -72,7 +72,7 @@ DEFAULT_PORT = 8235
 MAX_BODY_BYTES = 1024 * 1024  # Port's own request limit
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
-# Action identifier (port/actions/*.json) → what it does to the workload.
+# Action identifier (starter/port/actions/*.json) → what it does to the workload.
 ACTIONS = {
     "idp_create_workload": "create",
     "idp_update_workload": "update",
@@ -97,7 +97,7 @@ class Rejected(Exception):
 
 
 class _Body(BaseModel):
-    # The template is ours (port/actions): anything else in it is a misconfigured action.
+    # The template is ours (starter/port/actions): anything else in it is a misconfigured action.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 

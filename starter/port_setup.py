@@ -5,8 +5,8 @@ what Port holds about a run or an entity.
     idpctl port run r_abc123
     idpctl port entity idpWorkload demo.hello
 
-The definitions are the JSON files under port/ in this repository (port/blueprints/*.json,
-port/actions/*.json, see port/README.md); `install` creates what is missing, updates what
+The definitions are the JSON files under starter/port/ (blueprints/*.json, actions/*.json, see
+starter/port/README.md), installed with the package; `install` creates what is missing, updates what
 differs and leaves the rest alone, and points every action's webhook at `--webhook-url`.
 Port is reached as the platform file's `port` section says, with the client id and secret from
 the environment variables it names.
@@ -22,7 +22,8 @@ from idp.errors import IdpError
 from idp.platform import PlatformError, PortConfig, load_platform, platform_path
 from idp.port import PortClient, client_from_config
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "port"
+# Package data, so an installed worker image has them too.
+DEFINITIONS = Path(__file__).resolve().parent / "port"
 
 
 class DefinitionError(Exception):

@@ -1,5 +1,5 @@
 """The Port bridge end to end: the Port emulator presses buttons (signed webhooks rendered from
-port/actions), the bridge drives a real worker on the session's Temporal dev server, and
+starter/port/actions), the bridge drives a real worker on the session's Temporal dev server, and
 PortRunWorkflow reports back to the emulator."""
 
 import asyncio

@@ -132,7 +132,9 @@ class WorkloadWorkflow:
             )
 
         try:
-            await workflow.wait_condition(settled, timeout=request.timeout_seconds)
+            await workflow.wait_condition(
+                settled, timeout=request.timeout_seconds, timeout_summary="wait_ready deadline"
+            )
         except TimeoutError:
             pass
         return self.status()

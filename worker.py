@@ -26,7 +26,7 @@ from activities.platform import PlatformActivities
 from activities.port import PortActivities
 from activities.statestore import StateStoreActivities
 from idp.errors import PermanentError
-from idp.keyring import ENV_FORMAT, KeyRingError
+from idp.keyring import KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from idp.port import client_from_config
 from starter import telemetry, temporal
@@ -123,30 +123,10 @@ async def run(args: argparse.Namespace) -> int:
         log.error("no platform configuration: pass --platform FILE or set IDP_PLATFORM_CONFIG")
         return 2
     try:
-        keyring = temporal.codec_keyring()
+        temporal.required_keyring(args.insecure_no_encryption, log)
     except KeyRingError as error:
         log.error("%s", error)
         return 2
-    if keyring is None and not args.insecure_no_encryption:
-        # Refuse rather than fall back: a worker writing plaintext into a namespace whose other
-        # workers encrypt would leak every payload it handles, silently.
-        log.error(
-            "%s is not set, so workflow payloads would be stored in plaintext; set it to the "
-            "payload key ring (%s), or pass --insecure-no-encryption for local experiments",
-            temporal.CODEC_KEYS_ENV,
-            ENV_FORMAT,
-        )
-        return 2
-    if keyring is None:
-        log.warning(
-            "INSECURE: --insecure-no-encryption given and %s not set: every workflow payload and "
-            "failure message is stored in PLAINTEXT in Temporal; never run like this with real "
-            "workloads",
-            temporal.CODEC_KEYS_ENV,
-        )
-    else:
-        ignored = " (--insecure-no-encryption ignored)" if args.insecure_no_encryption else ""
-        log.info("payload encryption on, encrypting with key %r%s", keyring.current_key_id, ignored)
     try:
         address = args.metrics_address and telemetry.metrics_address(args.metrics_address)
         runtime = telemetry.metrics_runtime(address) if address else None

@@ -536,17 +536,9 @@ async def serve(args: argparse.Namespace) -> int:
         if platform.port is None:
             raise PlatformError(f"{path}: has no port section, so there is no Port to bridge")
         client_id_and_secret = port_credentials(platform.port, os.environ)
-        keyring = temporal.codec_keyring()
+        temporal.required_keyring(args.insecure_no_encryption, log)
     except (PlatformError, IdpError, KeyRingError) as error:
         log.error("%s", error)
-        return 2
-    if keyring is None and not args.insecure_no_encryption:
-        # Like the worker: the inputs it writes hold workload specs, never plaintext by accident.
-        log.error(
-            "%s is not set, so the payloads the bridge writes would be plaintext; set it, or pass "
-            "--insecure-no-encryption",
-            temporal.CODEC_KEYS_ENV,
-        )
         return 2
     settings = temporal.settings(args, platform.temporal)
     try:

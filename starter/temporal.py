@@ -9,6 +9,7 @@ uses, and `connect()` combines the two.
 """
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from temporalio.converter import (
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from idp.keyring import KeyRing, KeyRingError
+from idp.keyring import ENV_FORMAT, KeyRing, KeyRingError
 from idp.platform import TemporalConfig
 from starter.codec import EncryptionCodec
 
@@ -109,6 +110,32 @@ def codec_keyring() -> KeyRing | None:
     if value is None:
         return None
     return KeyRing.from_env(value, variable=CODEC_KEYS_ENV)
+
+
+def required_keyring(insecure: bool, log: logging.Logger) -> KeyRing | None:
+    """The key ring a process that writes payloads must have; None only with `insecure`.
+
+    Refuse rather than fall back: a process writing plaintext into a namespace whose other
+    processes encrypt would leak every payload it handles, silently.
+    """
+    keyring = codec_keyring()
+    if keyring is None and not insecure:
+        raise KeyRingError(
+            f"{CODEC_KEYS_ENV} is not set, so workflow payloads would be stored in plaintext; set "
+            f"it to the payload key ring ({ENV_FORMAT}), or pass --insecure-no-encryption for "
+            "local experiments"
+        )
+    if keyring is None:
+        log.warning(
+            "INSECURE: --insecure-no-encryption given and %s not set: every payload and failure "
+            "message this process writes is stored in PLAINTEXT in Temporal; never run like "
+            "this with real workloads",
+            CODEC_KEYS_ENV,
+        )
+    else:
+        ignored = " (--insecure-no-encryption ignored)" if insecure else ""
+        log.info("payload encryption on, encrypting with key %r%s", keyring.current_key_id, ignored)
+    return keyring
 
 
 def data_converter(keyring: KeyRing | None, *, encode_failures: bool = True) -> DataConverter:

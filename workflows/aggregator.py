@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -156,19 +156,9 @@ class ApiAggregatorWorkflow:
 
     @workflow.query
     def status(self) -> AggregatorStatus:
-        state = self.state
-        return AggregatorStatus(
-            hostname=state.hostname,
-            aggregator=state.aggregator,
-            phase=state.phase,
-            generation=state.generation,
-            written_generation=state.written_generation,
-            entries=state.entries,
-            conditions=state.conditions,
-            events=state.events,
-            output=state.output,
-            next_check_at=state.next_check_at,
-        )
+        # The status is the state minus its internals (request ids, failures, nudges).
+        shown = AggregatorStatus.model_fields
+        return AggregatorStatus(**{field: getattr(self.state, field) for field in shown})
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -401,10 +391,7 @@ class ApiAggregatorWorkflow:
         ]
         if self.state.aggregator is not None:
             desired.append(sa.DESTINATION.value_set(self.state.aggregator.spec.destination))
-        current: TypedSearchAttributes = workflow.info().typed_search_attributes
-        changed = [pair for pair in desired if current.get(pair.key) != pair.value]
-        if changed:
-            workflow.upsert_search_attributes(changed)
+        sa.upsert_changed(desired)
 
 
 def _paths(entries: list[TableEntry], state: TargetState) -> set[str]:

@@ -1,13 +1,20 @@
 """Search attributes the workflows maintain, so operators can ask "which workloads are Degraded"
 or "what runs on destination X" in the Temporal UI and `temporal workflow list --query`."""
 
+from typing import Any
+
+from temporalio import workflow
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.common import (
+    SearchAttributeIndexedValueType,
+    SearchAttributeKey,
+    SearchAttributePair,
+)
 
 KIND = SearchAttributeKey.for_keyword("IdpKind")
 SYSTEM = SearchAttributeKey.for_keyword("IdpSystem")
@@ -17,6 +24,16 @@ OWNER = SearchAttributeKey.for_keyword("IdpOwner")
 CREDENTIALS_EXPIRE_AT = SearchAttributeKey.for_datetime("IdpCredentialsExpireAt")
 
 ALL: list[SearchAttributeKey] = [KIND, SYSTEM, PHASE, DESTINATION, OWNER, CREDENTIALS_EXPIRE_AT]
+
+
+def upsert_changed(desired: list[SearchAttributePair[Any]]) -> None:
+    """From workflow code: upsert only the attributes whose value differs, so an unchanged pass
+    adds no event to history."""
+    current = workflow.info().typed_search_attributes
+    changed = [pair for pair in desired if current.get(pair.key) != pair.value]
+    if changed:
+        workflow.upsert_search_attributes(changed)
+
 
 _TYPE_NAMES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -733,10 +733,7 @@ class WorkloadWorkflow:
             sa.DESTINATION.value_set(workload.spec.destination),
             sa.OWNER.value_set(workload.spec.owner),
         ]
-        current: TypedSearchAttributes = workflow.info().typed_search_attributes
-        changed = [pair for pair in desired if current.get(pair.key) != pair.value]
-        if changed:
-            workflow.upsert_search_attributes(changed)
+        sa.upsert_changed(desired)
 
     def _details(self) -> str:
         headline = f"**{self.state.phase.value}** · generation {self.state.generation}"

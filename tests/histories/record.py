@@ -58,9 +58,18 @@ async def ready(handle: WorkflowHandle, generation: int) -> None:
 
 
 async def until_phase(handle: WorkflowHandle, phase: Phase) -> None:
+    await until(handle, lambda s: s.phase == phase)
+
+
+async def until(handle: WorkflowHandle, predicate, query=WorkloadWorkflow.status) -> None:
+    """Poll a status query until predicate(status) holds."""
     async with asyncio.timeout(30):
-        while (await handle.query(WorkloadWorkflow.status)).phase != phase:
+        while not predicate(await handle.query(query)):
             await asyncio.sleep(0.1)
+
+
+def repaired(status) -> bool:
+    return any(c.reason == "DriftRepaired" for c in status.conditions)
 
 
 async def apply_change_reconcile(client: Client, repo: Path, name: str) -> WorkflowHandle:
@@ -87,12 +96,7 @@ async def drift_repair(client: Client, repo: Path, name: str) -> WorkflowHandle:
     git("commit", "--quiet", "-m", "hand delete", cwd=clone)
     git("push", "--quiet", "origin", "main", cwd=clone)
     await handle.signal(WorkloadWorkflow.reconcile)
-    async with asyncio.timeout(30):
-        while not any(
-            c.reason == "DriftRepaired"
-            for c in (await handle.query(WorkloadWorkflow.status)).conditions
-        ):
-            await asyncio.sleep(0.1)
+    await until(handle, repaired)
     return handle
 
 
@@ -139,12 +143,7 @@ async def registry_lifecycle(client: Client, repo: Path, name: str) -> WorkflowH
     iam = boto3.client("iam", region_name=REGION, endpoint_url=os.environ["IDP_RECORD_AWS"])
     iam.delete_role_policy(RoleName=role, PolicyName="idp-registry")
     await handle.signal(WorkloadWorkflow.reconcile)
-    async with asyncio.timeout(30):
-        while not any(
-            c.reason == "DriftRepaired"
-            for c in (await handle.query(WorkloadWorkflow.status)).conditions
-        ):
-            await asyncio.sleep(0.1)
+    await until(handle, repaired)
     await handle.signal(WorkloadWorkflow.delete)
     await handle.result()
     return handle
@@ -160,12 +159,7 @@ async def nats_rotation(client: Client, repo: Path, name: str) -> WorkflowHandle
     await handle.signal(
         WorkloadWorkflow.rotate_credentials, RotateRequest(reason="recorded", revoke_old="now")
     )
-    async with asyncio.timeout(30):
-        while not any(
-            e.message.startswith("revoked")
-            for e in (await handle.query(WorkloadWorkflow.status)).events
-        ):
-            await asyncio.sleep(0.1)
+    await until(handle, lambda s: any(e.message.startswith("revoked") for e in s.events))
     await handle.signal(WorkloadWorkflow.delete)
     await handle.result()
     return handle
@@ -211,12 +205,7 @@ async def api_aggregator(client: Client, repo: Path, name: str) -> WorkflowHandl
     git("commit", "--quiet", "-m", "hand delete", cwd=clone)
     git("push", "--quiet", "origin", "main", cwd=clone)
     await handle.signal(ApiAggregatorWorkflow.reconcile)
-    async with asyncio.timeout(30):
-        while not any(
-            c.reason == "DriftRepaired"
-            for c in (await handle.query(ApiAggregatorWorkflow.status)).conditions
-        ):
-            await asyncio.sleep(0.1)
+    await until(handle, repaired, ApiAggregatorWorkflow.status)
     for w in (first, second):
         workload_handle = client.get_workflow_handle(w.workflow_id)
         await workload_handle.signal(WorkloadWorkflow.delete)
@@ -242,12 +231,7 @@ def aggregator(hostname: str) -> ApiAggregator:
 
 
 async def until_condition(handle: WorkflowHandle, type_: str, reason: str) -> None:
-    async with asyncio.timeout(30):
-        while not any(
-            c.type == type_ and c.reason == reason
-            for c in (await handle.query(WorkloadWorkflow.status)).conditions
-        ):
-            await asyncio.sleep(0.1)
+    await until(handle, lambda s: any(c.type == type_ and c.reason == reason for c in s.conditions))
 
 
 async def port_run(client: Client, repo: Path, name: str) -> WorkflowHandle:

@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.apiroutes import ApiRouteActivities
 from activities.aws import AwsActivities
+from activities.errors import log_classified_failures_on_one_line
 from activities.nats import NatsActivities
 from activities.platform import PlatformActivities
 from activities.port import PortActivities
@@ -172,8 +173,13 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    log_classified_failures_on_one_line()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    configure_logging()
     temporal.exit_now(asyncio.run(run(parse_args(argv))))
 
 

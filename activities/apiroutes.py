@@ -12,7 +12,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
 from activities.statestore import ManifestsResult, destination_store
-from idp.gateway import aggregator_directory, render_aggregator
+from idp.gateway import aggregator_claims, aggregator_directory, render_aggregator
+from idp.manifests import owner_records
 from idp.models import ApiAggregator, Model
 from idp.names import Hostname
 from idp.platform import Platform
@@ -90,12 +91,22 @@ class ApiRouteActivities:
         gateway = destination.gateway(spec.gateway.name, spec.gateway.namespace)
         implementation = gateway.implementation if gateway else "envoy-gateway"
         files = render_aggregator(request.aggregator, request.targets, implementation)
-        directory = aggregator_directory(destination.state_store.path, request.aggregator)
+        base = destination.state_store.path
+        directory = aggregator_directory(base, request.aggregator)
         message = (
             f"{verb} ApiAggregator {request.aggregator.metadata.name} ({spec.hostname}) "
             f"generation {request.generation}, {len(request.targets)} target(s)\n\n"
             f"Workflow: {request.workflow_id}"
         )
+        change = Change(
+            directory,
+            files,
+            message,
+            owner=request.aggregator.workflow_id,
+            claims=aggregator_claims(base, request.aggregator, files),
+            # Its routes live in the workloads' namespaces: its records may be in any of them.
+            records=owner_records(base, spec.destination),
+        )
         store = destination_store(destination, self._cache_dir)
-        result = await heartbeating(store.apply(Change(directory, files, message)))
+        result = await heartbeating(store.apply(change))
         return ManifestsResult.of(directory, files, result)

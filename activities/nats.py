@@ -5,6 +5,12 @@ downloads them and hands them straight to the delivery; everything returned is m
 public keys, expiry, version, a fingerprint that reveals nothing). idp/natsusers.py and
 idp/delivery.py do the work; this module resolves configuration and maps errors.
 
+Every download gets a user key of its own (see `idp.natsusers.download_on_unused_key`): NATS
+revokes per key, so a download the worker lost before delivering it is revoked by its key on the
+next try, and the delivered credential, on another key, is never touched. An issuance thus costs
+one GET of the user, one listing of its issuances and the download, plus a rotation when the
+current key already carries a credential, plus a revocation when that one was never delivered.
+
 Calls per steady-state pass: `ensure_nats_user` with a known user id makes one Synadia GET;
 `check_delivery` makes no Synadia call, one git fetch and read, plus one Secrets Manager
 DescribeSecret for external-secret (one Secret GET for kubernetes).
@@ -42,7 +48,15 @@ from idp.delivery import (
 )
 from idp.errors import PermanentError
 from idp.models import Delivery, Model, Workload
-from idp.natsusers import Directory, ensure_user, find_user, revoke_keys
+from idp.natsusers import (
+    DeliveredKey,
+    Directory,
+    download_on_unused_key,
+    ensure_user,
+    find_user,
+    live_keys,
+    revoke_keys,
+)
 from idp.platform import Destination, Platform, SynadiaConfig
 from idp.sealing import CertificateCache
 from idp.statestore import Change, StateStore
@@ -254,7 +268,8 @@ class NatsActivities:
             )
         destination = self._destination(workload)
         # Resolved before anything is issued: a delivery that cannot work must cost no issuance.
-        delivery = self._delivery(destination, delivery_kind(workload, destination))
+        kind = delivery_kind(workload, destination)
+        delivery = self._delivery(destination, kind)
         target = DeliveryTarget.of(workload, destination)
         who = f"Workload {workload.metadata.system}/{workload.metadata.name}"
         message = (
@@ -278,12 +293,20 @@ class NatsActivities:
                     resumed.location,
                 )
                 return _record(resumed)
-            creds = await client.download_creds(user.id)
+
+            async def delivered_key() -> DeliveredKey:
+                if request.version == 1:
+                    return DeliveredKey(known=True)  # this workflow never delivered one
+                return await self._delivered_key(destination, kind, target)
+
+            download = await download_on_unused_key(client, user, delivered_key)
+        creds = download.creds
         credential = credential_metadata(creds, request.version, nats.credentials.ttl)
         ISSUANCES[request.reason] += 1
         log.info(
             "issued NATS credentials v%d of %s: reason %s, key %s, fingerprint %s, expires %s "
-            "(issuances by reason: %s)",
+            "(issuances by reason: %s); earlier keys left valid: %s, revoked as never "
+            "delivered: %s",
             request.version,
             who,
             request.reason,
@@ -291,9 +314,28 @@ class NatsActivities:
             credential.fingerprint[:16],
             credential.expires_at.isoformat(),
             dict(ISSUANCES),
+            ", ".join(download.kept) or "none",
+            ", ".join(download.revoked) or "none",
         )
         delivered = await delivery.deliver(target, creds.text, credential, message)
         return _record(delivered)
+
+    async def _delivered_key(
+        self, destination: Destination, kind: Delivery, target: DeliveryTarget
+    ) -> DeliveredKey:
+        """The key of the credential delivered now: where the spec delivers, else in the
+        git-borne deliveries (the spec may have just switched from one of them)."""
+        git_borne = (Delivery.SEALED_SECRET, Delivery.EXTERNAL_SECRET)
+        kinds = [kind, *(other for other in git_borne if other != kind)]
+        for candidate in kinds:
+            try:
+                delivery = self._delivery(destination, candidate)
+            except PermanentError:
+                continue  # not configured here, so nothing can be delivered that way
+            found = await delivery.current(target)
+            if found is not None:
+                return DeliveredKey(known=True, public_key=found.public_key)
+        return DeliveredKey(known=False)
 
     @activity.defn
     async def check_delivery(self, request: DeliveryCheckInput) -> DeliveryCheck:
@@ -361,7 +403,9 @@ class NatsActivities:
                 account_id = request.account_id or (user.account.id if user else None)
                 keys = list(request.public_keys)
                 if user is not None:
-                    keys.append(user.user_public_key)
+                    # Each issuance has a key of its own, so superseded versions, still valid
+                    # until they expire, are on keys the workflow may never have seen.
+                    keys += [user.user_public_key, *await live_keys(client, user.id)]
                 if account_id and keys:
                     # Before the delete: a deleted user's JWTs stay valid until they expire.
                     await revoke_keys(client, account_id, keys)

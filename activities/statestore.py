@@ -6,14 +6,21 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.errors import as_activity_errors
-from idp.manifests import digest, render_workload, workload_directory
+from idp.manifests import (
+    SERVICE_ACCOUNT_FILE,
+    digest,
+    owner_records,
+    render_workload,
+    workload_claims,
+    workload_directory,
+)
 from idp.models import Model, Workload
 from idp.platform import Destination, Platform
 from idp.statestore import Change, ChangeResult, StateStore, state_store
 
 # The files this step manages in the workload's directory, which also holds the delivered NATS
 # secret (idp/delivery.py): only these are written or deleted by a write, never that secret.
-MANIFEST_FILES = frozenset({"serviceaccount.yaml"})
+MANIFEST_FILES = frozenset({SERVICE_ACCOUNT_FILE})
 
 
 class ManifestsInput(Model):
@@ -63,22 +70,40 @@ class StateStoreActivities:
     @activity.defn
     async def write_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:
         with as_activity_errors():
-            destination = self._destination(request.workload)
             files = render_workload(request.workload, role_arn=request.role_arn)
-            directory = workload_directory(destination.state_store.path, request.workload)
-            message = _message(request, "apply")
-            change = Change(directory, files, message, owned=MANIFEST_FILES)
-            result = await self._store(destination).apply(change)
-            return ManifestsResult.of(directory, files, result)
+            return await self._apply(request, files, "apply")
 
     @activity.defn
     async def remove_workload_manifests(self, request: ManifestsInput) -> ManifestsResult:
         with as_activity_errors():
-            destination = self._destination(request.workload)
-            directory = workload_directory(destination.state_store.path, request.workload)
-            message = _message(request, "delete")
-            result = await self._store(destination).apply(Change(directory, {}, message))
-            return ManifestsResult.of(directory, {}, result)
+            return await self._apply(request, {}, "delete")
+
+    async def _apply(
+        self, request: ManifestsInput, files: Mapping[str, str], verb: str
+    ) -> ManifestsResult:
+        destination = self._destination(request.workload)
+        change = manifests_change(destination.state_store.path, request, files, verb)
+        result = await self._store(destination).apply(change)
+        return ManifestsResult.of(change.directory, files, result)
+
+
+def manifests_change(
+    base: str, request: ManifestsInput, files: Mapping[str, str], verb: str
+) -> Change:
+    """The state-store change writing (or, with no files, removing) a workload's manifests,
+    holding its directory and ServiceAccount against every other workload."""
+    workload = request.workload
+    return Change(
+        workload_directory(base, workload),
+        files,
+        _message(request, verb),
+        # A write manages its own files beside the delivered secret; a removal empties the
+        # directory, unless another workload holds it (then nothing there is ours).
+        owned=MANIFEST_FILES if files else None,
+        owner=workload.workflow_id,
+        claims=workload_claims(base, workload),
+        records=owner_records(base, workload.spec.destination, workload.spec.namespace),
+    )
 
 
 def _message(request: ManifestsInput, verb: str) -> str:

@@ -12,9 +12,11 @@ emulator (real nats-server), moto's server and a bare git repository:
   the user, issue and deliver) unconditionally, `days * 24 / 10` times, against the same
   emulator and a fresh repository.
 
-Counted for each: credential issuances (the emulator's own count of downloaded creds), secret
-deliveries (commits that changed the SealedSecret), state-store commits, and simulated workload
-restarts (a pod restarts, Reloader-style, whenever its mounted secret changes: one per delivery).
+Counted for each: credential issuances (Synadia's own record of downloaded creds) beside secret
+deliveries (commits that changed the SealedSecret), the issued credentials still valid that were
+never delivered (should be 0: Synadia's issuance history against the keys the SealedSecret ever
+named), state-store commits, and simulated workload restarts (a pod restarts, Reloader-style,
+whenever its mounted secret changes: one per delivery).
 """
 
 import argparse
@@ -27,13 +29,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import no_churn
+import yaml
 from moto.server import ThreadedMotoServer
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.nats import IssueInput, NatsActivities, NatsUserInput
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from idp.delivery import PUBLIC_KEY_ANNOTATION
 from idp.models import Workload
+from idp.natsusers import LIVE_ISSUANCE
 from idp.platform import Platform, load_platform
+from idp.synadia import SynadiaClient
 from starter.operations import apply_workload
 from starter.temporal import data_converter
 from worker import build_worker
@@ -47,12 +53,42 @@ def the_workload() -> Workload:
     return no_churn.workload("orders", "sealed-secret")
 
 
-def sealed_changes(repo: Path, workload: Workload) -> int:
-    path = f"dev/bench/{workload.metadata.name}/sealedsecret-nats.yaml"
+def sealed_path(workload: Workload) -> str:
+    return f"dev/bench/{workload.metadata.name}/sealedsecret-nats.yaml"
+
+
+def sealed_changes(repo: Path, workload: Workload) -> list[str]:
     out = subprocess.run(
-        ["git", "log", "--format=%H", "main", "--", path], cwd=repo, capture_output=True, text=True
+        ["git", "log", "--format=%H", "main", "--", sealed_path(workload)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
     )
-    return len(out.stdout.split())
+    return out.stdout.split()
+
+
+def delivered_keys(repo: Path, workload: Workload) -> set[str]:
+    """The user key of every credential the SealedSecret ever held (its annotations say)."""
+    keys = set()
+    for sha in sealed_changes(repo, workload):
+        text = subprocess.run(
+            ["git", "show", f"{sha}:{sealed_path(workload)}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        ).stdout
+        keys.add(yaml.safe_load(text)["metadata"]["annotations"][PUBLIC_KEY_ANNOTATION])
+    return keys
+
+
+async def valid_undelivered(
+    synadia: SynadiaEmulator, user_id: str, repo: Path, workload: Workload
+) -> int:
+    """Issued credentials nats-server would still accept on keys nothing was delivered on."""
+    async with SynadiaClient(synadia.api_url, synadia.token) as client:
+        issuances = await client.list_nats_user_issuances(user_id)
+    delivered = delivered_keys(repo, workload)
+    return sum(i.status in LIVE_ISSUANCE and i.sub not in delivered for i in issuances)
 
 
 async def reconciler(
@@ -75,10 +111,11 @@ async def reconciler(
                 await env.sleep(timedelta(days=1))
             status = await handle.query(WorkloadWorkflow.status)
     user = status.outputs.nats.user_id
-    deliveries = sealed_changes(repo, workload)
+    deliveries = len(sealed_changes(repo, workload))
     return {
         "issuances": synadia.creds_issued(user),
         "deliveries": deliveries,
+        "undelivered": await valid_undelivered(synadia, user, repo, workload),
         "commits": no_churn.commits(repo),
         "restarts": deliveries,
         "seconds": time.perf_counter() - started,
@@ -109,10 +146,11 @@ async def old_pipeline(
                 reason="pipeline-rerun",
             ),
         )
-    deliveries = sealed_changes(repo, workload)
+    deliveries = len(sealed_changes(repo, workload))
     return {
         "issuances": synadia.creds_issued(user_id),
         "deliveries": deliveries,
+        "undelivered": await valid_undelivered(synadia, user_id, repo, workload),
         "commits": no_churn.commits(repo),
         "restarts": deliveries,
         "seconds": time.perf_counter() - started,
@@ -155,6 +193,7 @@ async def main(days: int) -> None:
     rows = [
         ("credential issuances", "issuances"),
         ("secret deliveries", "deliveries"),
+        ("valid, never delivered", "undelivered"),
         ("state-store commits", "commits"),
         ("workload restarts (simulated)", "restarts"),
         ("wall-clock seconds to run", "seconds"),

@@ -6,7 +6,10 @@ For each N, on a fresh local stack (`idpctl dev`'s parts in a temporary director
 server with its SQLite file, the worker as its own process, moto, the Synadia emulator with a real
 nats-server, a bare git repository): N workloads, each with a registry, a NATS user and sealed
 credentials and its manifests, applied at once through update-with-start; the clock stops when
-every one is Ready. Activity executions come from the workflows' histories afterwards.
+every one is Ready. Activity executions come from the workflows' histories afterwards, and beside
+them the credentials Synadia issued (its issuance history: downloads, and how many are still
+valid) and the deliveries (commits that changed a SealedSecret): issued should equal delivered,
+and every valid one be a delivered one.
 
 The baseline runs the same activity code (the same idp/ functions: ensure the registry, ensure the
 NATS user, issue and deliver, write the manifests) for another N workloads from one plain asyncio
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,9 @@ from activities.aws import AwsActivities, RegistryInput
 from activities.nats import IssueInput, NatsActivities, NatsUserInput
 from activities.statestore import ManifestsInput, StateStoreActivities
 from idp.models import Workload
+from idp.natsusers import LIVE_ISSUANCE, Directory
 from idp.platform import load_platform
+from idp.synadia import SynadiaClient
 from starter import dev, operations, temporal
 from workflows.messages import WaitReadyRequest
 from workflows.state import Phase
@@ -65,6 +71,29 @@ async def activity_executions(client, items: list[Workload]) -> int:
             e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events
         )
     return count
+
+
+def sealed_deliveries(repo: Path) -> int:
+    """Commits that changed a SealedSecret, counted file by file: one per delivery."""
+    out = subprocess.run(
+        ["git", "log", "--format=", "--name-only", "main"], cwd=repo, capture_output=True, text=True
+    )
+    return sum(line.endswith("/sealedsecret-nats.yaml") for line in out.stdout.split())
+
+
+async def issued(stack: dev.Stack, system: str) -> tuple[int, int]:
+    """(downloads, still valid) over the system's NATS users, from Synadia's issuance history."""
+    config = load_platform(stack.platform_file).synadia
+    assert config is not None and stack.synadia_token
+    downloads = valid = 0
+    async with SynadiaClient(config.url, stack.synadia_token) as client:
+        account = await Directory(config).account(client, config.default_account)
+        for user in await client.list_nats_users(account.id):
+            if user.name.startswith(f"{system}-"):
+                for issuance in await client.list_nats_user_issuances(user.id):
+                    downloads += issuance.events_count
+                    valid += issuance.status in LIVE_ISSUANCE
+    return downloads, valid
 
 
 async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
@@ -117,6 +146,9 @@ async def measure(n: int) -> dict[str, float]:
             await asyncio.gather(*(ready(client, item) for item in items))
             durable = time.perf_counter() - started
             activities = await activity_executions(client, items)
+            # Before the baseline, whose workloads have the same names and so the same files.
+            delivered = sealed_deliveries(stack.state_store)
+            downloads, valid = await issued(stack, "onboard")
             baseline, failed = await plain(stack, [workload("plain", f"w{i:04}") for i in range(n)])
         finally:
             stack.stop()
@@ -126,6 +158,9 @@ async def measure(n: int) -> dict[str, float]:
         "activities": activities,
         "plain": baseline,
         "plain_failed": failed,
+        "issued": downloads,
+        "delivered": delivered,
+        "valid": valid,
     }
 
 
@@ -135,7 +170,8 @@ async def main(sizes: list[int]) -> None:
     print("steps per workload: registry (moto), NATS user, sealed credentials, manifests")
     print(
         f"{'workloads':>9} {'all Ready (s)':>14} {'workloads/s':>12} {'activities/s':>13} "
-        f"{'plain asyncio (s)':>18} {'plain failed':>13} {'durable/plain':>14}"
+        f"{'plain asyncio (s)':>18} {'plain failed':>13} {'durable/plain':>14} "
+        f"{'creds issued':>13} {'delivered':>10} {'still valid':>12}"
     )
     for n in sizes:
         # Each row as soon as it is measured: the largest take minutes.
@@ -143,7 +179,8 @@ async def main(sizes: list[int]) -> None:
         print(
             f"{r['n']:>9} {r['seconds']:>14.1f} {r['n'] / r['seconds']:>12.1f} "
             f"{r['activities'] / r['seconds']:>13.1f} {r['plain']:>18.1f} "
-            f"{r['plain_failed']:>13} {r['seconds'] / r['plain']:>14.2f}",
+            f"{r['plain_failed']:>13} {r['seconds'] / r['plain']:>14.2f} "
+            f"{r['issued']:>13} {r['delivered']:>10} {r['valid']:>12}",
             flush=True,
         )
 

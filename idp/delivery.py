@@ -36,12 +36,19 @@ from cryptography import x509
 from pydantic import SecretStr
 
 from idp.errors import PermanentError, TransientError
-from idp.manifests import dump, workload_directory, workload_labels
+from idp.manifests import (
+    EXTERNAL_FILE,
+    SEALED_FILE,
+    dump,
+    workload_claims,
+    workload_directory,
+    workload_labels,
+)
 from idp.models import Delivery, Model, Workload
 from idp.platform import Destination, SecretStoreConfig
 from idp.registry import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG, invoke_aws
 from idp.sealing import CertificateCache, CertificateSource, SealingScope, render_sealed_secret
-from idp.statestore import Change, StateStore
+from idp.statestore import Change, Claim, StateStore
 from idp.synadia import NatsCreds, parse_creds
 
 log = logging.getLogger(__name__)
@@ -55,8 +62,6 @@ for _name in ("botocore.endpoint", "botocore.parsers"):
 T = TypeVar("T")
 
 SECRET_KEY = "nats.creds"
-SEALED_FILE = "sealedsecret-nats.yaml"
-EXTERNAL_FILE = "externalsecret-nats.yaml"
 # Both file names belong to the delivery step, so a change of delivery removes the other file
 # in the same commit: two objects must never claim the same Secret.
 DELIVERY_FILES = frozenset({SEALED_FILE, EXTERNAL_FILE})
@@ -136,6 +141,10 @@ class DeliveryTarget:
     secret_name: str
     directory: str
     labels: Mapping[str, str]
+    # The names the workload's directory holds: a secret written there by a workload that does
+    # not own the directory is refused like its manifests would be (the Credentials step runs
+    # before the Manifests step).
+    claims: tuple[Claim, ...] = ()
 
     @classmethod
     def of(cls, workload: Workload, destination: Destination) -> DeliveryTarget:
@@ -149,6 +158,18 @@ class DeliveryTarget:
             secret_name=name,
             directory=workload_directory(destination.state_store.path, workload),
             labels=workload_labels(workload),
+            claims=workload_claims(destination.state_store.path, workload),
+        )
+
+    def change(self, files: Mapping[str, str], message: str) -> Change:
+        """Write (or, with no files, remove) the delivery's files beside the manifests."""
+        return Change(
+            self.directory,
+            files,
+            message,
+            DELIVERY_FILES,
+            owner=self.owner,
+            claims=self.claims,
         )
 
     def path(self, file: str) -> str:
@@ -180,6 +201,11 @@ class CredentialDelivery(Protocol):
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:
         """Is this version still delivered, unaltered? Reads metadata only."""
+        ...
+
+    async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
+        """What the delivered secret's annotations say it holds, whatever the version; None
+        when there is none or they cannot be read."""
         ...
 
     async def remove(self, target: DeliveryTarget, message: str) -> list[str]:
@@ -358,7 +384,7 @@ class SealedSecretDelivery:
         manifest = render_sealed(
             target, secret, credential, certificate.certificate, certificate.fingerprint
         )
-        change = Change(target.directory, {SEALED_FILE: dump(manifest)}, message, DELIVERY_FILES)
+        change = target.change({SEALED_FILE: dump(manifest)}, message)
         result = await self._store.apply(change)
         return Delivered(
             credential=credential,
@@ -373,8 +399,13 @@ class SealedSecretDelivery:
         problem = problem or _check_annotations(annotations, credential, target.path(SEALED_FILE))
         return DeliveryState(in_place=problem is None, problem=problem)
 
+    async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
+        # An edited ciphertext still says, in its annotations, which credential it was.
+        annotations, _ = self._inspect(target, await self._store.read(target.directory))
+        return _metadata_from(annotations)
+
     async def remove(self, target: DeliveryTarget, message: str) -> list[str]:
-        result = await self._store.apply(Change(target.directory, {}, message, DELIVERY_FILES))
+        result = await self._store.apply(target.change({}, message))
         return list(result.removed)
 
 
@@ -589,7 +620,7 @@ class ExternalSecretDelivery:
                 **params,
             )
         manifest = dump(render_external_secret(target, credential, self._config))
-        change = Change(target.directory, {EXTERNAL_FILE: manifest}, message, DELIVERY_FILES)
+        change = target.change({EXTERNAL_FILE: manifest}, message)
         result = await self._store.apply(change)
         return Delivered(
             credential=credential,
@@ -618,6 +649,13 @@ class ExternalSecretDelivery:
             files = await self._store.read(target.directory)
             problem = self._manifest_problem(target, credential, files.get(EXTERNAL_FILE))
         return DeliveryState(in_place=problem is None, problem=problem)
+
+    async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
+        files = await self._store.read(target.directory)
+        manifest, _ = _parse_manifest(
+            files.get(EXTERNAL_FILE), target.path(EXTERNAL_FILE), "ExternalSecret"
+        )
+        return _metadata_from(((manifest or {}).get("metadata") or {}).get("annotations") or {})
 
     def _manifest_problem(
         self, target: DeliveryTarget, credential: CredentialMetadata, text: str | None
@@ -662,7 +700,7 @@ class ExternalSecretDelivery:
                     **params,
                 )
                 removed.append(secret_id(target))
-        result = await self._store.apply(Change(target.directory, {}, message, DELIVERY_FILES))
+        result = await self._store.apply(target.change({}, message))
         return removed + list(result.removed)
 
 
@@ -831,6 +869,10 @@ class KubernetesDelivery:
             else _check_annotations(found, credential, where)
         )
         return DeliveryState(in_place=problem is None, problem=problem)
+
+    async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
+        found = await asyncio.to_thread(self._api.annotations, target.namespace, target.secret_name)
+        return _metadata_from(found or {})
 
     async def remove(self, target: DeliveryTarget, message: str) -> list[str]:
         gone = await asyncio.to_thread(self._api.delete, target.namespace, target.secret_name)

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
+from idp.names import shown
+
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ALLOWED = "a duration such as 90s, 10m, 1h30m or 7d"
@@ -33,7 +35,10 @@ def parse_duration(value: object) -> timedelta:
     # raise something other than ValueError, which pydantic lets escape as a crash.
     if seconds is not None and 0 <= seconds <= _MAX_SECONDS:
         return timedelta(seconds=seconds)
-    raise ValueError(f"expected {_ALLOWED}, got {value!r}")
+    raise ValueError(
+        f"must be {_ALLOWED} (whole numbers with the units d, h, m and s, in that order); "
+        f"got {shown(value)}"
+    )
 
 
 def format_duration(value: timedelta) -> str:

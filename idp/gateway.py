@@ -16,10 +16,24 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import yaml
+
 from idp.errors import PermanentError
-from idp.manifests import MANAGED_BY, dump
+from idp.manifests import (
+    DIRECTORY,
+    MANAGED_BY,
+    SERVICE_ACCOUNT_FILE,
+    SYSTEM_LABEL,
+    WORKLOAD_LABEL,
+    dump,
+    labelled_owner,
+    object_subject,
+    owner_record,
+    resource_directory,
+)
 from idp.models import ApiAggregator
 from idp.routes import RouteTarget
+from idp.statestore import Claim
 
 ENVOY_GATEWAY = "envoy-gateway"
 NGINX_GATEWAY_FABRIC = "nginx-gateway-fabric"
@@ -33,8 +47,7 @@ BACKENDTRAFFICPOLICY_API_VERSION = "gateway.envoyproxy.io/v1alpha1"
 CLIENTSETTINGSPOLICY_API_VERSION = "gateway.nginx.org/v1alpha1"
 
 AGGREGATOR_LABEL = "idp.dev/aggregator"
-SYSTEM_LABEL = "idp.dev/system"
-WORKLOAD_LABEL = "idp.dev/workload"
+AGGREGATOR_REMEDY = "rename this ApiAggregator"
 
 MAX_NAME = 63
 MAX_RULES = 16
@@ -51,13 +64,60 @@ _PATH_CHARACTERS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2
 
 
 def aggregator_directory(base: str, aggregator: ApiAggregator) -> str:
-    parts = [
-        base,
-        aggregator.spec.destination,
-        aggregator.spec.namespace,
-        f"api-{aggregator.metadata.name}",
+    spec = aggregator.spec
+    return resource_directory(base, spec.destination, spec.namespace, _directory_name(aggregator))
+
+
+def _directory_name(aggregator: ApiAggregator) -> str:
+    return f"api-{aggregator.metadata.name}"
+
+
+def aggregator_claims(
+    base: str, aggregator: ApiAggregator, files: Mapping[str, str]
+) -> tuple[Claim, ...]:
+    """The names a write of the rendered `files` holds: the aggregator's directory and every
+    object in them.
+
+    Objects are named from the aggregator's and the workloads' names (`<workload>-<aggregator>
+    [-<index>]`, `api-<aggregator>-...`), so two aggregators can render one name (`web-api-1`
+    is target 1 of web on `api` and target 0 of web on `api-1`) in one namespace, where the
+    second would silently replace the first. The one written second is refused; renaming
+    objects instead would rewrite the routes of every running aggregator.
+    """
+    spec = aggregator.spec
+    directory = _directory_name(aggregator)
+    here = object_subject(spec.destination, spec.namespace, directory)
+    claims = [
+        Claim(
+            owner_record(base, spec.destination, spec.namespace, DIRECTORY, directory),
+            here,
+            AGGREGATOR_REMEDY,
+            record=True,
+        ),
+        # A workload whose name is the directory's.
+        Claim(
+            f"{aggregator_directory(base, aggregator)}/{SERVICE_ACCOUNT_FILE}",
+            here,
+            AGGREGATOR_REMEDY,
+            labelled_owner,
+        ),
     ]
-    return "/".join(p for p in parts if p)
+    for text in files.values():
+        manifest = yaml.safe_load(text)
+        kind, namespace, name = (
+            manifest["kind"],
+            manifest["metadata"]["namespace"],
+            manifest["metadata"]["name"],
+        )
+        claims.append(
+            Claim(
+                owner_record(base, spec.destination, namespace, kind, name),
+                object_subject(spec.destination, namespace, name, kind),
+                AGGREGATOR_REMEDY,
+                record=True,
+            )
+        )
+    return tuple(claims)
 
 
 def bounded_name(name: str, limit: int = MAX_NAME) -> str:

@@ -4,6 +4,7 @@ Everything is checked before anything is returned, so a caller either gets a com
 or changes nothing.
 """
 
+import difflib
 import re
 import types
 import typing
@@ -12,14 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from idp.models import API_VERSION, KINDS, Resource, Workload
+from idp.names import shown
 from idp.routes import RouteTarget, conflicts
 
 MAX_FILE_BYTES = 1024 * 1024
 SUFFIXES = (".yaml", ".yml")
+# Values YAML aliases (*name) may add to one document by repeating what their anchors hold. A
+# resource repeats a subject list or two; a "billion laughs" file repeats aliases of aliases
+# until expanding them takes all memory and every walk over the document takes forever.
+MAX_ALIASED_VALUES = 10_000
 
 # Credentials belong in the secret stores the reconciler manages, never in a spec that is kept in
 # git and carried in workflow history.
@@ -31,12 +40,72 @@ _SECRET_PATTERNS = {
 }
 
 
+class YamlRefused(yaml.MarkedYAMLError):
+    """Well-formed YAML that is refused anyway: the problem says why and what is allowed."""
+
+
 class YamlLoader(yaml.SafeLoader):
-    """Safe loading that rejects a key given twice in one mapping.
+    """Safe loading that rejects a key given twice in one mapping, and aliases that make a
+    document contain itself or expand too far.
 
     PyYAML silently keeps the last value, so a pasted second `owner:` would replace the first
     without a word; like unknown fields, that is an error here.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open: list[yaml.Node | None] = []
+        self._aliased = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_document(self) -> yaml.Node:
+        self._aliased = 0
+        self._sizes = {}
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._open.append(parent)
+        try:
+            self._check_alias()
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+    def _check_alias(self) -> None:
+        if not self.check_event(yaml.AliasEvent):
+            return
+        event = self.peek_event()
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # PyYAML reports an undefined alias itself
+        if any(target is node for node in self._open):
+            raise YamlRefused(
+                problem=f"the alias *{event.anchor} is inside the value it repeats, so the "
+                "document would contain itself; an alias may only repeat a value that ends "
+                "before it",
+                problem_mark=event.start_mark,
+            )
+        self._aliased += self._expanded_size(target)
+        if self._aliased > MAX_ALIASED_VALUES:
+            raise YamlRefused(
+                problem=f"YAML aliases expand too far: they repeat more than "
+                f"{MAX_ALIASED_VALUES} values in this document, and at most "
+                f"{MAX_ALIASED_VALUES} are allowed",
+                problem_mark=event.start_mark,
+            )
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        """How many values `node` stands for once every alias in it is expanded; shared nodes
+        are counted once per use but computed once, so a bomb is measured without expanding."""
+        key = id(node)
+        if key not in self._sizes:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            self._sizes[key] = 1 + sum(self._expanded_size(child) for child in children)
+        return self._sizes[key]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -67,6 +136,8 @@ def yaml_problem(error: yaml.YAMLError, text: str) -> str:
     mark = getattr(error, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    if isinstance(error, YamlRefused):
+        return f"{where}{problem}"
     return f"{where}not valid YAML ({problem})"
 
 
@@ -105,7 +176,10 @@ def load(paths: list[Path]) -> list[Loaded]:
     _check_path_conflicts(loaded, problems)
     if not loaded and not problems:
         # Like kubectl: an apply that would silently do nothing is more likely a mistake.
-        problems.append(f"{', '.join(map(str, paths))}: no resources found (empty documents only)")
+        problems.append(
+            f"{', '.join(map(str, paths))}: no resources found, only empty documents; a file "
+            f"must hold at least one {' or '.join(KINDS)}"
+        )
     if problems:
         raise InputError(problems)
     return loaded
@@ -119,7 +193,7 @@ def _load_file(file: Path, problems: list[str]) -> list[Loaded]:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        problems.append(f"{file}: is not UTF-8 text")
+        problems.append(f"{file}: is not UTF-8 text; it must be saved as UTF-8")
         return []
     try:
         documents = list(yaml.load_all(text, Loader=YamlLoader))
@@ -127,37 +201,51 @@ def _load_file(file: Path, problems: list[str]) -> list[Loaded]:
         problems.append(f"{file}: {yaml_problem(error, text)}")
         return []
     except RecursionError:
-        problems.append(f"{file}: nests too deeply to read; no resource is shaped like that")
+        problems.append(f"{file}: {TOO_DEEP}")
         return []
     loaded = []
     for index, document in enumerate(documents, start=1):
         if document is None:
             continue
         where = f"{file}: document {index}"
-        try:
-            resource = parse_document(document, where, problems)
-        except RecursionError:
-            # A YAML alias can make a document contain itself, which every walk follows forever.
-            problems.append(f"{where}: contains itself through a YAML alias (*name)")
-            continue
+        resource = parse_document(document, where, problems)
         if resource is not None:
             loaded.append(Loaded(str(file), index, resource))
     return loaded
 
 
+TOO_DEEP = "nests too deeply to read; resource and platform files nest only a few levels deep"
+
+
 def parse_document(document: Any, where: str, problems: list[str]) -> Resource | None:
     """Validate one decoded document; append a line per problem to `problems`."""
     if not isinstance(document, dict):
-        problems.append(f"{where}: must be a mapping with apiVersion, kind, metadata and spec")
+        problems.append(
+            f"{where}: must be a mapping with apiVersion, kind, metadata and spec; "
+            f"got {shown(document)}"
+        )
         return None
-    kind = document.get("kind")
-    if kind not in KINDS:
-        allowed = ", ".join(KINDS)
-        problems.append(f"{where}: kind: must be one of {allowed}; got {kind!r}")
+    kinds = _one_of(list(KINDS))
+    if "kind" not in document:
+        hint = _spelt_otherwise(document, "kind")
+        problems.append(f"{where}: kind: required field is missing{hint}; it must be {kinds}")
         return None
-    if document.get("apiVersion") != API_VERSION:
-        got = document.get("apiVersion")
-        problems.append(f"{where}: apiVersion: must be {API_VERSION}; got {got!r}")
+    kind = document["kind"]
+    if not isinstance(kind, str) or kind not in KINDS:
+        hint = _case_hint(kind, KINDS)
+        if kind == "Platform":
+            hint = " (a platform file is given with --platform, not applied)"
+        problems.append(f"{where}: kind: must be {kinds}{hint}; got {shown(kind)}")
+        return None
+    if "apiVersion" not in document:
+        hint = _spelt_otherwise(document, "apiVersion")
+        problems.append(
+            f"{where}: apiVersion: required field is missing{hint}; it must be {API_VERSION}"
+        )
+        return None
+    if document["apiVersion"] != API_VERSION:
+        got = shown(document["apiVersion"])
+        problems.append(f"{where}: apiVersion: must be {API_VERSION}; got {got}")
         return None
     before = len(problems)
     _check_no_secrets(document, "", where, problems)
@@ -171,13 +259,24 @@ def parse_document(document: Any, where: str, problems: list[str]) -> Resource |
         return None
 
 
+def _spelt_otherwise(document: dict[Any, Any], field: str) -> str:
+    """` (found apiversion, ...)` when a key of the document is the field in other letter case."""
+    found = next((k for k in document if isinstance(k, str) and k.lower() == field.lower()), None)
+    return f" (found {found}, which is spelt differently)" if found else ""
+
+
 def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One `field.path: what is allowed` line per pydantic error."""
+    """One `field.path: what is allowed` line per pydantic error, in the user's words.
+
+    pydantic's own messages name Python classes ("instance of WorkloadSpec"), regular
+    expressions and Python values ("None"); none of that is what a YAML author wrote."""
     lines = []
     for item in error.errors():
         loc = item["loc"]
-        field = _field_path(loc) or "(document)"
-        lines.append(f"{field}: {_message(item, model)}")
+        # A bad key of a mapping is reported at the mapping: `labels[2024]` would read as a list.
+        field = _field_path(loc[:-2] if loc[-1:] == ("[key]",) else loc)
+        message = _message(item, model)
+        lines.append(f"{field}: {message}" if field else message)
     return lines
 
 
@@ -191,22 +290,120 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _message(item: Any, model: type[BaseModel]) -> str:
+def _message(item: ErrorDetails, model: type[BaseModel]) -> str:
     kind = item["type"]
+    loc = item["loc"]
+    ctx = item.get("ctx", {})
+    got = shown(item.get("input"))
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(model, item["loc"][:-1])
-        return f"unknown field; allowed fields are {', '.join(allowed)}"
+        allowed = _allowed_fields(model, loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.75)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        return f"unknown field{hint}; allowed fields are {', '.join(allowed)}"
     if kind == "missing":
         return "required field is missing"
-    message = str(item["msg"])
-    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind not in ("value_error", "assertion_error") and "input" in item:
-        message += f"; got {item['input']!r}"
-    return message
+    if kind in ("value_error", "assertion_error"):
+        # Our validators' messages already say what is allowed and quote the input.
+        return str(ctx.get("error", item["msg"]))
+    if loc[-1:] == ("[key]",):
+        return f"keys must be text; got {got}{_quote_hint(item.get('input'))}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        fields = _allowed_fields(model, loc)
+        if fields:
+            return f"must be a mapping with the fields {', '.join(fields)}; got {got}"
+        return f"must be a mapping of names to values; got {got}"
+    if kind == "list_type":
+        return f"must be a list (one '- item' per line, or [a, b]); got {got}"
+    if kind == "string_type":
+        return f"must be text; got {got}{_quote_hint(item.get('input'))}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number{_bounds(model, loc)}; got {got}"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"must be a number{_bounds(model, loc)}; got {got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false; got {got}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        field = _field_at(model, loc)
+        number = "a whole number" if field and _unwrap(field.annotation) is int else "a number"
+        return f"must be {number}{_bounds(model, loc) or _bound(ctx)}; got {got}"
+    if kind in ("literal_error", "enum"):
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = _case_hint(item.get("input"), choices)
+        return f"must be {_one_of(choices)}{hint}; got {got}"
+    if kind in ("too_short", "too_long"):
+        count = ctx.get("actual_length", 0)
+        if "min_length" in ctx:
+            return f"must have at least {_items(ctx['min_length'])}; got {count or 'none'}"
+        return f"must have at most {_items(ctx['max_length'])}; got {count}"
+    if kind == "string_too_short":
+        if ctx.get("min_length") == 1:
+            return "must not be empty"
+        return f"must be at least {ctx['min_length']} characters long; got {got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters long"
+    # A type no field of ours produces today: pydantic's sentence, in the same voice as ours.
+    message = str(item["msg"]).replace("Input should be", "must be")
+    return f"{message}; got {got}"
+
+
+def _quote_hint(value: Any) -> str:
+    return ", so quote it" if isinstance(value, int | float) else ""
+
+
+def _one_of(choices: list[str]) -> str:
+    """`A`, `A or B`, `A, B or C`."""
+    return " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
+
+
+def _items(count: int) -> str:
+    return f"{count} item" if count == 1 else f"{count} items"
+
+
+def _bound(ctx: dict[str, Any]) -> str:
+    words = {"ge": "at least", "le": "at most", "gt": "greater than", "lt": "less than"}
+    return next(f" {words[key]} {ctx[key]}" for key in words if key in ctx)
+
+
+def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """` from 1 to 65535` (or one bound) as the field declares them, so one message says both."""
+    field = _field_at(model, loc)
+    if field is None:
+        return ""
+    low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    if low is not None and high is not None:
+        return f" from {low} to {high}"
+    if low is not None:
+        return f" of at least {low}"
+    if high is not None:
+        return f" of at most {high}"
+    return ""
+
+
+def _case_hint(value: Any, choices: typing.Iterable[str]) -> str:
+    if isinstance(value, str) and value.lower() in {c.lower() for c in choices}:
+        return " (capital letters as shown)"
+    return ""
+
+
+def _field_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> FieldInfo | None:
+    """The declaration of the field the error's location ends at, if it is a model's field."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    parent = _model_at(model, loc[:-1])
+    if parent is None:
+        return None
+    return next((f for name, f in parent.model_fields.items() if loc[-1] in (name, f.alias)), None)
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """Walk the model along the error's location to list the fields allowed there."""
+    """The fields allowed at the error's location, when a model is expected there."""
+    found = _model_at(model, loc)
+    return [f.alias or name for name, f in found.model_fields.items()] if found else []
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """Walk the model along the error's location to the model expected there."""
     current: Any = model
     for part in loc:
         current = _unwrap(current)
@@ -220,8 +417,8 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[
             current = args[0] if args else None
     current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or name for name, f in current.model_fields.items()]
-    return []
+        return current
+    return None
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -293,6 +490,7 @@ def _check_path_conflicts(loaded: list[Loaded], problems: list[str]) -> None:
             problems.append(
                 f"{item.source}: document {item.index}: spec.api[{index}].paths: "
                 f"{conflict.message(target.aggregator)}, declared in {first.source} document "
-                f"{first.index}; split the paths or put them under one workload"
+                f"{first.index}; the paths of two workloads on one hostname must not overlap, so "
+                "split them or put them under one workload"
             )
             break

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from idp.durations import Duration
-from idp.names import Hostname, Label, Subdomain
+from idp.names import Hostname, Label, Matches, Subdomain
 
 API_VERSION = "idp.dev/v1alpha1"
 
@@ -77,6 +77,13 @@ def _path(value: str) -> str:
 
 Owner = Annotated[str, AfterValidator(_owner)]
 HttpPath = Annotated[str, AfterValidator(_path)]
+Size = Annotated[
+    str,
+    Matches(
+        r"^\d+(Ki|Mi|Gi)?$",
+        "a size such as 50Mi: a whole number of bytes, or of the units Ki, Mi or Gi",
+    ),
+]
 
 
 class DeletionPolicy(StrEnum):
@@ -212,9 +219,7 @@ class ApiAggregatorSpec(Model):
     gateway: ParentRef
     destination: Label
     namespace: Label = Field(description="Namespace the aggregator's shared objects live in.")
-    max_request_body_size: str | None = Field(
-        None, pattern=r"^\d+(Ki|Mi|Gi)?$", description="A quantity such as 10Mi."
-    )
+    max_request_body_size: Size | None = Field(None, description="A quantity such as 10Mi.")
     rewrite_prefix: HttpPath | None = None
 
 

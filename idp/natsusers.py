@@ -21,17 +21,20 @@ their reply subjects even where publish is denied; false sends no `resp`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from idp.errors import PermanentError
+from idp.errors import PermanentError, TransientError
 from idp.models import NatsPermissions, SubjectRules, Workload
 from idp.platform import SynadiaConfig
 from idp.synadia import (
     Account,
     JwtSettings,
+    NatsCreds,
     NatsUser,
     Permission,
     ResponsePermission,
@@ -138,7 +141,7 @@ class Directory:
         if account is None:
             raise PermanentError(
                 f"Synadia account {ref!r} does not exist in system {self.config.system!r}; "
-                "create it or correct spec.nats.account (or synadia.defaultAccount).",
+                + self.config.missing_account_advice(ref),
                 reason="UnknownAccount",
             )
         if account.is_system_account:
@@ -265,3 +268,115 @@ async def revoke_keys(
     for key in dict.fromkeys(public_keys):
         await client.revoke_nats_user_key(account_id, key, before=before)
         log.info("revoked NATS user key %s in account %s", key, account_id)
+
+
+# Issuance statuses whose JWTs nats-server still accepts (some of them, for a partial revocation).
+LIVE_ISSUANCE = frozenset({"Active", "Partially Revoked"})
+
+
+@dataclass(frozen=True)
+class DeliveredKey:
+    """The key of the credential the workload holds now (None: it holds none); `known` is
+    False when what is delivered could not be read."""
+
+    known: bool
+    public_key: str | None = None
+
+
+@dataclass
+class Download:
+    """Fresh creds, the user as it is after any rotation, and what happened to earlier keys."""
+
+    creds: NatsCreds
+    user: NatsUser
+    kept: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+
+
+async def download_on_unused_key(
+    client: SynadiaClient,
+    user: NatsUser,
+    delivered: Callable[[], Awaitable[DeliveredKey]],
+    *,
+    tries: int = 3,
+) -> Download:
+    """Download creds on a key nothing was downloaded on before.
+
+    NATS revokes by key: a revocation refuses every JWT of one user key issued at or before a
+    time, so a JWT can be revoked without its siblings only if it is alone on its key. Giving
+    each download a key of its own makes a download that never reached the workload (the
+    worker died before delivering it, the delivery failed, the answer was lost) revocable by
+    its key, while the delivered credential, on another key, stays valid. Synadia's issuance
+    history (which survives any crash of ours) says what was downloaded on the current key:
+
+    - nothing: download on it (a new user, a key the workflow just rotated to, an earlier try
+      that died before its download);
+    - the delivered credential: rotate and leave that key valid, since the workload runs on it
+      until the new credential reaches it (a refresh never revoked it either);
+    - only credentials nobody holds: revoke the key, then rotate. In this order, because a
+      crash between the two leaves a revoked key current, which the next try rotates away
+      from; the other order would leave a valid key that no longer is the user's, found by
+      nobody;
+    - and when what is delivered cannot be read: rotate and leave the key valid, since it may
+      be what the workload runs on.
+
+    A failed download is not retried blindly: it may have issued anyway, and the next round
+    sees that in the history.
+    """
+    kept: list[str] = []
+    revoked: list[str] = []
+    attempt = 1
+    while True:
+        user = await _unused_key(client, user, delivered, kept, revoked)
+        try:
+            return Download(await client.download_creds(user.id), user, kept, revoked)
+        except TransientError:
+            if attempt >= tries:
+                raise
+        await asyncio.sleep(client.backoff(attempt))
+        attempt += 1
+
+
+async def _unused_key(
+    client: SynadiaClient,
+    user: NatsUser,
+    delivered: Callable[[], Awaitable[DeliveredKey]],
+    kept: list[str],
+    revoked: list[str],
+) -> NatsUser:
+    key = user.user_public_key
+    issued = [i for i in await client.list_nats_user_issuances(user.id) if i.sub == key]
+    if not issued:
+        return user
+    holder = await delivered()
+    if holder.known and holder.public_key != key:
+        if any(i.status in LIVE_ISSUANCE for i in issued):
+            await client.revoke_nats_user_key(user.account.id, key)
+            revoked.append(key)
+            log.info(
+                "revoked NATS user key %s of %s: it holds only credentials that were never "
+                "delivered",
+                key,
+                user.name,
+            )
+    else:
+        kept.append(key)
+        if not holder.known:
+            log.warning(
+                "NATS user key %s of %s may hold the delivered credential (what is delivered "
+                "could not be read), so it is left valid; revoke it once the workload runs on "
+                "the new one if it held a lost download",
+                key,
+                user.name,
+            )
+    rotated = await client.rotate_nats_user(user.id)
+    log.info(
+        "NATS user %s: key %s for this issuance, was %s", user.name, rotated.user_public_key, key
+    )
+    return rotated
+
+
+async def live_keys(client: SynadiaClient, user_id: str) -> list[str]:
+    """Every key of the user that some unexpired, unrevoked JWT was issued for."""
+    issuances = await client.list_nats_user_issuances(user_id)
+    return list(dict.fromkeys(i.sub for i in issuances if i.status in LIVE_ISSUANCE))

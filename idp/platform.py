@@ -6,17 +6,25 @@ It holds no secret itself: credentials are read from environment variables it na
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from idp.durations import Duration
 from idp.errors import PermanentError
-from idp.loading import YamlLoader, describe_errors, yaml_problem
+from idp.loading import TOO_DEEP, YamlLoader, describe_errors, yaml_problem
 from idp.models import API_VERSION, Delivery, Model
-from idp.names import Label, Subdomain
+from idp.names import Label, Matches, Subdomain, shown
 from idp.sealing import CertificateSource
+
+EnvName = Annotated[
+    str,
+    Matches(
+        r"^[A-Za-z_][A-Za-z0-9_]*$",
+        "an environment variable name: letters, digits and '_', not starting with a digit",
+    ),
+]
 
 
 class StateStoreConfig(Model):
@@ -135,10 +143,70 @@ class ReconcileSettings(Model):
 class AwsConfig(Model):
     """Where registries and roles live. Credentials come from the standard AWS chain."""
 
-    region: str = Field(pattern=r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
-    account_id: str = Field(pattern=r"^\d{12}$")
+    region: Annotated[
+        str, Matches(r"^[a-z]{2,4}(-[a-z]+)+-\d+$", "an AWS region such as eu-west-1")
+    ]
+    account_id: Annotated[
+        str, Matches(r"^\d{12}$", "a 12-digit AWS account id such as 123456789012")
+    ]
     endpoint_url: str | None = Field(None, description="Override, e.g. a local moto server.")
-    repository_prefix: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]*/)?$")
+    repository_prefix: Annotated[
+        str,
+        Matches(
+            r"^([a-z0-9][a-z0-9._-]*/)?$",
+            "empty or one path segment ending in '/' such as team/ (lowercase letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit)",
+        ),
+    ] = ""
+
+
+LOCAL_ACCOUNTS_FIELD = "synadia.local.accounts"
+
+
+class LocalAccount(Model):
+    """An application account the local Synadia emulator creates, with its signing key groups."""
+
+    name: Annotated[
+        str,
+        Matches(
+            r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+            "an account name: up to 63 letters, digits, '_' or '-', starting with a letter or "
+            "digit",
+        ),
+    ]
+    signing_key_groups: list[str] = Field(
+        ["Default"],
+        min_length=1,
+        description="Groups the emulator creates in the account; users are signed by the first "
+        "(or by synadia.signingKeyGroup).",
+    )
+
+    @field_validator("signing_key_groups")
+    @classmethod
+    def _distinct_groups(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value) or not all(g and g == g.strip() for g in value):
+            raise ValueError(f"must be distinct, non-blank names; got {value}")
+        return value
+
+
+class LocalSynadia(Model):
+    """What the local Synadia emulator (`idpctl dev`) sets up. Its presence marks `url` as the
+    emulator: Synadia Cloud has no such list, accounts are made in its UI."""
+
+    accounts: list[LocalAccount] = Field(
+        min_length=1,
+        description="Application accounts the emulator creates on start (it adds, never "
+        "removes), each a real account of its nats-server.",
+    )
+
+    @field_validator("accounts")
+    @classmethod
+    def _distinct_accounts(cls, value: list[LocalAccount]) -> list[LocalAccount]:
+        names = [a.name for a in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"account names must be unique; repeated: {', '.join(repeated)}")
+        return value
 
 
 class SynadiaConfig(Model):
@@ -146,13 +214,16 @@ class SynadiaConfig(Model):
     environment variable `tokenEnv`, never from this file."""
 
     url: str = Field(description="Control-plane URL, e.g. https://cloud.synadia.com.")
-    token_env: str = Field("SYNADIA_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_env: EnvName = "SYNADIA_TOKEN"
     system: str = Field(min_length=1, description="The NATS system, by name or id.")
     default_account: str = Field(
         min_length=1, description="Account of workloads that name none, by name or id."
     )
     signing_key_group: str | None = Field(
         None, description="Signing key group users are created with (the account's first)."
+    )
+    local: LocalSynadia | None = Field(
+        None, description="Only for the local emulator: the accounts it creates."
     )
 
     @field_validator("url")
@@ -161,6 +232,27 @@ class SynadiaConfig(Model):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL; got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_account_is_local(self) -> "SynadiaConfig":
+        if self.local is not None:
+            names = [a.name for a in self.local.accounts]
+            if self.default_account not in names:
+                raise ValueError(
+                    f"defaultAccount {self.default_account!r} must be one of "
+                    f"{LOCAL_ACCOUNTS_FIELD} ({', '.join(names)})"
+                )
+        return self
+
+    def missing_account_advice(self, name: str) -> str:
+        """What to do about an account the system does not have, here or in Synadia Cloud."""
+        if self.local is None:
+            return "create it or correct spec.nats.account (or synadia.defaultAccount)."
+        return (
+            f"on the local stack, add `- name: {name}` under {LOCAL_ACCOUNTS_FIELD} in the "
+            "platform file (.idp/platform.yaml) and restart `idpctl dev`, or correct "
+            "spec.nats.account."
+        )
 
 
 PORT_REGIONS = {"eu": "https://api.getport.io", "us": "https://api.us.getport.io"}
@@ -175,8 +267,8 @@ class PortConfig(Model):
         None, description="Port's API region (eu when neither region nor url is set)."
     )
     url: str | None = Field(None, description="API base URL instead of a region (an emulator).")
-    client_id_env: str = Field("PORT_CLIENT_ID", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    client_secret_env: str = Field("PORT_CLIENT_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    client_id_env: EnvName = "PORT_CLIENT_ID"
+    client_secret_env: EnvName = "PORT_CLIENT_SECRET"
     webhook_window: Duration = Field(
         timedelta(minutes=5),
         json_schema_extra={"default": "5m"},
@@ -302,13 +394,21 @@ def load_platform(path: Path) -> Platform:
     except OSError as error:
         raise PlatformError(f"{path}: cannot be read ({error.strerror})") from None
     except UnicodeDecodeError:
-        raise PlatformError(f"{path}: is not UTF-8 text") from None
+        raise PlatformError(f"{path}: is not UTF-8 text; it must be saved as UTF-8") from None
     try:
         document = yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError as error:
         raise PlatformError(f"{path}: {yaml_problem(error, text)}") from None
-    if not isinstance(document, dict) or document.get("kind") != "Platform":
-        raise PlatformError(f"{path}: kind: must be Platform")
+    except RecursionError:
+        raise PlatformError(f"{path}: {TOO_DEEP}") from None
+    if not isinstance(document, dict):
+        raise PlatformError(
+            f"{path}: must be a mapping with kind: Platform and destinations; got {shown(document)}"
+        )
+    if "kind" not in document:
+        raise PlatformError(f"{path}: kind: required field is missing; it must be Platform")
+    if document["kind"] != "Platform":
+        raise PlatformError(f"{path}: kind: must be Platform; got {shown(document['kind'])}")
     try:
         platform = Platform.model_validate(document)
     except ValidationError as error:

@@ -13,6 +13,10 @@ write blobs, trees and the commit on top of it) rather than in a checked-out wor
 same "reset to the remote head, apply, commit" but costs a few milliseconds instead of a scan of
 every file, which keeps the window in which another worker can win the push race small. No
 checkout also means a symlink somebody committed can never redirect a write outside the clone.
+
+Two resources must never write one directory or object, so a change may claim names (`Claim`):
+the check runs on the head each attempt is planned on, so it is decided exactly like the push
+race itself, and a refused change leaves the branch untouched while the rest of its batch commits.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from idp.errors import PermanentError, TransientError
@@ -68,6 +72,47 @@ _INHERITED_GIT_VARIABLES = (
 )
 
 
+def record_holder(text: str) -> str | None:
+    """The holder an ownership record names: its one line, the owner's id."""
+    return text.strip() or None
+
+
+def _record(owner: str) -> bytes:
+    return f"{owner}\n".encode()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A name a change must hold alone (a directory, a Kubernetes object), and the path that
+    says who holds it: nobody while the path is absent, else `holder` of its text (None: the
+    text leaves the name free).
+
+    A `record` claim is written by the change: the path then holds the owner's id and nothing
+    else, which is how every other writer finds it. Any other claim is only read: the path is
+    written by its holder as part of its own files (a manifest's owner labels, say).
+    """
+
+    path: str
+    subject: str  # what the name is, as a refusal says it: "shop/web on destination dev"
+    remedy: str  # what the refused author can do about it
+    holder: Callable[[str], str | None] = record_holder
+    record: bool = False
+
+
+class OwnedByAnother(PermanentError):
+    """A change refused because another owner holds one of its claims."""
+
+    def __init__(self, claim: Claim, holder: str) -> None:
+        # Owners are workflow ids, `<kind>/<key>`: "workload/a/web" reads "workload a/web".
+        named = holder.replace("/", " ", 1)
+        super().__init__(
+            f"{claim.subject} is already written by {named}; {claim.remedy}",
+            reason="OwnedByAnother",
+        )
+        self.claim = claim
+        self.holder = holder
+
+
 @dataclass(frozen=True)
 class Change:
     """Make `directory` hold `files`.
@@ -76,12 +121,22 @@ class Change:
     workload's manifests beside its delivered secret): only those names are written or deleted
     and every other file is left alone. None manages the whole directory: files not in `files`
     are deleted.
+
+    With an `owner`, the change holds its `claims` or does nothing: checked against the head it
+    is applied to, inside the fetch-rebase-retry loop, so of two writers racing for one name the
+    one whose push lands first wins and the other, re-applied on top of it, is refused with
+    OwnedByAnother. A removal (no files) whose names another owner holds leaves them alone and
+    succeeds, since nothing there is its own. Records of the owner below `records` that the
+    change no longer claims (all of them, for a removal) are deleted: that frees the names.
     """
 
     directory: str
     files: Mapping[str, str]
     message: str
     owned: frozenset[str] | None = None
+    owner: str | None = None
+    claims: tuple[Claim, ...] = ()
+    records: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,11 +160,15 @@ class _Run:
     stderr: str
 
 
+# What one change did: (written, removed) paths, or why it was refused.
+_Effect = tuple[list[str], list[str]] | OwnedByAnother
+
+
 @dataclass
 class _Plan:
     """What a batch does to the head: per-change effects, then the net edit for the commit."""
 
-    effects: list[tuple[list[str], list[str]]]
+    effects: list[_Effect]
     deletions: list[str]
     writes: dict[str, bytes]
     messages: list[str]
@@ -214,7 +273,11 @@ class StateStore:
                         future.set_exception(error)
             else:
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, OwnedByAnother):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
 
     def _take(self, batch: list[_Queued]) -> None:
@@ -223,7 +286,7 @@ class StateStore:
         batch += [(c, f) for c, f in self._pending[:room] if not f.done()]
         del self._pending[:room]
 
-    async def _commit(self, batch: list[_Queued]) -> list[ChangeResult]:
+    async def _commit(self, batch: list[_Queued]) -> list[ChangeResult | OwnedByAnother]:
         """One commit for the batch; results follow the batch, which may grow while retrying."""
         async with self._exclusive():
             await self._prepare()
@@ -241,11 +304,11 @@ class StateStore:
                 head = await self._fetch()
                 plan = await self._plan(head, changes)
                 if not plan.deletions and not plan.writes:
-                    return [_NO_OP] * len(changes)
+                    return [_result(None, effect) for effect in plan.effects]
                 commit = await self._write_commit(head, plan)
                 rejection = await self._push(commit)
                 if not rejection:
-                    return [_result(commit, written, removed) for written, removed in plan.effects]
+                    return [_result(commit, effect) for effect in plan.effects]
                 log.info("push to %s lost a race (%s); retrying", self._safe_url, rejection)
             raise TransientError(
                 f"Pushing to branch {self.branch!r} of state store {self._safe_url} was rejected "
@@ -255,7 +318,7 @@ class StateStore:
             )
 
     async def _plan(self, head: str | None, changes: Sequence[Change]) -> _Plan:
-        directories = sorted({change.directory for change in changes})
+        directories = sorted({path for change in changes for path in _paths_read(change)})
         tree = await self._entries(head, directories) if head else {}
         # A file standing where a resource needs a directory is in the way; only a resource
         # whose directory is still empty can meet one, so ask git about those alone.
@@ -266,7 +329,29 @@ class StateStore:
         ]
         if head and creating:
             tree |= await self._files_among(head, {a for d in creating for a in _ancestors(d)})
-        return _plan(tree, changes)
+        return _plan(tree, changes, await self._claim_texts(tree, changes))
+
+    async def _claim_texts(
+        self, tree: dict[str, _Entry], changes: Sequence[Change]
+    ) -> dict[str, str]:
+        """The text of every claimed path at the head that is not already known to be the
+        claimant's own (its record, or exactly a file it writes): object id -> text. In the
+        steady state that is none, so a pass that changes nothing reads no blob."""
+        unknown = set()
+        for change in changes:
+            own = _own_blobs(change)
+            unknown |= {
+                tree[c.path][1]
+                for c in change.claims
+                if c.path in tree and tree[c.path][1] not in own
+            }
+        if not unknown:
+            return {}
+        ordered = sorted(unknown)
+        blobs = await self._git(
+            "cat-file", "--batch", input="".join(f"{o}\n" for o in ordered).encode()
+        )
+        return dict(zip(ordered, _split_batch(blobs.stdout), strict=True))
 
     async def _entries(self, head: str, directories: Sequence[str]) -> dict[str, _Entry]:
         """Every entry below the directories at `head`: path -> (mode, object id)."""
@@ -438,26 +523,41 @@ class StateStore:
         return run
 
 
-def _plan(tree: dict[str, _Entry], changes: Sequence[Change]) -> _Plan:
-    """Apply the changes, in order, to the head's entries; only real differences survive."""
+def _plan(tree: dict[str, _Entry], changes: Sequence[Change], texts: Mapping[str, str]) -> _Plan:
+    """Apply the changes, in order, to the head's entries; only real differences survive.
+
+    `texts` holds the claimed paths' contents by object id; a change in the batch sees the
+    records and files of the changes before it, so one batch decides a race like two pushes.
+    """
     state = dict(tree)
     contents: dict[str, bytes] = {}
-    effects: list[tuple[list[str], list[str]]] = []
+    effects: list[_Effect] = []
     for change in changes:
+        taken = _taken(change, state, contents, texts)
+        if taken is not None and change.files:
+            effects.append(taken)
+            continue
         written: list[str] = []
         removed: list[str] = []
+        desired = {} if taken else _desired(change)
+        records = _records(change) if change.files else {}
+        for path in sorted(_released(change, state, records)):
+            del state[path]
+            removed.append(path)
         prefix = change.directory + "/"
-        desired = {prefix + name: text.encode() for name, text in change.files.items()}
         if desired:
             for ancestor in _ancestors(change.directory):
                 if state.pop(ancestor, None):
                     removed.append(ancestor)
         for path in sorted(p for p in state if p.startswith(prefix) and p not in desired):
-            if change.owned is not None and path.removeprefix(prefix) not in change.owned:
+            # A removal of names another owner holds must not take that owner's files along.
+            if taken or (
+                change.owned is not None and path.removeprefix(prefix) not in change.owned
+            ):
                 continue
             del state[path]
             removed.append(path)
-        for path, data in sorted(desired.items()):
+        for path, data in sorted((desired | records).items()):
             mode, oid = state.get(path, ("", ""))
             if mode in _REGULAR_FILE_MODES and oid == _blob_id(data):
                 continue
@@ -467,12 +567,75 @@ def _plan(tree: dict[str, _Entry], changes: Sequence[Change]) -> _Plan:
         effects.append((written, removed))
     deletions = sorted(p for p in tree if p not in state)
     writes = {p: contents[p] for p in sorted(state) if state[p] != tree.get(p)}
-    messages = [c.message for c, (w, r) in zip(changes, effects, strict=True) if w or r]
+    messages = [
+        c.message
+        for c, effect in zip(changes, effects, strict=True)
+        if not isinstance(effect, OwnedByAnother) and any(effect)
+    ]
     return _Plan(effects, deletions, writes, messages)
 
 
-def _result(commit: str, written: list[str], removed: list[str]) -> ChangeResult:
-    if not written and not removed:
+def _desired(change: Change) -> dict[str, bytes]:
+    prefix = change.directory + "/"
+    return {prefix + name: text.encode() for name, text in change.files.items()}
+
+
+def _records(change: Change) -> dict[str, bytes]:
+    """The record files the change writes: path -> the owner's record."""
+    if change.owner is None:
+        return {}
+    return {c.path: _record(change.owner) for c in change.claims if c.record}
+
+
+def _own_blobs(change: Change) -> set[str]:
+    """Object ids whose text names the change's owner as holder of anything it claims: its
+    record, and its own files (which carry whatever marks it as their owner)."""
+    own = {_blob_id(text.encode()) for text in change.files.values()}
+    if change.owner is not None:
+        own.add(_blob_id(_record(change.owner)))
+    return own
+
+
+def _taken(
+    change: Change, state: dict[str, _Entry], contents: dict[str, bytes], texts: Mapping[str, str]
+) -> OwnedByAnother | None:
+    """The first claim of the change that another owner holds in `state`."""
+    own = _own_blobs(change)
+    for claim in change.claims:
+        if claim.path not in state:
+            continue
+        _, oid = state[claim.path]
+        if oid in own:
+            continue
+        written = contents.get(claim.path)
+        holder = claim.holder(written.decode() if written is not None else texts[oid])
+        if holder is not None and holder != change.owner:
+            return OwnedByAnother(claim, holder)
+    return None
+
+
+def _released(change: Change, state: dict[str, _Entry], kept: Mapping[str, bytes]) -> list[str]:
+    """The owner's records below `change.records` that the change no longer claims. A record
+    is recognised by its object id alone: it holds nothing but the owner's id."""
+    if change.owner is None or change.records is None:
+        return []
+    prefix, mine = change.records + "/", _blob_id(_record(change.owner))
+    return [
+        p for p, (_, oid) in state.items() if p.startswith(prefix) and oid == mine and p not in kept
+    ]
+
+
+def _paths_read(change: Change) -> list[str]:
+    """What the plan of a change needs to see of the head: its directory, its claims, and its
+    owner's records."""
+    return [change.directory, *(c.path for c in change.claims), *filter(None, [change.records])]
+
+
+def _result(commit: str | None, effect: _Effect) -> ChangeResult | OwnedByAnother:
+    if isinstance(effect, OwnedByAnother):
+        return effect
+    written, removed = effect
+    if commit is None or (not written and not removed):
         return _NO_OP
     return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
 
@@ -561,7 +724,32 @@ def _validated(change: Change) -> Change:
             )
         owned = frozenset(owned)
     message = change.message.strip() if isinstance(change.message, str) else ""
-    return Change(directory, dict(change.files), message or f"idp: update {directory}", owned)
+    return Change(
+        directory,
+        dict(change.files),
+        message or f"idp: update {directory}",
+        owned,
+        *_validated_ownership(change),
+    )
+
+
+def _validated_ownership(change: Change) -> tuple[str | None, tuple[Claim, ...], str | None]:
+    owner, claims = change.owner, tuple(change.claims)
+    if owner is None:
+        if claims or change.records is not None:
+            raise PermanentError(
+                f"The change of state store directory {change.directory!r} claims names but "
+                "says no owner to hold them."
+            )
+        return None, (), None
+    if not owner.strip() or _CONTROL_CHARACTERS.search(owner):
+        raise PermanentError(
+            f"The owner {owner!r} of state store directory {change.directory!r} must be one line "
+            "of text."
+        )
+    claims = tuple(replace(c, path=_validated_directory(c.path)) for c in claims)
+    records = None if change.records is None else _validated_directory(change.records)
+    return owner, claims, records
 
 
 def _validated_directory(directory: str) -> str:

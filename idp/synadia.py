@@ -183,6 +183,19 @@ class NatsUser(_Response):
     claims: dict[str, Any] = {}
 
 
+class NatsUserIssuance(_Response):
+    """One set of user JWT claims Synadia issued (downloads of identical claims share one),
+    with its status: Active, Revoked, Partially Revoked, Expired, SK Disabled, ..."""
+
+    id: str
+    sub: str = Field(description="The user public key the JWTs were issued for.")
+    iat_min: int
+    iat_max: int
+    exp_max: int | None = None
+    events_count: int = 0
+    status: str
+
+
 class NatsUserRevocation(_Response):
     account_id: str
     user_nkey_public: str
@@ -337,10 +350,12 @@ class SynadiaClient(ApiClient):
         *,
         body: Mapping[str, Any] | None = None,
         missing_ok: bool = False,
+        attempts: int | None = None,
     ) -> httpx.Response | None:
         """The 2xx response; None for a 404 when `missing_ok`; raises for everything else."""
         problem = ""
-        for attempt in range(1, self.max_attempts + 1):
+        attempts = attempts or self.max_attempts
+        for attempt in range(1, attempts + 1):
             retry_after: str | None = None
             try:
                 response = await self._http.request(method, path, json=body)
@@ -362,7 +377,7 @@ class SynadiaClient(ApiClient):
                     )
                 problem = f"HTTP {_status_text(status)}: {_sentence(_api_message(response))}"
                 retry_after = response.headers.get("retry-after")
-            if attempt == self.max_attempts:
+            if attempt == attempts:
                 break
             delay = self._delay(attempt, retry_after)
             logger.info(
@@ -370,12 +385,13 @@ class SynadiaClient(ApiClient):
                 operation,
                 problem,
                 attempt,
-                self.max_attempts - 1,
+                attempts - 1,
                 delay,
             )
             await asyncio.sleep(delay)
+        tries = f"after {attempts} attempts, last" if attempts > 1 else "(not retried)"
         raise TransientError(
-            f"Synadia {operation} failed after {self.max_attempts} attempts, last with {problem}.",
+            f"Synadia {operation} failed {tries} with {problem}.",
             reason="SynadiaUnavailable",
         )
 
@@ -554,14 +570,26 @@ class SynadiaClient(ApiClient):
     async def download_creds(self, user_id: str) -> NatsCreds:
         """Issue a fresh user JWT and return it with the user's seed as a .creds text.
 
-        Every call is an issuance Synadia records, so callers issue only when policy says so."""
+        Every call is an issuance Synadia records, so callers issue only when policy says so.
+        Tried once: a failed call may still have issued (a 5xx after the work, an answer lost
+        on the way), and a blind retry would issue a second JWT on the same key; the caller
+        looks at the issuances before it downloads again."""
         operation = f"download creds of NATS user {user_id}"
-        response = await self._request(operation, "POST", f"/nats-users/{user_id}/creds")
+        response = await self._request(
+            operation, "POST", f"/nats-users/{user_id}/creds", attempts=1
+        )
         assert response is not None
         try:
             return parse_creds(response.text)
         except ValueError as exc:
             raise PermanentError(f"Synadia {operation} returned {exc}.") from None
+
+    async def list_nats_user_issuances(self, user_id: str) -> list[NatsUserIssuance]:
+        return await self._list(
+            NatsUserIssuance,
+            f"list issuances of NATS user {user_id}",
+            f"/nats-users/{user_id}/issuances",
+        )
 
     async def rotate_nats_user(self, user_id: str) -> NatsUser:
         """Give the user a new nkey. Creds of the old key stay valid until revoked or expired."""

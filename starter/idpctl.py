@@ -6,6 +6,8 @@ Exit codes: 0 success, 1 failure (one sentence on stderr), 2 bad usage or invali
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +26,7 @@ from starter import codec_server, dev, operations, port_setup, replay, temporal
 from workflows import search_attributes
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.routetable import AggregatorStatus, TargetState
-from workflows.state import ConditionStatus, Phase
+from workflows.state import WAITING, ConditionStatus, Phase, blocking
 
 
 class UsageError(Exception):
@@ -63,7 +65,9 @@ async def cmd_apply(args: argparse.Namespace) -> None:
         try:
             result = await operations.apply_aggregator(client, settings.task_queue, aggregator)
         except WorkflowUpdateFailedError as error:
-            raise Failure(f"{aggregator.workflow_id}: rejected: {_cause(error)}") from None
+            raise Failure(
+                f"{aggregator.workflow_id}: rejected: {operations.cause(error)}"
+            ) from None
         verb = "configured" if result.changed else "unchanged"
         if aggregator.workflow_id not in live:
             verb = "created"
@@ -73,7 +77,7 @@ async def cmd_apply(args: argparse.Namespace) -> None:
         try:
             result = await operations.apply_workload(client, settings.task_queue, workload)
         except WorkflowUpdateFailedError as error:
-            raise Failure(f"{workload.workflow_id}: rejected: {_cause(error)}") from None
+            raise Failure(f"{workload.workflow_id}: rejected: {operations.cause(error)}") from None
         generations[workload.workflow_id] = result.generation
         verb = "configured" if result.changed else "unchanged"
         if workload.workflow_id not in existing:
@@ -116,19 +120,27 @@ def _check_destinations(platform: Platform, loaded: list) -> None:
 
 
 async def _wait_ready(client: Client, generations: dict[str, int], timeout: float) -> None:
-    """Poll `status` and print each change until every workload is Ready, or give up."""
+    """Poll `status` and print each change until every workload is Ready, or give up; at
+    once when one is held by something waiting cannot fix (the workflow's `permanent`)."""
     deadline = time.monotonic() + timeout
     shown: dict[str, str] = {}
     pending = dict(generations)
+    blocked: list[str] = []
     while pending:
         for workflow_id, generation in list(pending.items()):
             status = await operations.workload_status(client, workflow_id)
             line = _progress(status)
+            name = workflow_id.removeprefix("workload/")
             if shown.get(workflow_id) != line:
                 shown[workflow_id] = line
-                _out(f"  {workflow_id.removeprefix('workload/')}: {line}")
-            if status.observed_generation >= generation and status.phase == Phase.READY:
+                _out(f"  {name}: {line}")
+            if status.observed_generation < generation:
+                continue
+            if status.phase == Phase.READY:
                 del pending[workflow_id]
+            elif status.phase == Phase.DEGRADED and blocking(status.conditions):
+                del pending[workflow_id]
+                blocked += [f"{name}: {c.type}: {c.message}" for c in blocking(status.conditions)]
         if not pending:
             break
         if time.monotonic() > deadline:
@@ -138,12 +150,18 @@ async def _wait_ready(client: Client, generations: dict[str, int], timeout: floa
                 f"last seen: {shown[next(iter(pending))]}"
             )
         await asyncio.sleep(0.25)
+    if blocked:
+        raise Failure("; ".join(blocked))
     _out(f"{len(generations)} workload(s) Ready")
 
 
 def _progress(status: WorkloadStatus) -> str:
+    """The phase and, when not Ready, what it waits for or what fails."""
     failing = [c for c in status.conditions if c.status == ConditionStatus.FALSE]
-    detail = "; ".join(f"{c.type}: {c.reason}: {c.message}" for c in failing)
+    detail = "; ".join(
+        f"{c.type} {'waiting' if c.reason in WAITING else 'failing'}: {c.reason}: {c.message}"
+        for c in failing
+    )
     text = f"{status.phase.value} (generation {status.observed_generation}/{status.generation})"
     return f"{text} {detail}" if detail else text
 
@@ -212,33 +230,46 @@ async def cmd_describe(args: argparse.Namespace) -> None:
     _out(f"Destination:  {spec.destination} (namespace {spec.namespace})")
     _out(f"Phase:        {status.phase.value}{' (paused)' if status.paused else ''}")
     _out(f"Generation:   {status.generation} (observed {status.observed_generation})")
-    next_check = status.next_check_at.isoformat() if status.next_check_at else "-"
-    _out(f"Next check:   {next_check}")
-    _out("Conditions:")
+    if status.next_check_at is not None:
+        _out(f"Next check:   {status.next_check_at.isoformat()}")
+    if status.conditions:
+        _out("Conditions:")
     for c in status.conditions:
         _out(f"  {c.type:<12} {c.status.value:<7} {c.reason:<16} {c.message}")
         _out(f"  {'':<12} since {c.last_transition_time.isoformat()}")
-    _out("Outputs:")
+    outputs = _output_lines(status)
+    if outputs:
+        _out("Outputs:")
+    for line in outputs:
+        _out(f"  {line}")
+    _events(status.events)
+
+
+def _output_lines(status: WorkloadStatus) -> list[str]:
+    lines = []
     registry = status.outputs.registry
     if registry:
-        _out(f"  repository:  {registry.repository_uri}")
-        _out(f"  role:        {registry.role_arn}")
+        lines += [f"repository:  {registry.repository_uri}", f"role:        {registry.role_arn}"]
     nats, credentials = status.outputs.nats, status.outputs.credentials
     if nats:
-        _out(f"  nats user:   {nats.name} ({nats.user_id}), key {nats.public_key}")
+        lines.append(f"nats user:   {nats.name} ({nats.user_id}), key {nats.public_key}")
     if credentials:
-        _out(
-            f"  credentials: version {credentials.version} ({credentials.reason}), delivered to "
+        lines.append(
+            f"credentials: version {credentials.version} ({credentials.reason}), delivered to "
             f"{credentials.location}; expires {credentials.expires_at.isoformat()}, "
             f"next refresh {credentials.next_refresh_at.isoformat()}"
         )
     manifests = status.outputs.manifests
     if manifests:
-        _out(f"  state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})")
+        lines.append(
+            f"state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})"
+        )
     for route in status.outputs.api:
         reason = f": {route.reason}" if route.reason else ""
-        _out(f"  api:         {', '.join(route.paths)} on {route.hostname} {route.state}{reason}")
-    _events(status.events)
+        lines.append(
+            f"api:         {', '.join(route.paths)} on {route.hostname} {route.state}{reason}"
+        )
+    return lines
 
 
 async def _describe_aggregator(args: argparse.Namespace) -> None:
@@ -329,7 +360,8 @@ def _listener_warnings(platform: Platform | None, status: AggregatorStatus) -> l
 
 
 def _events(events: list) -> None:
-    _out("Events:")
+    if events:
+        _out("Events:")
     for event in events:
         _out(f"  {event.time.isoformat()}  {event.step}: {event.message}")
 
@@ -348,8 +380,8 @@ def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]
         if name == "rotate_credentials":
             request = RotateRequest(reason=args.reason, revoke_old=args.revoke_old)
         try:
-            await operations.send_signal(client, workflow_id, name, request)
-        except operations.NotFound as error:
+            await operations.send_request(client, workflow_id, name, request)
+        except (operations.NotFound, operations.Refused) as error:
             raise Failure(str(error)) from None
         _out(f"{workflow_id} {name.replace('_', '-')} requested")
         if name == "delete" and args.wait:
@@ -359,7 +391,7 @@ def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]
             except TimeoutError:
                 raise Failure(f"timed out after {args.timeout:g}s waiting for deletion") from None
             except WorkflowFailureError as error:
-                raise Failure(f"deletion failed: {_cause(error)}") from None
+                raise Failure(f"deletion failed: {operations.cause(error)}") from None
             _out(f"{workflow_id} deleted")
 
     return command
@@ -373,7 +405,7 @@ async def _delete_aggregator(args: argparse.Namespace) -> None:
     except operations.NotFound as error:
         raise Failure(str(error)) from None
     except WorkflowUpdateFailedError as error:
-        raise Failure(f"{workflow_id}: rejected: {_cause(error)}") from None
+        raise Failure(f"{workflow_id}: rejected: {operations.cause(error)}") from None
     _out(f"{workflow_id} delete requested")
     if args.wait:
         try:
@@ -460,12 +492,6 @@ def _workload_id(reference: str) -> str:
         return operations.workload_id(reference)
     except ValueError as error:
         raise UsageError(str(error)) from None
-
-
-def _cause(error: BaseException) -> str:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return getattr(error, "message", None) or str(error)
 
 
 def _json_value(value: object) -> str:
@@ -568,6 +594,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = 0
     try:
         asyncio.run(args.run(args))
+    except BrokenPipeError:
+        # `idpctl ... | head`: the reader is gone, which is not an error worth a traceback. As
+        # Python's "Note on SIGPIPE" advises, point stdout at devnull so that the flush on exit
+        # cannot fail again, and exit the way a process killed by SIGPIPE would (141).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2

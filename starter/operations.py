@@ -1,12 +1,19 @@
 """What entry points do to workflows: shared by idpctl and the Port bridge so both behave alike."""
 
+import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from idp.manifests import shared_name
 from idp.models import ApiAggregator, Workload, disallowed_changes
 from workflows import search_attributes as sa
 from workflows.aggregator import ApiAggregatorWorkflow
@@ -17,6 +24,7 @@ from workflows.messages import (
     WorkloadInput,
     WorkloadStatus,
 )
+from workflows.requests import Operation
 from workflows.routetable import (
     AggregatorApplyRequest,
     AggregatorDeleteRequest,
@@ -28,6 +36,10 @@ from workflows.workload import WorkloadWorkflow
 
 class NotFound(Exception):
     """No running workflow for the resource."""
+
+
+class Refused(Exception):
+    """The workflow cannot act on the request; the message says why."""
 
 
 def workload_id(reference: str) -> str:
@@ -78,7 +90,53 @@ async def check_apply(client: Client, workloads: list[Workload]) -> tuple[list[s
             problems.append(f"{workload.workflow_id}: is being deleted; apply it again later")
         changes = disallowed_changes(current.workload, workload)
         problems += [f"{workload.workflow_id}: {problem}" for problem in changes]
+    problems += await names_held_elsewhere(client, workloads)
     return problems, existing
+
+
+# How long the apply-time check waits for another workload to say what it holds.
+HOLDER_QUERY_TIMEOUT = timedelta(seconds=3)
+
+
+async def names_held_elsewhere(client: Client, workloads: list[Workload]) -> list[str]:
+    """Workloads whose directory or ServiceAccount a running workload of another system has
+    written on the same destination. The Manifests step refuses them anyway (the state store
+    holds the record); this says so before anything starts. Visibility gives the ids, and only
+    those with a matching name are asked for their spec. A ServiceAccount named after neither
+    workload is left to the Manifests step: finding it would take a query per workload."""
+    problems = []
+    for destination in sorted({w.spec.destination for w in workloads}):
+        applied = [w for w in workloads if w.spec.destination == destination]
+        names = {n for w in applied for n in (w.metadata.name, w.service_account)}
+        query = (
+            "WorkflowType = 'WorkloadWorkflow' AND ExecutionStatus = 'Running' "
+            f"AND IdpDestination = '{destination}'"
+        )
+        candidates = [
+            execution.id
+            async for execution in client.list_workflows(query)
+            if execution.id.rpartition("/")[2] in names
+        ]
+        holders = await asyncio.gather(*(_written_spec(client, id) for id in candidates))
+        for holder in filter(None, holders):
+            for workload in applied:
+                refusal = shared_name(workload, holder)
+                if refusal and workload.workflow_id != holder.workflow_id:
+                    problems.append(f"{workload.workflow_id}: {refusal}")
+    return problems
+
+
+async def _written_spec(client: Client, workflow_id: str) -> Workload | None:
+    """The spec of a workload that has written its manifests (so holds their names); None when
+    it has written nothing or cannot answer at once: an apply must not wait on another
+    workload's worker, and the Manifests step refuses in any case."""
+    try:
+        status = await client.get_workflow_handle(workflow_id).query(
+            WorkloadWorkflow.status, rpc_timeout=HOLDER_QUERY_TIMEOUT
+        )
+    except RPCError:
+        return None
+    return status.workload if status.outputs.manifests is not None else None
 
 
 async def workload_status(client: Client, workflow_id: str) -> WorkloadStatus:
@@ -91,22 +149,36 @@ async def workload_status(client: Client, workflow_id: str) -> WorkloadStatus:
         raise
 
 
-async def send_signal(
-    client: Client, workflow_id: str, name: str, request: SignalRequest | None = None
+async def send_request(
+    client: Client, workflow_id: str, operation: Operation, request: SignalRequest | None = None
 ) -> None:
+    """Send a request as the workflow's update of that name: it is refused, with the reason,
+    before anything is recorded when it cannot take effect (workflows/requests.py)."""
+    name = workflow_id.removeprefix("workload/")
     handle = client.get_workflow_handle(workflow_id)
     try:
         description = await handle.describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound(f"no workload {workflow_id.removeprefix('workload/')} found") from None
+            raise NotFound(f"no workload {name} found") from None
         raise
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        when = description.close_time.isoformat() if description.close_time else "earlier"
+        raise Refused(f"workload {name} was deleted at {when}; apply it to create it again")
     if description.status != WorkflowExecutionStatus.RUNNING:
-        raise NotFound(
-            f"workload {workflow_id.removeprefix('workload/')} is not running "
-            f"({description.status.name.lower() if description.status else 'unknown'})"
-        )
-    await handle.signal(name, request or SignalRequest())
+        state = description.status.name.lower() if description.status else "unknown"
+        raise Refused(f"workload {name} is not running ({state}); apply it to start it again")
+    try:
+        await handle.execute_update(operation, request or SignalRequest())
+    except WorkflowUpdateFailedError as error:
+        raise Refused(cause(error)) from None
+
+
+def cause(error: BaseException) -> str:
+    """The innermost message of a failure: what the workflow or activity said."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return getattr(error, "message", None) or str(error)
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,17 @@
 `POST /port/webhook` takes the body the actions under starter/port/actions send (see their README):
 `{action, runId, inputs, entity, triggeredBy}`. The signature (x-port-timestamp,
 x-port-signature) is checked on the raw body first; then the action becomes update-with-start
-`apply` (create, update) or a signal (reconcile, rotate credentials, pause, resume, delete),
-with the Port run id as request id, and PortRunWorkflow (`port-run/<run id>`) is started to
-report the outcome. The answer is 202 as soon as Temporal has accepted both.
+`apply` (create, update) or the update of the same name (reconcile, rotate credentials, pause,
+resume, delete), with the Port run id as request id, and PortRunWorkflow (`port-run/<run id>`)
+is started to report the outcome. The answer is 202 as soon as Temporal has accepted both.
 
 Answers: 202 accepted (also for a re-delivery of an accepted run, with `duplicate: true`;
 PortRunWorkflow reports the outcome); 401 for a missing, wrong, stale or future signature (the
 run is left alone: the sender is unknown); 400 for a body that is not JSON or not the template's
 shape, an unknown action, invalid inputs or spec; 404 when the entity's workload does not exist;
-409 when the workflow refuses (its `apply` validator), or the workload is paused, being deleted
-or has no NATS user to rotate; 503 when Temporal cannot be reached. Every answer but 202 and 401
+409 when the workflow refuses (its updates' validators, the same rule every entry point meets:
+workflows/requests.py), e.g. the workload is paused, being deleted, deleted or has no NATS user
+to rotate; 503 when Temporal cannot be reached. Every answer but 202 and 401
 marks the run FAILURE with the reason, when its run id can be read. A body over 1 MiB gets 413
 before anything else, and its run is left alone (nothing about the sender is known yet).
 
@@ -62,7 +63,6 @@ from idp.portwebhook import SignatureError, verify
 from starter import operations, temporal
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.portrun import PortRunInput, PortRunWorkflow
-from workflows.state import Phase
 
 log = logging.getLogger("idp.port_bridge")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -397,7 +397,9 @@ class Bridge:
                 self.temporal, self.settings.task_queue, workload, request_id=body.run_id
             )
         except WorkflowUpdateFailedError as error:
-            raise Rejected(409, f"{workload.workflow_id}: rejected: {_cause(error)}") from None
+            raise Rejected(
+                409, f"{workload.workflow_id}: rejected: {operations.cause(error)}"
+            ) from None
         except RPCError as error:
             raise _unavailable(error) from None
         # `changed` cannot tell a no-op from a first start: the start records the request id,
@@ -420,38 +422,13 @@ class Bridge:
             reason: ReasonInputs = _parse(ReasonInputs, _given(body.inputs), "inputs.")
             request = SignalRequest(request_id=body.run_id, reason=reason.reason)
         status = await self._status(workflow_id)
-        target = self._signal_target(operation, status, f"{system}/{name}")
         try:
-            await operations.send_signal(self.temporal, workflow_id, operation, request)
-        except operations.NotFound as error:
+            await operations.send_request(self.temporal, workflow_id, operation, request)
+        except (operations.NotFound, operations.Refused) as error:
             raise Rejected(409, str(error)) from None
         except RPCError as error:
             raise _unavailable(error) from None
-        return Accepted(workflow_id, operation.replace("_", " "), target)
-
-    @staticmethod
-    def _signal_target(operation: str, status: WorkloadStatus, name: str) -> Target:
-        """What the signal must bring about, or Rejected when it cannot."""
-        if status.phase in (Phase.DELETING, Phase.DELETED):
-            raise Rejected(409, f"workload {name} is {status.phase.value.lower()}")
-        if operation in ("reconcile", "rotate_credentials") and status.paused:
-            raise Rejected(409, f"workload {name} is paused; resume it first")
-        credentials = status.outputs.credentials
-        if operation == "rotate_credentials" and status.workload.spec.nats is None:
-            raise Rejected(409, f"workload {name} has no NATS user, so no credentials to rotate")
-        kinds = {
-            "reconcile": "reconciled",
-            "rotate_credentials": "rotated",
-            "pause": "paused",
-            "resume": "resumed",
-            "delete": "deleted",
-        }
-        return Target(
-            kind=kinds[operation],
-            generation=status.generation,
-            baseline_next_check_at=status.next_check_at,
-            baseline_credentials_version=credentials.version if credentials else None,
-        )
+        return Accepted(workflow_id, operation.replace("_", " "), _target(operation, status))
 
     async def _status(self, workflow_id: str) -> WorkloadStatus:
         try:
@@ -495,10 +472,25 @@ def _unavailable(error: RPCError) -> Rejected:
     )
 
 
-def _cause(error: BaseException) -> str:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return getattr(error, "message", None) or str(error)
+# Request → what PortRunWorkflow waits for the workload to show.
+_TARGET_KINDS = {
+    "reconcile": "reconciled",
+    "rotate_credentials": "rotated",
+    "pause": "paused",
+    "resume": "resumed",
+    "delete": "deleted",
+}
+
+
+def _target(operation: str, status: WorkloadStatus) -> Target:
+    """What an accepted request must bring about, measured from the status before it."""
+    credentials = status.outputs.credentials
+    return Target(
+        kind=_TARGET_KINDS[operation],
+        generation=status.generation,
+        baseline_next_check_at=status.next_check_at,
+        baseline_credentials_version=credentials.version if credentials else None,
+    )
 
 
 def _error(

@@ -5,6 +5,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import temporalio.api.sdk.v1
 import yaml
 from support.stack import bare_repo, commits, git, platform_for, read, running_worker, task_queue
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -50,15 +51,26 @@ def workload(system: str, name: str, hostname: str, *paths: str, **extra: object
     )
 
 
-async def ready(client: Client, queue: str, w: Workload) -> WorkloadStatus:
+async def ready(
+    client: Client, queue: str, w: Workload, phase: Phase = Phase.READY
+) -> WorkloadStatus:
+    """Apply and wait: wait_ready answers on Ready, and at once on a refusal."""
     result = await operations.apply_workload(client, queue, w)
     handle = client.get_workflow_handle(w.workflow_id)
     status = await handle.execute_update(
         WorkloadWorkflow.wait_ready,
         WaitReadyRequest(generation=result.generation, timeout_seconds=60),
     )
-    assert status.phase == Phase.READY, status.conditions
+    assert status.phase == phase, status.conditions
     return status
+
+
+async def current_details(handle: WorkflowHandle) -> str:
+    """The UI's current details, read the way the UI reads them (the SDK's metadata query)."""
+    metadata = await handle.query(
+        "__temporal_workflow_metadata", result_type=temporalio.api.sdk.v1.WorkflowMetadata
+    )
+    return metadata.current_details
 
 
 def api_condition(status: WorkloadStatus):
@@ -123,11 +135,28 @@ async def test_shared_hostname_conflict_refused_then_released(client, repo, queu
         assert len(policy["spec"]["targetRefs"]) == 2
 
         # /orders/admin lies under orders' /orders: refused, naming the holder; the rest of the
-        # third workload (its service account) is still applied and it stays Ready.
+        # third workload (its service account) is still applied, and it is Degraded, not
+        # Ready, and so is the aggregator: an unrouted API shows where operators look.
         before = commits(repo)
-        admin = await ready(client, queue, workload(queue, "admin", hostname, "/orders/admin"))
+        admin = await ready(
+            client, queue, workload(queue, "admin", hostname, "/orders/admin"), Phase.DEGRADED
+        )
         status, reason, message = api_condition(admin)
         assert (status, reason) == (ConditionStatus.FALSE, "PathConflict")
+        assert next(c for c in admin.conditions if c.type == "Api").permanent
+        # What the UI shows (current details) agrees with the conditions, in words as well.
+        admin_handle = client.get_workflow_handle(admin.workload.workflow_id)
+        shown = (await current_details(admin_handle)).splitlines()
+        assert shown[0] == "**Degraded** · generation 1 · Api: PathConflict", shown
+        assert f"- ❌ False · Api: PathConflict: {message}" in shown
+        assert any(line.startswith("- ✅ True · Manifests: Applied:") for line in shown)
+        aggregator_handle = client.get_workflow_handle(f"api-aggregator/{hostname}")
+        refusing = await until(
+            aggregator_handle, ApiAggregatorWorkflow.status, lambda s: s.phase == Phase.DEGRADED
+        )
+        targets = next(c for c in refusing.conditions if c.type == "Targets")
+        assert (targets.status, targets.reason) == (ConditionStatus.FALSE, "Refused")
+        assert targets.message == f"{queue}/admin: {message}"
         assert message == (
             f"path /orders/admin on {hostname} would be shadowed by /orders to workload "
             f"{queue}/orders"
@@ -144,7 +173,6 @@ async def test_shared_hostname_conflict_refused_then_released(client, repo, queu
         await orders_handle.result()
         assert f"httproute-{queue}-orders-public.yaml" not in route_files(repo)
 
-        admin_handle = client.get_workflow_handle(admin.workload.workflow_id)
         await admin_handle.signal(WorkloadWorkflow.reconcile, SignalRequest())
         admin = await until(
             admin_handle,
@@ -186,7 +214,15 @@ async def test_targets_wait_for_their_aggregator_and_move_with_the_spec(
 ):
     hostname = f"{queue}.example.com"
     async with running_worker(client, platform_for(repo), queue, tmp_path / "cache"):
-        shop = await ready(client, queue, workload(queue, "shop", hostname, "/shop"))
+        # Until its ApiAggregator is applied, the workload is Pending, not Ready: its API is
+        # not routed yet, and waiting will change that (so wait_ready keeps waiting).
+        pending = workload(queue, "shop", hostname, "/shop")
+        await operations.apply_workload(client, queue, pending)
+        shop_handle = client.get_workflow_handle(pending.workflow_id)
+        shop = await until(
+            shop_handle, WorkloadWorkflow.status, lambda s: s.observed_generation == 1
+        )
+        assert shop.phase == Phase.PENDING
         status, reason, message = api_condition(shop)
         assert (status, reason) == (ConditionStatus.FALSE, "AggregatorPending")
         assert f"no ApiAggregator for {hostname} has been applied yet" in message
@@ -195,12 +231,10 @@ async def test_targets_wait_for_their_aggregator_and_move_with_the_spec(
         await operations.apply_aggregator(client, queue, aggregator(hostname))
         aggregator_handle = client.get_workflow_handle(f"api-aggregator/{hostname}")
         # Once the routes are written, the waiting workload is told to look again.
-        shop_handle = client.get_workflow_handle(shop.workload.workflow_id)
-        shop = await until(
-            shop_handle,
-            WorkloadWorkflow.status,
-            lambda s: api_condition(s)[0] == ConditionStatus.TRUE,
+        shop = await shop_handle.execute_update(
+            WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=60)
         )
+        assert shop.phase == Phase.READY
         assert [(r.hostname, r.paths, r.state) for r in shop.outputs.api] == [
             (hostname, ["/shop"], "Accepted")
         ]

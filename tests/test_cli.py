@@ -266,7 +266,20 @@ async def test_get_describe_reconcile_pause_resume_delete(
 
     gone = await cli.idpctl("pause", "workload", reference)
     assert gone.code == 1, gone
-    assert gone.stderr == f"error: workload {reference} is not running (completed)\n"
+    assert re.fullmatch(
+        rf"error: workload {reference} was deleted at \S+; apply it to create it again\n",
+        gone.stderr,
+    ), gone
+
+    # Described once deleted: every condition says so, nothing is scheduled, and the
+    # deletion is in the events.
+    text = (await cli.idpctl("describe", "workload", reference)).stdout
+    assert "Phase:        Deleted" in text
+    assert "Next check" not in text and "Outputs:" not in text
+    assert re.search(r"^  Manifests +False +Deleted +removed dev/demo/hello$", text, re.M), text
+    conditions = [line.split()[:3] for line in text.splitlines() if re.match(r"  [A-Z]", line)]
+    assert conditions and all(c[1:] == ["False", "Deleted"] for c in conditions), text
+    assert re.search(r"Workload: deleted$", text, re.M), text
 
 
 # ---- usage, connection, schema -------------------------------------------------------------

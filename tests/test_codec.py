@@ -291,8 +291,13 @@ async def test_history_holds_no_plaintext_of_the_spec(encrypted_run: EncryptedRu
     events = encrypted_run.history.events
     found = [(f"event {e.event_id}{path}", p) for e in events for path, p in payloads_in(e)]
     # Stored as-is on purpose: search attributes (the server indexes them) and the SDK's own
-    # local-activity bookkeeping (sequence number, activity type, times).
-    expected_plain = ("search_attributes", "marker_recorded_event_attributes.details[data]")
+    # bookkeeping: a local activity's marker (sequence number, activity type, times) and a
+    # workflow.patched marker (the patch id, a constant of our code).
+    expected_plain = (
+        "search_attributes",
+        "marker_recorded_event_attributes.details[data]",
+        "marker_recorded_event_attributes.details[patch-data]",
+    )
     encrypted = [(path, p) for path, p in found if not any(e in path for e in expected_plain)]
     assert len(encrypted) > 10, "expected inputs, results, updates and summaries in the history"
     for path, payload in encrypted:

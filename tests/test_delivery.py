@@ -52,7 +52,7 @@ from idp.platform import (
     load_platform,
 )
 from idp.sealing import CertificateCache, CertificateSource, unseal_sealed_secret
-from idp.statestore import Change, StateStore
+from idp.statestore import Change, OwnedByAnother, StateStore
 from idp.synadia import NatsCreds
 
 REGION = "eu-west-1"
@@ -177,6 +177,26 @@ async def test_sealed_delivery_is_one_commit_that_unseals_and_fits_the_crd(
     assert template["annotations"][VERSION_ANNOTATION] == "3"
     assert template["labels"]["idp.dev/workload"] == "cart"
     assert_nowhere([creds.reveal()], [remote], caplog)
+
+
+async def test_a_workload_of_another_system_cannot_overwrite_a_delivered_secret(
+    store: StateStore, remote: Path, keys: ControllerKeys
+) -> None:
+    # The Credentials step writes before the Manifests step, so it holds the directory too.
+    delivery = sealed(store, keys)
+    held = target_for(remote, workload(system="a"))
+    await delivery.deliver(held, SecretStr(mint_creds().reveal()), metadata(mint_creds()), "a")
+    before = (commit_count(remote), show(remote, held.path(SEALED_FILE)))
+
+    other = target_for(remote, workload(system="b"))
+    with pytest.raises(OwnedByAnother) as refused:
+        await delivery.deliver(other, SecretStr(mint_creds().reveal()), metadata(mint_creds()), "b")
+    assert str(refused.value).startswith(
+        "shop/cart on destination dev is already written by workload a/cart"
+    )
+    # Removing the refused one leaves the holder's secret alone.
+    assert await delivery.remove(other, "remove b") == []
+    assert (commit_count(remote), show(remote, held.path(SEALED_FILE))) == before
 
 
 async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
@@ -620,7 +640,7 @@ def test_a_relative_certificate_file_is_read_from_beside_the_platform_file(
         ),
         (
             {"sealing": {"file": "c.pem"}, "secretStore": {"name": "s", "recoveryWindowDays": 3}},
-            "greater than or equal to 7",
+            "must be a whole number from 7 to 30",
         ),
         ({"sealing": {"file": "c.pem", "url": "http://x/cert.pem"}}, "set exactly one of"),
         ({"sealing": {"file": "c.pem"}, "secretStore": {"name": "S!"}}, "DNS-1123 subdomain"),

@@ -23,6 +23,7 @@ from support.conformance import load_crd_schema
 
 from idp.errors import PermanentError
 from idp.gateway import (
+    aggregator_claims,
     aggregator_directory,
     envoy_limit,
     httproute_problems,
@@ -615,3 +616,19 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     problems = httproute_problems(route)
     assert len(problems) == 4
     assert all(p.startswith("HTTPRoute shop/orders-public: spec.") for p in problems)
+
+
+def test_every_object_an_aggregator_writes_is_claimed_so_two_aggregators_collide_on_names() -> None:
+    api, api_1 = aggregator("api", "api.example.com"), aggregator("api-1", "api1.example.com")
+    one = render_aggregator(api, [target("web", index=0), target("web", index=1, paths=("/a",))])
+    other = render_aggregator(api_1, [target("web", index=0)])
+
+    claimed = {c.path: c for c in aggregator_claims("base", api, one)}
+    shared = [c for c in aggregator_claims("base", api_1, other) if c.path in claimed]
+
+    assert {c.path for c in aggregator_claims("base", api, one) if c.record} == {
+        "base/dev/.idp-owners/platform/Directory/api-api",
+        "base/dev/.idp-owners/shop/HTTPRoute/web-api",
+        "base/dev/.idp-owners/shop/HTTPRoute/web-api-1",
+    }
+    assert [c.subject for c in shared] == ["HTTPRoute shop/web-api-1 on destination dev"]

@@ -9,6 +9,7 @@ No servers: everything here is pure.
 
 import copy
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from idp.durations import format_duration, parse_duration
 from idp.loading import MAX_FILE_BYTES, InputError, load, resource_files
@@ -35,10 +36,13 @@ from idp.models import (
     disallowed_changes,
 )
 from idp.names import dns1123_label, dns1123_subdomain
-from idp.platform import PlatformError, load_platform
+from idp.platform import Platform, PlatformError, load_platform
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DURATION = "expected a duration such as 90s, 10m, 1h30m or 7d"
+DURATION = (
+    "must be a duration such as 90s, 10m, 1h30m or 7d (whole numbers with the units d, h, m and "
+    "s, in that order)"
+)
 LABEL = (
     "must be a DNS-1123 label: at most 63 lowercase letters, digits or '-', "
     "starting and ending with a letter or digit"
@@ -295,18 +299,19 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "list where a mapping belongs",
         workload_doc(registry=["enabled"]),
-        "spec.registry: Input should be a valid dictionary or instance of RegistrySpec; "
-        "got ['enabled']",
+        "spec.registry: must be a mapping with the fields enabled, imageTagMutability, "
+        "scanOnPush, encryption, kmsKey, lifecycle, managedPolicyArns, forceDeleteImages; "
+        "got a list",
     ),
     (
         "number where a string belongs",
         workload_doc(namespace=7),
-        "spec.namespace: Input should be a valid string; got 7",
+        "spec.namespace: must be text; got the number 7, so quote it",
     ),
     (
         "string where a list belongs",
         workload_doc(api=[target(paths="/orders")]),
-        "spec.api[0].paths: Input should be a valid list; got '/orders'",
+        "spec.api[0].paths: must be a list (one '- item' per line, or [a, b]); got '/orders'",
     ),
     (
         "missing owner",
@@ -321,22 +326,22 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "enum value",
         workload_doc(deletionPolicy="Orphan"),
-        "spec.deletionPolicy: Input should be 'Retain' or 'Delete'; got 'Orphan'",
+        "spec.deletionPolicy: must be Retain or Delete; got 'Orphan'",
     ),
     (
         "duration without a unit",
         workload_doc(nats={"credentials": {"ttl": "10"}}),
-        f"spec.nats.credentials.ttl: {DURATION}, got '10'",
+        f"spec.nats.credentials.ttl: {DURATION}; got '10'",
     ),
     (
         "negative duration",
         workload_doc(nats={"credentials": {"keyRotation": -3600}}),
-        f"spec.nats.credentials.keyRotation: {DURATION}, got -3600",
+        f"spec.nats.credentials.keyRotation: {DURATION}; got the number -3600",
     ),
     (
         "duration past what a timedelta holds",
         workload_doc(nats={"credentials": {"ttl": 10**20}}),
-        f"spec.nats.credentials.ttl: {DURATION}, got {10**20}",
+        f"spec.nats.credentials.ttl: {DURATION}; got the number {10**20}",
     ),
     (
         "ttl under five minutes",
@@ -366,13 +371,12 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "too many paths",
         workload_doc(api=[target(paths=[f"/p{i}" for i in range(17)])]),
-        "spec.api[0].paths: List should have at most 16 items after validation, not 17; got "
-        + repr([f"/p{i}" for i in range(17)]),
+        "spec.api[0].paths: must have at most 16 items; got 17",
     ),
     (
         "port out of range",
         workload_doc(api=[target(service={"name": "hello", "port": 65536})]),
-        "spec.api[0].service.port: Input should be less than or equal to 65535; got 65536",
+        "spec.api[0].service.port: must be a whole number from 1 to 65535; got the number 65536",
     ),
     (
         "managed policy ARN of a role",
@@ -393,17 +397,17 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "wrong kind",
         workload_doc() | {"kind": "Service"},
-        "kind: must be one of Workload, ApiAggregator; got 'Service'",
+        "kind: must be Workload or ApiAggregator; got 'Service'",
     ),
     (
         "a list document",
         ["apiVersion", "kind"],
-        "must be a mapping with apiVersion, kind, metadata and spec",
+        "must be a mapping with apiVersion, kind, metadata and spec; got a list",
     ),
     (
         "a number document",
         42,
-        "must be a mapping with apiVersion, kind, metadata and spec",
+        "must be a mapping with apiVersion, kind, metadata and spec; got the number 42",
     ),
 ]
 
@@ -425,10 +429,8 @@ def test_each_problem_in_a_document_gets_its_own_line(tmp_path: Path) -> None:
     assert sorted(problems_of(path)) == sorted(
         [
             f"{path}: document 1: metadata.name: {LABEL}; got 'Hello'",
-            f"{path}: document 1: spec.registry.encryption: Input should be 'AES256' or 'KMS'; "
-            "got 'RSA'",
-            f"{path}: document 1: spec.deletionPolicy: Input should be 'Retain' or 'Delete'; "
-            "got 'Never'",
+            f"{path}: document 1: spec.registry.encryption: must be AES256 or KMS; got 'RSA'",
+            f"{path}: document 1: spec.deletionPolicy: must be Retain or Delete; got 'Never'",
         ]
     )
 
@@ -503,7 +505,10 @@ def test_malformed_yaml_gives_line_and_column(tmp_path: Path, text: str, expecte
 def test_self_referencing_alias_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(workload_doc()) + "status: &s\n  self: *s\n", encoding="utf-8")
-    assert one_problem(path) == f"{path}: document 1: contains itself through a YAML alias (*name)"
+    assert one_problem(path) == (
+        f"{path}: line 11, column 9: the alias *s is inside the value it repeats, so the document "
+        "would contain itself; an alias may only repeat a value that ends before it"
+    )
 
 
 def test_non_utf8_and_oversized_files_are_refused(tmp_path: Path) -> None:
@@ -514,7 +519,7 @@ def test_non_utf8_and_oversized_files_are_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_text("#" * MAX_FILE_BYTES + "\n", encoding="utf-8")
     assert problems_of(latin, big) == [
-        f"{latin}: is not UTF-8 text",
+        f"{latin}: is not UTF-8 text; it must be saved as UTF-8",
         f"{big}: is {MAX_FILE_BYTES + 1} bytes; at most {MAX_FILE_BYTES} bytes are allowed",
     ]
 
@@ -636,9 +641,7 @@ def test_parse_duration(value: object, expected: timedelta) -> None:
     ],
 )
 def test_parse_duration_refuses_with_the_allowed_forms(value: object) -> None:
-    with pytest.raises(
-        ValueError, match=r"^expected a duration such as 90s, 10m, 1h30m or 7d, got"
-    ):
+    with pytest.raises(ValueError, match=rf"^{re.escape(DURATION)}; got "):
         parse_duration(value)
 
 
@@ -890,14 +893,14 @@ def test_platform_defaults_and_lookup(tmp_path: Path) -> None:
             {"destinations": [{"name": "dev", "stateStore": {"url": "a"}}] * 2},
             "destination names must be unique; repeated: dev",
         ),
-        ({"destinations": []}, "destinations: List should have at least 1 item"),
+        ({"destinations": []}, "destinations: must have at least 1 item; got none"),
         (
             {"destinations": [{"name": "Dev", "stateStore": {"url": "a"}}]},
             f"destinations[0].name: {LABEL}; got 'Dev'",
         ),
         (
             {"reconcile": {"driftInterval": "10 minutes"}},
-            f"reconcile.driftInterval: {DURATION}, got '10 minutes'",
+            f"reconcile.driftInterval: {DURATION}; got '10 minutes'",
         ),
         (
             {"reconcile": {"minBackoff": "1h", "maxBackoff": "1m"}},
@@ -959,8 +962,14 @@ def test_state_store_path_is_normalised(tmp_path: Path) -> None:
     [
         (b"kind: Platform\ndestinations: [\n", "line 3, column 1: not valid YAML"),
         (b"kind: Platform\nkind: Platform\n", "line 2, column 1: not valid YAML (key 'kind' is "),
-        (b"kind: Platform\ndestinations: caf\xe9\n", "is not UTF-8 text"),
-        (b"- kind: Platform\n", "kind: must be Platform"),
+        (
+            b"kind: Platform\ndestinations: caf\xe9\n",
+            "is not UTF-8 text; it must be saved as UTF-8",
+        ),
+        (
+            b"- kind: Platform\n",
+            "must be a mapping with kind: Platform and destinations; got a list",
+        ),
         (b"kind: Workload\n", "kind: must be Platform"),
         (b"kind: Platform\nowner\x07: x\n", "line 2, column 6: not valid YAML (character #x0007"),
     ],
@@ -980,3 +989,27 @@ def test_unreadable_platform_file_is_one_line_naming_the_file(
 def test_missing_platform_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     assert platform_error(path) == f"{path}: cannot be read (No such file or directory)"
+
+
+def test_fields_checked_in_words_keep_their_pattern_for_editors() -> None:
+    # The loader's messages describe these fields in words; editors still get the expression.
+    spec = ApiAggregator.model_json_schema(by_alias=True)["$defs"]["ApiAggregatorSpec"]
+    size = spec["properties"]["maxRequestBodySize"]
+    assert {"type": "string", "pattern": r"^\d+(Ki|Mi|Gi)?$"} in size["anyOf"]
+    aws = TypeAdapter(Platform).json_schema(by_alias=True)["$defs"]["AwsConfig"]["properties"]
+    assert aws["accountId"] == {"type": "string", "pattern": r"^\d{12}$", "title": "Accountid"}
+
+
+def test_aliases_that_repeat_a_few_values_still_load(tmp_path: Path) -> None:
+    subjects = "[orders.>, payments.>]"
+    text = yaml.safe_dump(workload_doc()) + (
+        f"  nats:\n    permissions:\n      publish:\n        allow: &subjects {subjects}\n"
+        "      subscribe:\n        allow: *subjects\n"
+    )
+    path = tmp_path / "aliases.yaml"
+    path.write_text(text, encoding="utf-8")
+    [item] = load([path])
+    assert isinstance(item.resource, Workload)
+    nats = item.resource.spec.nats
+    assert nats is not None
+    assert nats.permissions.subscribe.allow == ["orders.>", "payments.>"]

@@ -474,8 +474,10 @@ async def test_external_secret_delivery_through_the_activities(
         request_token(w.workflow_id, 1): ["AWSPREVIOUS"],
         request_token(w.workflow_id, 2): ["AWSCURRENT"],
     }
-    # (Issued within the same second, v2 may be byte-identical to v1: JWTs count in seconds.)
-    assert second.version == 2 and second.public_key == first.public_key
+    # A refresh downloads on a key of its own; v1's key is left valid for the pods still on it.
+    assert second.version == 2 and second.public_key != first.public_key
+    async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as client:
+        assert await client.get_revocation(user.account_id, first.public_key) is None
     stale = await run(acts.check_delivery, DeliveryCheckInput(workload=w, record=first))
     assert not stale.in_place
     creds_v2 = secrets.get_secret_value(SecretId=name)["SecretString"]
@@ -628,3 +630,122 @@ def test_the_dev_stack_configures_synadia_and_a_sealing_certificate(tmp_path: Pa
     certificate = CertificateCache().get(destination.sealing)
     assert certificate.fingerprint
     assert oct(stack.sealing_key.stat().st_mode & 0o777) == "0o600"
+
+
+# ---- downloads that never reach the workload ---------------------------------------------------
+
+
+async def issuances_by_key(emulator: SynadiaEmulator, user_id: str) -> dict[str, list[str]]:
+    """Synadia's own record: the statuses of the issuances on each key of the user."""
+    async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as client:
+        found = await client.list_nats_user_issuances(user_id)
+    by_key: dict[str, list[str]] = {}
+    for issuance in found:
+        by_key.setdefault(issuance.sub, []).extend([issuance.status] * issuance.events_count)
+    return by_key
+
+
+async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_one_kept(
+    acts: NatsActivities,
+    emulator: SynadiaEmulator,
+    remote: Path,
+    keys: ControllerKeys,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = workload()
+    user = await run(acts.ensure_nats_user, NatsUserInput(workload=w))
+    creds_route = "POST /nats-users/{userId}/creds"
+
+    async def lose_a_download(request: IssueInput) -> None:
+        """Run the activity until Synadia has issued, then stop it as a SIGKILL would: the
+        creds are out, nothing delivered them."""
+        issued = emulator.creds_issued(user.user_id)
+        emulator.set_faults(hold_match=creds_route, hold_ms=3_000)
+        attempt = asyncio.create_task(run(acts.issue_credentials, request))
+        try:
+            async with asyncio.timeout(10):
+                while emulator.creds_issued(user.user_id) == issued:
+                    await asyncio.sleep(0.01)
+        finally:
+            attempt.cancel()
+            emulator.set_faults()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+
+    def request(version: int, reason: str) -> IssueInput:
+        return IssueInput(
+            workload=w,
+            workflow_id=w.workflow_id,
+            user_id=user.user_id,
+            version=version,
+            reason=reason,
+        )
+
+    # The first issuance is lost; the next try (an attempt 1 again, as after a workflow retry)
+    # revokes the key it was issued on and delivers on a new one.
+    await lose_a_download(request(1, "Initial"))
+    commits = commit_count(remote)
+    first = await run(acts.issue_credentials, request(1, "Initial"))
+    assert commit_count(remote) == commits + 1
+    assert first.public_key != user.public_key
+    assert await issuances_by_key(emulator, user.user_id) == {
+        user.public_key: ["Revoked"],
+        first.public_key: ["Active"],
+    }
+    v1 = opened(remote, first.location, keys)
+    live_v1 = await connect_with_creds(emulator.nats_url, write_creds(tmp_path, "v1", v1))
+
+    # A refresh is lost too: the running workload's v1 stays valid throughout, the lost key is
+    # revoked, v2 lands on a third key.
+    await lose_a_download(request(2, "Refresh"))
+    second = await run(acts.issue_credentials, request(2, "Refresh"))
+    by_key = await issuances_by_key(emulator, user.user_id)
+    lost = [k for k in by_key if k not in (user.public_key, first.public_key, second.public_key)]
+    assert len(lost) == 1
+    assert by_key == {
+        user.public_key: ["Revoked"],
+        first.public_key: ["Active"],
+        lost[0]: ["Revoked"],
+        second.public_key: ["Active"],
+    }
+    assert not live_v1.closed.is_set() and not live_v1.errors
+    v2 = opened(remote, second.location, keys)
+    await (await connect_with_creds(emulator.nats_url, write_creds(tmp_path, "v2", v2))).close()
+    # Four downloads: two delivered, two revoked.
+    assert emulator.creds_issued(user.user_id) == 4
+    assert any("revoked as never delivered: " + lost[0] in r.getMessage() for r in caplog.records)
+
+    # Deletion finds v1's key, which the workflow never learnt, through the issuances.
+    await run(
+        acts.remove_nats,
+        RemoveInput(
+            workload=w,
+            user_id=user.user_id,
+            account_id=user.account_id,
+            public_keys=[],
+            record=second,
+        ),
+    )
+    await asyncio.wait_for(live_v1.closed.wait(), 5)
+    assert_nowhere([v1, v2], repos(remote, tmp_path), caplog)
+
+
+async def test_a_download_answered_with_an_error_after_it_issued_is_revoked(
+    acts: NatsActivities, emulator: SynadiaEmulator, remote: Path
+) -> None:
+    w = workload()
+    user = await run(acts.ensure_nats_user, NatsUserInput(workload=w))
+    # Synadia issues, then answers 503: the client does not download again on that key.
+    emulator.set_faults(
+        fail_next=[503], fail_match="POST /nats-users/{userId}/creds", fail_after_commit=True
+    )
+    try:
+        record = await issue(acts, w, user, 1)
+    finally:
+        emulator.set_faults()
+    assert await issuances_by_key(emulator, user.user_id) == {
+        user.public_key: ["Revoked"],
+        record.public_key: ["Active"],
+    }
+    assert emulator.creds_issued(user.user_id) == 2 and commit_count(remote) == 1

@@ -46,7 +46,8 @@ def unique_system() -> str:
 
 
 def fields(system: str, name: str = "hello", **extra: Any) -> dict[str, Any]:
-    spec = {"owner": "team-a", "destination": "dev", "namespace": "demo"}
+    # One namespace per test: the tests share a state store, where one directory has one owner.
+    spec = {"owner": "team-a", "destination": "dev", "namespace": system}
     return {"name": name, "system": system, **spec, **extra}
 
 
@@ -113,7 +114,7 @@ async def test_a_create_webhook_makes_a_ready_workload_and_port_shows_it(stack):
     entity = stack.emulator.entity("idpWorkload", f"{system}.hello")
     properties = entity["properties"]
     assert properties["phase"] == "Ready"
-    assert (properties["destination"], properties["namespace"]) == ("dev", "demo")
+    assert (properties["destination"], properties["namespace"]) == ("dev", system)
     assert properties["observedGeneration"] == 1
     assert properties["temporal"] == stack.workflow_link(workflow_id)
     assert "Manifests: True" in properties["conditions"]
@@ -259,7 +260,7 @@ async def test_a_change_the_validator_refuses_fails_the_run(stack):
     status = await stack.client.get_workflow_handle(f"workload/{system}/hello").query(
         WorkloadWorkflow.status
     )
-    assert (status.generation, status.workload.spec.namespace) == (1, "demo")
+    assert (status.generation, status.workload.spec.namespace) == (1, system)
 
 
 async def test_pause_resume_and_delete_through_port(stack):
@@ -441,7 +442,7 @@ async def test_a_workload_applied_outside_port_is_published_once_per_change(stac
     workload = Workload.model_validate(
         {
             "metadata": {"name": "hello", "system": system},
-            "spec": {"owner": "team-a", "destination": "dev", "namespace": "demo"},
+            "spec": {"owner": "team-a", "destination": "dev", "namespace": system},
         }
     )
     await apply_workload(stack.client, stack.queue, workload)

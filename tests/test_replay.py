@@ -18,6 +18,7 @@ def test_histories_cover_every_scenario() -> None:
         "nats-rotation",
         "api-routes",
         "port-run",
+        "refusals",
     ):
         assert f"workload-{scenario}" in names
     assert {"api-aggregator-lifecycle", "port-run"} <= names

@@ -14,7 +14,14 @@ import pytest
 
 from idp import statestore
 from idp.errors import PermanentError, TransientError
-from idp.statestore import NETWORK_TIMEOUT_SECONDS, Change, StateStore, state_store
+from idp.statestore import (
+    NETWORK_TIMEOUT_SECONDS,
+    Change,
+    Claim,
+    OwnedByAnother,
+    StateStore,
+    state_store,
+)
 
 BRANCH = "main"
 DIR = "dev/team-a/hello"
@@ -372,6 +379,62 @@ async def test_a_batch_commit_names_every_change_and_no_ops_get_no_commit(remote
     assert message.splitlines()[0] == "idp: 2 resources"
     assert "- apply one\n\n  Workflow: w/one\n- apply two\n\n  Workflow: w/two" in message
     assert "unchanged" not in message
+
+
+def claiming(owner: str, directory: str, *names: str, text: str = "x\n") -> Change:
+    """A change holding `names` by records under dev/.owners, as `owner`."""
+    claims = tuple(Claim(f"dev/.owners/{n}", n, "pick another", record=True) for n in names)
+    return Change(
+        directory, {"a.yaml": text}, f"apply {directory}", None, owner, claims, "dev/.owners"
+    )
+
+
+async def test_in_one_batch_the_first_claim_wins_and_the_rest_still_commits(
+    remote, tmp_path
+) -> None:
+    store = store_for(remote, tmp_path)
+
+    first, second, bystander = await asyncio.gather(
+        store.apply(claiming("w/a", "dev/ns/a", "shared")),
+        store.apply(claiming("w/b", "dev/ns/b", "shared")),
+        store.apply(Change("dev/ns/c", {"a.yaml": "c\n"}, "apply c")),
+        return_exceptions=True,
+    )
+
+    assert isinstance(second, OwnedByAnother)
+    assert str(second) == "shared is already written by w a; pick another"
+    assert first.commit == bystander.commit == head(remote)
+    assert tree(remote) == {
+        "dev/.owners/shared": "w/a\n",
+        "dev/ns/a/a.yaml": "x\n",
+        "dev/ns/c/a.yaml": "c\n",
+    }
+    assert "dev/ns/b" not in full_log(remote)
+
+
+async def test_records_no_longer_claimed_are_released(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(claiming("w/a", "dev/ns/a", "one", "two"))
+    await store.apply(claiming("w/other", "dev/ns/o", "three"))
+
+    result = await store.apply(claiming("w/a", "dev/ns/a", "two"))
+
+    assert result.removed == ("dev/.owners/one",)
+    await store.apply(Change("dev/ns/a", {}, "delete a", None, "w/a", (), "dev/.owners"))
+    assert tree(remote) == {"dev/.owners/three": "w/other\n", "dev/ns/o/a.yaml": "x\n"}
+    await store.apply(claiming("w/b", "dev/ns/b", "one", "two"))
+
+
+async def test_a_removal_of_names_held_by_another_owner_leaves_them(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(claiming("w/a", "dev/ns/a", "shared"))
+    before = commit_count(remote)
+
+    held = claiming("w/b", "dev/ns/a", "shared")
+    result = await store.apply(Change("dev/ns/a", {}, "delete b", None, "w/b", held.claims, None))
+
+    assert result.commit is None and commit_count(remote) == before
+    assert tree(remote) == {"dev/.owners/shared": "w/a\n", "dev/ns/a/a.yaml": "x\n"}
 
 
 async def test_eight_workers_with_their_own_clones_lose_nothing(remote, tmp_path) -> None:

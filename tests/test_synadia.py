@@ -29,9 +29,11 @@ from support.synadia import (
     connect_refusal,
     connect_with_creds,
     write_creds,
+    write_local_platform,
 )
 
-from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator, accounts_of
+from emulators.synadia.controlplane import AccountSpec
 from emulators.synadia.natsjwt import verify
 from idp.errors import PermanentError, TransientError
 from idp.synadia import (
@@ -439,6 +441,115 @@ def test_command_line_runs_and_stops_cleanly(tmp_path: Path) -> None:
         os.kill(nats_pid, 0)
 
 
+def test_command_line_creates_the_accounts_its_platform_file_lists(tmp_path: Path) -> None:
+    platform_file = write_local_platform(
+        tmp_path / "platform.yaml",
+        "http://127.0.0.1:1",
+        [{"name": "platform"}, {"name": "quoting", "signingKeyGroups": ["Default", "ci"]}],
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emulators.synadia", "--port", "0",
+         "--state-dir", str(tmp_path / "synadia"), "--platform", str(platform_file)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        info = json.loads(process.stdout.readline())
+        with httpx.Client(
+            base_url=info["api_base_url"], headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"}
+        ) as api:
+            listed = api.get(f"/systems/{info['system_id']}/accounts").json()["items"]
+            names = {a["name"]: a["id"] for a in listed if not a["is_system_account"]}
+            assert set(names) == {"platform", "quoting"}
+            groups = api.get(f"/accounts/{names['quoting']}/account-sk-groups").json()["items"]
+            assert [g["name"] for g in groups] == ["Default", "ci"]
+        assert [a["name"] for a in info["accounts"]] == ["platform", "quoting"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_command_line_refuses_a_platform_file_without_local_accounts(tmp_path: Path) -> None:
+    platform_file = write_local_platform(tmp_path / "platform.yaml", "http://x", [])
+    result = subprocess.run(
+        [sys.executable, "-m", "emulators.synadia", "--state-dir", str(tmp_path / "synadia"),
+         "--platform", str(platform_file)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "synadia.local.accounts" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_each_listed_account_is_a_real_nats_account(tmp_path: Path) -> None:
+    """Users of two accounts from one platform file connect, and each account's subjects are
+    its own: nats-server knows both accounts, not one under two names."""
+    platform_file = write_local_platform(
+        tmp_path / "platform.yaml", "http://x", [{"name": "platform"}, {"name": "quoting"}]
+    )
+    accounts = accounts_of(platform_file)
+    async with (
+        SynadiaEmulator.running(tmp_path / "synadia", accounts=accounts) as emu,
+        SynadiaClient(emu.api_url, DEFAULT_TOKEN) as client,
+    ):
+        probes = {}
+        for name in ("platform", "quoting"):
+            account = await client.find_account(emu.system_id, name)
+            assert account is not None and not account.is_system_account
+            [group] = await client.list_sk_groups(account.id)
+            user = await client.create_nats_user(
+                account.id, f"wl-{name}", sk_group_id=group.id, jwt_expires_in_secs=600
+            )
+            text = (await client.download_creds(user.id)).reveal()
+            probes[name] = await connect_with_creds(emu.nats_url, write_creds(tmp_path, name, text))
+        try:
+            platform, quoting = probes["platform"].nc, probes["quoting"].nc
+            seen_by_platform = await platform.subscribe("quotes.>")
+            seen_by_quoting = await quoting.subscribe("quotes.>")
+            await platform.flush()
+            await quoting.flush()
+            await quoting.publish("quotes.eur", b"1.08")
+            assert (await seen_by_quoting.next_msg(timeout=3)).data == b"1.08"
+            # The server delivered quoting's message to every matching subscriber before
+            # quoting saw it, and a connection gets its messages in order: had the accounts
+            # been one, platform would see 1.08 ahead of its own message.
+            await platform.publish("quotes.eur", b"from platform")
+            assert (await seen_by_platform.next_msg(timeout=3)).data == b"from platform"
+        finally:
+            for probe in probes.values():
+                await probe.close()
+
+
+async def test_restart_adds_listed_accounts_and_groups_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    async with SynadiaEmulator.running(tmp_path) as emu:
+        first = emu.info()
+    wanted = [
+        AccountSpec(name="platform", sk_groups=("Default", "ci")),
+        AccountSpec(name="quoting"),
+    ]
+    async with SynadiaEmulator.running(tmp_path, accounts=wanted) as emu:
+        assert (emu.account_id, emu.sk_group_id) == (first["account_id"], first["sk_group_id"])
+        assert [g.name for g in emu.application_account("platform").sk_groups] == ["Default", "ci"]
+        quoting = emu.application_account("quoting")
+    # Left out of the list, an account stays: users may live in it.
+    async with SynadiaEmulator.running(tmp_path) as emu:
+        assert emu.application_account("quoting").id == quoting.id
+
+
+def test_listed_accounts_must_not_take_the_system_account_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="system account"):
+        SynadiaEmulator(tmp_path, accounts=[AccountSpec(name="SYS")])
+
+
 # ---------------------------------------------------------------- contract with the spec
 
 
@@ -477,6 +588,7 @@ async def sweep_every_route(
         jwt_settings=JwtSettings(pub=None, sub=Permission(allow=None, deny=["x"]), tags=None),
     )
     await synadia.download_creds(user.id)
+    await synadia.list_nats_user_issuances(user.id)
     rotated = await synadia.rotate_nats_user(user.id)
     await synadia.revoke_nats_user_key(emulator.account_id, user.user_public_key)
     await synadia.revoke_nats_user_key(emulator.account_id, user.user_public_key, before=1)

@@ -40,7 +40,7 @@ async def wait_ready(handle: WorkflowHandle, generation: int) -> WorkloadStatus:
     status = await handle.execute_update(
         WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=generation, timeout_seconds=30)
     )
-    assert status.phase == Phase.READY, status.conditions
+    assert status.phase == Phase.READY, (status.conditions, status.events)
     return status
 
 
@@ -213,7 +213,16 @@ async def test_an_unreachable_state_store_degrades_and_recovers(
         description = await handle.describe()
         assert description.status is not None and description.status.name == "RUNNING"
 
+        # A missing repository is for a person to fix: waiting is answered at once...
+        blocked = await handle.execute_update(
+            WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=30)
+        )
+        assert blocked.phase == Phase.DEGRADED
+        assert [c.reason for c in blocked.conditions if c.permanent] == ["StateStoreUnreachable"]
+
+        # ...and once fixed, a reconcile request brings it back without waiting for backoff.
         hidden.rename(repo)
+        await handle.execute_update(WorkloadWorkflow.request_reconcile)
         await wait_ready(handle, 1)
 
 

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.state import ConditionStatus, ManifestsOutput, Phase
     from workflows.steps import (
+        PHASE_FROM_CONDITIONS,
         STEP_RETRY,
         STEP_TIMEOUT,
         continue_as_new_if_suggested,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 ROUTES = "Routes"
+TARGETS = "Targets"
 
 
 @workflow.defn
@@ -246,7 +248,12 @@ class ApiAggregatorWorkflow:
             message = f"committed {len(targets)} route(s) at {result.commit[:12]}"
             self._event(message)
             self._condition(ConditionStatus.TRUE, "Applied", message)
-        self._set_phase(Phase.READY)
+        self._targets_condition()
+        if workflow.patched(PHASE_FROM_CONDITIONS):
+            self._set_phase(self.state.settled_phase())
+        else:
+            # Runs recorded before: an aggregator refusing targets still showed Ready.
+            self._set_phase(Phase.READY)
         metrics.reconcile_pass("ApiAggregator")
         await self._send_nudges()
 
@@ -354,6 +361,21 @@ class ApiAggregatorWorkflow:
 
     def _event(self, message: str) -> None:
         self.state.add_event(ROUTES, message, workflow.now())
+
+    def _targets_condition(self) -> None:
+        """Refused targets make the aggregator Degraded: an unrouted API must show up where
+        operators look (`IdpPhase = 'Degraded'`), not only in the route table."""
+        entries = self.state.entries
+        refused = [e for e in entries if e.state != TargetState.ACCEPTED]
+        if refused:
+            status, reason = ConditionStatus.FALSE, "Refused"
+            message = "; ".join(f"{e.target.holder}: {e.reason}" for e in refused)
+        else:
+            status, reason = ConditionStatus.TRUE, "AllAccepted"
+            message = f"{len(entries)} target(s) accepted"
+        self.state.set_condition(
+            TARGETS, status, reason, message, workflow.now(), permanent=bool(refused)
+        )
 
     def _condition(self, status: ConditionStatus, reason: str, message: str) -> None:
         self.state.set_condition(ROUTES, status, reason, message, workflow.now())

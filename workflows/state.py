@@ -4,6 +4,7 @@ One pydantic model, carried across continue-as-new, so a workflow that lives for
 knowing which commit, registry, user and credential version are its own.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 
@@ -24,6 +25,12 @@ class Phase(StrEnum):
     PAUSED = "Paused"
     DELETING = "Deleting"
     DELETED = "Deleted"
+
+
+# Reasons of a False condition that is not a failure: the workload waits for something that
+# comes by itself or by another resource's apply, so it is not Degraded. An ApiAggregator not
+# applied yet leaves the workload Pending; routes accepted but not yet written, Provisioning.
+WAITING = {"AggregatorPending": Phase.PENDING, "RoutesNotWritten": Phase.PROVISIONING}
 
 
 class ConditionStatus(StrEnum):
@@ -50,6 +57,17 @@ class Condition(State):
     reason: str
     message: str
     last_transition_time: datetime
+    permanent: bool = Field(
+        False,
+        description="False and retrying cannot help: a person must change the spec, the "
+        "platform file or what is outside (an unknown account, a refused path, a foreign "
+        "resource). `wait_ready` and `idpctl apply --wait` answer at once on such a condition.",
+    )
+
+
+def blocking(conditions: Iterable[Condition]) -> list[Condition]:
+    """The False conditions that retrying cannot fix: a person must act."""
+    return [c for c in conditions if c.status == ConditionStatus.FALSE and c.permanent]
 
 
 class Event(State):
@@ -147,13 +165,20 @@ class Ledger(State):
         return False
 
     def set_condition(
-        self, type_: str, status: ConditionStatus, reason: str, message: str, now: datetime
+        self,
+        type_: str,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        now: datetime,
+        permanent: bool = False,
     ) -> None:
         current = self.condition(type_)
-        if current and (current.status, current.reason, current.message) == (
+        if current and (current.status, current.reason, current.message, current.permanent) == (
             status,
             reason,
             message,
+            permanent,
         ):
             return
         changed = current is None or current.status != status
@@ -163,6 +188,7 @@ class Ledger(State):
             reason=reason,
             message=message,
             last_transition_time=now if changed else current.last_transition_time,
+            permanent=permanent,
         )
         if current is None:
             self.conditions.append(condition)
@@ -171,6 +197,21 @@ class Ledger(State):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+    def settled_phase(self) -> "Phase":
+        """The phase a finished pass shows: Ready only when every condition is True. A False
+        condition waiting on something that resolves by itself keeps its own phase (see
+        WAITING); any other is Degraded."""
+        false = [c for c in self.conditions if c.status != ConditionStatus.TRUE]
+        if any(c.reason not in WAITING for c in false):
+            return Phase.DEGRADED
+        waiting = {WAITING[c.reason] for c in false}
+        if Phase.PENDING in waiting:
+            return Phase.PENDING
+        return Phase.PROVISIONING if waiting else Phase.READY
+
+    def blocked(self) -> list[Condition]:
+        return blocking(self.conditions)
 
     def add_event(self, step: str, message: str, now: datetime) -> None:
         self.events = [

@@ -3,7 +3,7 @@ activity becomes a condition's reason and message, and how a request is refused.
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -25,12 +25,20 @@ STEP_RETRY = RetryPolicy(
 )
 STEP_TIMEOUT = timedelta(minutes=2)
 
+# Changes to what running workflows send, each gated by workflow.patched so that histories
+# recorded before them keep replaying.
+# The phase is derived from every condition (a refused route is Degraded, not Ready), which
+# changes the IdpPhase search attribute the workflow upserts.
+PHASE_FROM_CONDITIONS = "phase-from-conditions"
+# wait_ready answers as soon as a pass ends on a condition that retrying cannot fix.
+WAIT_READY_ANSWERS_BLOCKED = "wait-ready-answers-blocked"
+
 
 class StepFailed(Exception):
     """A step's activity failed for good in this pass; its condition already says why."""
 
 
-def reject(message: str) -> None:
+def reject(message: str) -> NoReturn:
     """Refuse an update in its validator: nothing reaches history, the caller gets `message`."""
     raise ApplicationError(message, type="InvalidApply", non_retryable=True)
 
@@ -45,12 +53,24 @@ def failure(error: ActivityError) -> tuple[str, str]:
     return type(cause).__name__ if cause else "Error", str(cause or error)
 
 
+def is_permanent(error: ActivityError) -> bool:
+    """Whether the activity failed in a way no retry can fix (bad input, access denied, 4xx)."""
+    return isinstance(error.cause, ApplicationError) and error.cause.non_retryable
+
+
+# A word beside each glyph: the UI's current details must read the same without an emoji font.
+_MARKS = {
+    ConditionStatus.TRUE: "✅ True",
+    ConditionStatus.FALSE: "❌ False",
+    ConditionStatus.UNKNOWN: "❔ Unknown",
+}
+
+
 def details(headline: str, conditions: Sequence[Condition]) -> str:
     """The UI's current details: the phase line, then one line per condition."""
     lines = [headline]
     for c in conditions:
-        mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
-        lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
+        lines.append(f"- {_MARKS[c.status]} · {c.type}: {c.reason}: {c.message}")
     return "\n".join(lines)
 
 

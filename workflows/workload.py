@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair
+from temporalio.common import RawValue, SearchAttributePair
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -46,7 +46,9 @@ with workflow.unsafe.imports_passed_through():
         WorkloadInput,
         WorkloadStatus,
     )
+    from workflows.requests import NO_INPUT, M, Operation, UnreadableInput, read_input, refusal
     from workflows.state import (
+        WAITING,
         ApiRoute,
         ConditionStatus,
         CredentialsOutput,
@@ -59,12 +61,15 @@ with workflow.unsafe.imports_passed_through():
         WorkloadState,
     )
     from workflows.steps import (
+        PHASE_FROM_CONDITIONS,
         STEP_RETRY,
         STEP_TIMEOUT,
+        WAIT_READY_ANSWERS_BLOCKED,
         StepFailed,
         continue_as_new_if_suggested,
         details,
         failure,
+        is_permanent,
         read_settings,
         reject,
         retry_interval,
@@ -78,6 +83,10 @@ CREDENTIALS = "Credentials"
 MANIFESTS = "Manifests"
 API = "Api"
 PORT = "Port"
+WORKLOAD = "Workload"
+DELETED = "Deleted"
+# Events about messages the workflow could not act on.
+SIGNAL = "Signal"
 # The Api states besides the aggregator's TargetState: waiting for the ApiAggregator to be
 # applied, and accepted but not yet in the state store.
 PENDING = "AggregatorPending"
@@ -95,78 +104,184 @@ class WorkloadWorkflow:
             self.state.seen(input.request_id)
         self._settings = RuntimeSettings()
         self._publishing: asyncio.Task[None] | None = None
+        self._reconciling = False
 
     # ---- messages: they only record intent; the loop acts on it -------------------------------
 
+    # Inputs are taken raw and read by requests.read_input: a bad one is answered with the
+    # field path, not with the SDK's "Failed decoding arguments" or a silently dropped signal.
+
     @workflow.update
-    def apply(self, request: ApplyRequest) -> ApplyResult:
-        if self.state.seen(request.request_id) or request.workload == self.state.workload:
+    def apply(self, request: RawValue) -> ApplyResult:
+        apply = read_input(request, ApplyRequest, "apply")
+        if self.state.seen(apply.request_id) or apply.workload == self.state.workload:
             return ApplyResult(generation=self.state.generation, changed=False)
-        self.state.workload = request.workload
+        self.state.workload = apply.workload
         self.state.generation += 1
         return ApplyResult(generation=self.state.generation, changed=True)
 
     @apply.validator
-    def _validate_apply(self, request: ApplyRequest) -> None:
-        if request.request_id is not None and request.request_id in self.state.request_ids:
+    def _validate_apply(self, request: RawValue) -> None:
+        apply = self._read_or_reject(request, ApplyRequest, "apply")
+        if apply.request_id is not None and apply.request_id in self.state.request_ids:
             return
-        new = request.workload
+        new = apply.workload
         workflow_id = workflow.info().workflow_id
         if new.workflow_id != workflow_id:
             reject(f"this workflow manages {workflow_id!r}; the spec names {new.workflow_id!r}")
         if self.state.deleting:
             reject(f"{workflow_id} is being deleted; apply it again once deletion has finished")
-        for problem in disallowed_changes(self.state.workload, request.workload):
+        for problem in disallowed_changes(self.state.workload, new):
             reject(problem)
 
     @workflow.update
-    async def wait_ready(self, request: WaitReadyRequest) -> WorkloadStatus:
+    async def wait_ready(self, request: RawValue) -> WorkloadStatus:
+        wait = read_input(request, WaitReadyRequest, "wait_ready")
+        # Older runs waited through a failure no retry can fix, until their timeout.
+        answer_blocked = workflow.patched(WAIT_READY_ANSWERS_BLOCKED)
+
         def settled() -> bool:
             state = self.state
-            observed = state.observed_generation >= request.generation
-            # Paused and deleted workloads will not get there; tell the caller now.
+            observed = state.observed_generation >= wait.generation
+            # A pass asked for or under way may clear what blocked the last one.
+            blocked = not (state.reconcile_requested or self._reconciling) and state.blocked()
+            # Paused and deleted workloads will not get there, nor one that a person must fix
+            # first; tell the caller now.
             return (
                 (observed and state.phase == Phase.READY)
+                or (answer_blocked and observed and state.phase == Phase.DEGRADED and blocked)
                 or (state.paused and state.phase == Phase.PAUSED)
                 or state.phase == Phase.DELETED
             )
 
         try:
             await workflow.wait_condition(
-                settled, timeout=request.timeout_seconds, timeout_summary="wait_ready deadline"
+                settled, timeout=wait.timeout_seconds, timeout_summary="wait_ready deadline"
             )
         except TimeoutError:
             pass
         return self.status()
 
-    @workflow.signal
-    def reconcile(self, request: SignalRequest | None = None) -> None:
-        if not self.state.seen(_request_id(request)):
-            self.state.reconcile_requested = True
+    @wait_ready.validator
+    def _validate_wait_ready(self, request: RawValue) -> None:
+        self._read_or_reject(request, WaitReadyRequest, "wait_ready")
+
+    # Each request is an update, so every caller is refused with the same sentence (`refusal`)
+    # before anything reaches history, and a signal of the same name, for callers that do not
+    # wait for an answer: it records the refusal as an event instead.
+
+    @workflow.update(name="reconcile")
+    def request_reconcile(self, request: RawValue = NO_INPUT) -> None:
+        self._request("reconcile", read_input(request, SignalRequest, "reconcile"))
+
+    @request_reconcile.validator
+    def _validate_reconcile(self, request: RawValue = NO_INPUT) -> None:
+        self._validate_request("reconcile", request, SignalRequest)
+
+    @workflow.update(name="pause")
+    def request_pause(self, request: RawValue = NO_INPUT) -> None:
+        self._request("pause", read_input(request, SignalRequest, "pause"))
+
+    @request_pause.validator
+    def _validate_pause(self, request: RawValue = NO_INPUT) -> None:
+        self._validate_request("pause", request, SignalRequest)
+
+    @workflow.update(name="resume")
+    def request_resume(self, request: RawValue = NO_INPUT) -> None:
+        self._request("resume", read_input(request, SignalRequest, "resume"))
+
+    @request_resume.validator
+    def _validate_resume(self, request: RawValue = NO_INPUT) -> None:
+        self._validate_request("resume", request, SignalRequest)
+
+    @workflow.update(name="rotate_credentials")
+    def request_rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
+        self._request(
+            "rotate_credentials", read_input(request, RotateRequest, "rotate_credentials")
+        )
+
+    @request_rotate_credentials.validator
+    def _validate_rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
+        self._validate_request("rotate_credentials", request, RotateRequest)
+
+    @workflow.update(name="delete")
+    def request_delete(self, request: RawValue = NO_INPUT) -> None:
+        self._request("delete", read_input(request, SignalRequest, "delete"))
+
+    @request_delete.validator
+    def _validate_delete(self, request: RawValue = NO_INPUT) -> None:
+        self._validate_request("delete", request, SignalRequest)
 
     @workflow.signal
-    def pause(self, request: SignalRequest | None = None) -> None:
-        if not self.state.seen(_request_id(request)):
-            self.state.paused = True
+    def reconcile(self, request: RawValue = NO_INPUT) -> None:
+        self._signal("reconcile", request, SignalRequest)
 
     @workflow.signal
-    def resume(self, request: SignalRequest | None = None) -> None:
-        if not self.state.seen(_request_id(request)):
-            self.state.paused = False
+    def pause(self, request: RawValue = NO_INPUT) -> None:
+        self._signal("pause", request, SignalRequest)
 
     @workflow.signal
-    def rotate_credentials(self, request: RotateRequest | None = None) -> None:
-        request = request or RotateRequest()
+    def resume(self, request: RawValue = NO_INPUT) -> None:
+        self._signal("resume", request, SignalRequest)
+
+    @workflow.signal
+    def rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
+        self._signal("rotate_credentials", request, RotateRequest)
+
+    @workflow.signal
+    def delete(self, request: RawValue = NO_INPUT) -> None:
+        self._signal("delete", request, SignalRequest)
+
+    def _read_or_reject(self, raw: RawValue, model: type[M], operation: str) -> M:
+        try:
+            return read_input(raw, model, operation)
+        except UnreadableInput as error:
+            reject(str(error))
+
+    def _validate_request(
+        self, operation: Operation, raw: RawValue, model: type[SignalRequest]
+    ) -> None:
+        request = self._read_or_reject(raw, model, operation)
+        if request.request_id is not None and request.request_id in self.state.request_ids:
+            return  # a re-delivery of a request already acted on
+        problem = refusal(operation, self.state)
+        if problem is not None:
+            reject(problem)
+
+    def _signal(self, operation: Operation, raw: RawValue, model: type[SignalRequest]) -> None:
+        try:
+            request = read_input(raw, model, operation)
+        except UnreadableInput as error:
+            self.state.add_event(SIGNAL, f"ignored: {error}", workflow.now())
+            return
+        if self.state.seen(request.request_id):
+            return
+        problem = refusal(operation, self.state)
+        if problem is not None:
+            self.state.add_event(SIGNAL, f"ignored {operation}: {problem}", workflow.now())
+            return
+        self._intend(operation, request)
+
+    def _request(self, operation: Operation, request: SignalRequest) -> None:
         if not self.state.seen(request.request_id):
-            self.state.rotation = Rotation(
-                reason=request.reason or "requested", revoke_old_now=request.revoke_old == "now"
-            )
-            self.state.reconcile_requested = True
+            self._intend(operation, request)
 
-    @workflow.signal
-    def delete(self, request: SignalRequest | None = None) -> None:
-        if not self.state.seen(_request_id(request)):
-            self.state.deleting = True
+    def _intend(self, operation: Operation, request: SignalRequest) -> None:
+        state = self.state
+        if operation == "reconcile":
+            state.reconcile_requested = True
+        elif operation == "pause":
+            state.paused = True
+        elif operation == "resume":
+            state.paused = False
+        elif operation == "delete":
+            state.deleting = True
+        else:
+            revoke_now = isinstance(request, RotateRequest) and request.revoke_old == "now"
+            state.rotation = Rotation(
+                reason=request.reason or "requested", revoke_old_now=revoke_now
+            )
+            state.reconcile_requested = True
 
     @workflow.query
     def status(self) -> WorkloadStatus:
@@ -202,7 +317,9 @@ class WorkloadWorkflow:
             elif self.state.paused:
                 self._set_phase(Phase.PAUSED)
             else:
+                self._reconciling = True
                 await self._reconcile()
+                self._reconciling = False
             self._publish()
             await continue_as_new_if_suggested(
                 WorkloadInput(workload=self.state.workload, state=self.state)
@@ -262,10 +379,12 @@ class WorkloadWorkflow:
             ok = settled = False
         self.state.observed_generation = generation
         self.state.failures = 0 if ok else self.state.failures + 1
-        # Accepted routes not yet in the state store: the aggregator asks for another pass
-        # once they are, and only then is the workload Ready.
-        phase = Phase.PROVISIONING if ok and not settled else Phase.READY
-        self._set_phase(phase if ok else Phase.DEGRADED)
+        if workflow.patched(PHASE_FROM_CONDITIONS):
+            self._set_phase(self.state.settled_phase())
+        else:
+            # Runs recorded before: a refused or pending route still showed Ready.
+            phase = Phase.PROVISIONING if ok and not settled else Phase.READY
+            self._set_phase(phase if ok else Phase.DEGRADED)
         metrics.reconcile_pass("Workload")
 
     async def _teardown(self) -> bool:
@@ -280,7 +399,17 @@ class WorkloadWorkflow:
         except StepFailed:
             self.state.failures += 1
             return False
+        # What `describe` shows of a deleted workload: every step deleted, nothing scheduled.
+        for condition in self.state.conditions:
+            if condition.reason != DELETED:
+                self._deleted(condition.type, "nothing to remove")
+        self.state.next_check_at = None
+        self.state.add_event(WORKLOAD, "deleted", workflow.now())
         return True
+
+    def _deleted(self, step: str, message: str) -> None:
+        self.state.add_event(step, message, workflow.now())
+        self._condition(step, ConditionStatus.FALSE, DELETED, message)
 
     async def _remove_manifests(self) -> None:
         # Nothing was ever written when the step never succeeded (an unknown destination, say):
@@ -294,7 +423,7 @@ class WorkloadWorkflow:
             f"remove manifests from {self.state.workload.spec.destination}",
         )
         self.state.outputs.manifests = None
-        self._condition(MANIFESTS, ConditionStatus.FALSE, "Deleted", _removed(result))
+        self._deleted(MANIFESTS, _removed(result))
 
     async def _remove_registry(self) -> None:
         if self.state.outputs.registry is None:
@@ -308,7 +437,7 @@ class WorkloadWorkflow:
         )
         self.state.outputs.registry = None
         removed = ", ".join(removal.removed) or "nothing left to remove"
-        self._condition(REGISTRY, ConditionStatus.FALSE, "Deleted", f"removed {removed}")
+        self._deleted(REGISTRY, f"removed {removed}")
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -537,7 +666,11 @@ class WorkloadWorkflow:
         self.state.outputs.nats = None
         self.state.outputs.credentials = None
         self.state.revocations = []
-        self._condition(NATS, ConditionStatus.FALSE, "Deleted", "keys revoked, user deleted")
+        self._deleted(NATS, "keys revoked, user deleted")
+        if credentials is not None:
+            self._deleted(
+                CREDENTIALS, f"removed version {credentials.version} from {credentials.location}"
+            )
 
     @staticmethod
     def _record(credentials: CredentialsOutput) -> CredentialRecord:
@@ -670,14 +803,22 @@ class WorkloadWorkflow:
             reason, status, message = "Unrouted", ConditionStatus.TRUE, "no API targets"
         if _route_view(routes) != _route_view(previous):
             self.state.add_event(API, message, workflow.now())
-        self._condition(API, status, reason, message)
+        # A refusal stays until a person changes a spec; waiting for an aggregator or a write
+        # resolves by itself.
+        self._condition(
+            API,
+            status,
+            reason,
+            message,
+            permanent=status == ConditionStatus.FALSE and reason not in WAITING,
+        )
         return all(r.state != UNWRITTEN for r in routes)
 
     async def _remove_api(self) -> None:
         for hostname in sorted({route.hostname for route in self.state.outputs.api}):
             await self._register(hostname, [])
             self.state.outputs.api = [r for r in self.state.outputs.api if r.hostname != hostname]
-            self._condition(API, ConditionStatus.FALSE, "Deleted", f"unregistered from {hostname}")
+            self._deleted(API, f"unregistered from {hostname}")
 
     async def _step(
         self,
@@ -702,13 +843,22 @@ class WorkloadWorkflow:
             first = self.state.condition(condition)
             if first is None or first.status != ConditionStatus.FALSE or first.reason != reason:
                 self.state.add_event(condition, f"failed: {message}", workflow.now())
-            self._condition(condition, ConditionStatus.FALSE, reason, message)
+            self._condition(
+                condition, ConditionStatus.FALSE, reason, message, permanent=is_permanent(error)
+            )
             raise StepFailed(condition) from None
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
-    def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
-        self.state.set_condition(type_, status, reason, message, workflow.now())
+    def _condition(
+        self,
+        type_: str,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        permanent: bool = False,
+    ) -> None:
+        self.state.set_condition(type_, status, reason, message, workflow.now(), permanent)
 
     def _changed(self, step: str, reason: str, message: str) -> None:
         """A step changed something outside: worth an event as well as the condition."""
@@ -737,11 +887,11 @@ class WorkloadWorkflow:
 
     def _details(self) -> str:
         headline = f"**{self.state.phase.value}** · generation {self.state.generation}"
+        if self.state.phase not in (Phase.READY, Phase.DELETED):
+            # The headline names what holds the workload back, as the lines below show it.
+            holding = [c for c in self.state.conditions if c.status != ConditionStatus.TRUE]
+            headline += "".join(f" · {c.type}: {c.reason}" for c in holding[:1])
         return details(headline, self.state.conditions)
-
-
-def _request_id(request: SignalRequest | None) -> str | None:
-    return request.request_id if request else None
 
 
 def _files(result: ManifestsResult) -> str:

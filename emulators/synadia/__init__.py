@@ -7,6 +7,6 @@ and runs a real nats-server that enforces them (revocations included).
 
 from emulators.synadia.app import Faults
 from emulators.synadia.controlplane import Behaviour
-from emulators.synadia.emulator import DEFAULT_TOKEN, SynadiaEmulator
+from emulators.synadia.emulator import DEFAULT_TOKEN, SynadiaEmulator, accounts_of
 
-__all__ = ["DEFAULT_TOKEN", "Behaviour", "Faults", "SynadiaEmulator"]
+__all__ = ["DEFAULT_TOKEN", "Behaviour", "Faults", "SynadiaEmulator", "accounts_of"]

@@ -1,7 +1,8 @@
 """`python -m emulators.synadia --port N --state-dir DIR`: run the emulator until interrupted.
 
-On start it prints one JSON line with the API and NATS URLs and the ids a platform configuration
-needs, so a launcher (`idpctl dev`) can read them from stdout.
+With `--platform FILE` it creates the accounts that file lists under synadia.local.accounts
+(else one, `platform`). On start it prints one JSON line with the API and NATS URLs and the ids a
+platform configuration needs, so a launcher (`idpctl dev`) can read them from stdout.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from emulators.synadia.app import Faults
-from emulators.synadia.controlplane import Behaviour
-from emulators.synadia.emulator import DEFAULT_TOKEN, SynadiaEmulator
+from emulators.synadia.controlplane import DEFAULT_ACCOUNTS, Behaviour
+from emulators.synadia.emulator import DEFAULT_TOKEN, SynadiaEmulator, accounts_of
+from idp.platform import LOCAL_ACCOUNTS_FIELD, PlatformError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="API port (0: any free port)")
     parser.add_argument("--nats-port", type=int, default=-1, help="NATS port (-1: any free port)")
     parser.add_argument("--state-dir", required=True, help="keys, users and nats-server config")
+    parser.add_argument(
+        "--platform",
+        type=Path,
+        help=f"platform file whose {LOCAL_ACCOUNTS_FIELD} lists the accounts to create",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("SYNADIA_EMULATOR_TOKEN", DEFAULT_TOKEN),
@@ -69,6 +77,7 @@ async def _main(args: argparse.Namespace) -> None:
         faults=faults,
         behaviour=behaviour,
         nats_server_bin=args.nats_server_bin,
+        accounts=accounts_of(args.platform) if args.platform else DEFAULT_ACCOUNTS,
     )
     await emulator.start()
     loop = asyncio.get_running_loop()
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         asyncio.run(_main(args))
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+    except (RuntimeError, FileNotFoundError, ValueError, PlatformError) as exc:
         print(f"synadia emulator: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,7 @@ of a server that did the work and then answered 5xx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import secrets
@@ -57,6 +58,13 @@ class Faults(BaseModel):
     fail_after_commit: bool = Field(
         False, description="fail_next answers after the handler has made its change."
     )
+    hold_match: str | None = Field(
+        None,
+        description="Calls whose 'METHOD /route' contains this are answered hold_ms after the "
+        "handler made its change, or when the faults are next set: a window in which the "
+        "change exists but the caller has not heard of it yet (to kill the caller in).",
+    )
+    hold_ms: int = Field(0, ge=0)
     seed: int | None = None
 
 
@@ -101,10 +109,14 @@ class EmulatorApp:
         self.faults = Faults()
         self.routes: list[str] = []
         self._rng = random.Random()
+        self._release = asyncio.Event()
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
         self._rng = random.Random(faults.seed)
+        # Held answers go out once the faults that held them are gone.
+        self._release.set()
+        self._release = asyncio.Event()
 
     # -- fault injection and the common wrapper
 
@@ -165,6 +177,10 @@ class EmulatorApp:
                 return _error(500, f"the account update did not reach nats-server: {exc}")
         if injected is not None:
             return self._injected_response(route, injected)
+        if self.faults.hold_match is not None and self.faults.hold_match in route:
+            self.counters.injected[f"{route} hold"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.faults.hold_ms / 1000)
         return response
 
     # -- teams, systems, accounts
@@ -229,6 +245,12 @@ class EmulatorApp:
     async def rotate_user(self, request: Request) -> Response:
         user = self.plane.rotate_user(request.path_params["userId"])
         return JSONResponse(views.user(self.plane, user))
+
+    async def list_issuances(self, request: Request) -> Response:
+        user = self.plane.user(request.path_params["userId"])
+        return JSONResponse(
+            views.items([views.issuance(self.plane, user, i) for i in user.issuances])
+        )
 
     # -- revocations
 
@@ -298,6 +320,7 @@ class EmulatorApp:
             self.api("DELETE", "/nats-users/{userId}", self.delete_user),
             self.api("POST", "/nats-users/{userId}/creds", self.user_creds),
             self.api("POST", "/nats-users/{userId}/rotate", self.rotate_user),
+            self.api("GET", "/nats-users/{userId}/issuances", self.list_issuances),
         ]
         revocation = "/accounts/{accountId}/nats-user-revocations/{userNkeyPublic}"
         api += [

@@ -7,15 +7,18 @@ state directory after each change, so a restarted emulator keeps its operator an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import string
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from emulators.synadia import natsjwt
 from emulators.synadia.bodies import (
@@ -89,6 +92,26 @@ class AccountRecord(_Record):
         return NKey(self.seed).public
 
 
+class IssuanceEvent(_Record):
+    iat: int
+    exp: int = 0
+    jti: str
+    type: str = "Download"
+
+
+class IssuanceRecord(_Record):
+    """Downloads of one set of claims (user, issuer, key, name, nats claims): the real service
+    keys issuance records on a checksum of these and appends an event per download."""
+
+    id: str
+    checksum: str
+    iss: str
+    sub: str
+    name: str
+    created: datetime
+    events: list[IssuanceEvent] = []
+
+
 class UserRecord(_Record):
     id: str
     name: str
@@ -96,6 +119,7 @@ class UserRecord(_Record):
     sk_group_id: str
     seed: str
     retired_public_keys: list[str] = []
+    issuances: list[IssuanceRecord] = []
     jwt_settings: dict[str, Any] = {}
     jwt_expires_in_secs: int = 0
     jwt_expires_at_max: int = 0
@@ -123,6 +147,40 @@ class PlaneState(_Record):
     users: dict[str, UserRecord] = {}
 
 
+class AccountSpec(BaseModel):
+    """An application account to have, with its signing key groups (first one first)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    sk_groups: tuple[str, ...] = ("Default",)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        try:
+            check_name(value, "account name")
+        except ApiError as error:
+            raise ValueError(error.message) from None
+        return value
+
+    @field_validator("sk_groups")
+    @classmethod
+    def _named_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("needs at least one signing key group, each named once")
+        for name in value:
+            try:
+                check_name(name, "signing key group name")
+            except ApiError as error:
+                raise ValueError(error.message) from None
+        return value
+
+
+# What a fresh emulator holds when nobody lists accounts: the one `idpctl dev` always had.
+DEFAULT_ACCOUNTS = (AccountSpec(name="platform"),)
+
+
 class Behaviour(BaseModel):
     """Choices the real service may make differently; tests flip them at run time."""
 
@@ -138,7 +196,16 @@ class Behaviour(BaseModel):
 class ControlPlane:
     """State and rules of the emulated service; callers serialise access (one event loop)."""
 
-    def __init__(self, state_dir: Path, behaviour: Behaviour | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        behaviour: Behaviour | None = None,
+        accounts: Sequence[AccountSpec] = DEFAULT_ACCOUNTS,
+    ) -> None:
+        """`accounts` are created where missing, in a new or a kept state; none is removed,
+        since users may live in it."""
+        if not accounts:
+            raise ValueError("the emulator needs at least one application account")
         self.state_dir = state_dir
         self.behaviour = behaviour or Behaviour()
         self.nats_url = ""
@@ -148,27 +215,21 @@ class ControlPlane:
         if self._path.exists():
             self.state = PlaneState.model_validate_json(self._path.read_text())
         else:
-            self.state = self._bootstrap()
-            self.save()
+            self.state = self._bootstrap(accounts[0])
+        for spec in accounts:
+            self._ensure_account(spec)
+        self.save()
 
     # -- bootstrap and persistence
 
-    def _bootstrap(self) -> PlaneState:
+    def _bootstrap(self, first: AccountSpec) -> PlaneState:
         now = utcnow()
         operator, operator_sk = NKey.generate("operator"), NKey.generate("operator")
         system_account = AccountRecord(
             id=new_id(), name="SYS", seed=NKey.generate("account").seed, is_system=True, created=now
         )
         app_account = AccountRecord(
-            id=new_id(),
-            name="platform",
-            seed=NKey.generate("account").seed,
-            created=now,
-            sk_groups=[
-                SkGroupRecord(
-                    id=new_id(), name="Default", seed=NKey.generate("account").seed, created=now
-                )
-            ],
+            id=new_id(), name=first.name, seed=NKey.generate("account").seed, created=now
         )
         operator_jwt = natsjwt.encode(
             {
@@ -198,9 +259,31 @@ class ControlPlane:
             app_account_id=app_account.id,
             accounts={system_account.id: system_account, app_account.id: app_account},
         )
-        for account in state.accounts.values():
-            account.jwt = self._sign_account(account, NKey(state.operator_sk_seed))
+        system_account.jwt = self._sign_account(system_account, NKey(state.operator_sk_seed))
         return state
+
+    def _ensure_account(self, spec: AccountSpec) -> None:
+        """Create the account, or the groups it lacks, and sign its JWT again if it changed.
+        Before nats-server starts, so its first configuration holds the JWT."""
+        if spec.name == self.state.accounts[self.state.system_account_id].name:
+            raise ValueError(f"account {spec.name!r} is the system account's name; choose another")
+        now = utcnow()
+        account = next(
+            (a for a in self.state.accounts.values() if a.name == spec.name and not a.is_system),
+            None,
+        )
+        if account is None:
+            account = AccountRecord(
+                id=new_id(), name=spec.name, seed=NKey.generate("account").seed, created=now
+            )
+            self.state.accounts[account.id] = account
+        have = {group.name for group in account.sk_groups}
+        missing = [name for name in spec.sk_groups if name not in have]
+        for name in missing:
+            seed = NKey.generate("account").seed
+            account.sk_groups.append(SkGroupRecord(id=new_id(), name=name, seed=seed, created=now))
+        if missing or not account.jwt:
+            account.jwt = self._sign_account(account, NKey(self.state.operator_sk_seed))
 
     def save(self) -> None:
         # Write-then-rename so a crash never leaves a half-written state file behind.
@@ -389,8 +472,50 @@ class ControlPlane:
         exp = natsjwt.decode(user.jwt).get("exp", 0)
         user.jwt_expires_at_max = max(user.jwt_expires_at_max, exp)
         self.creds_issued[user_id] = self.creds_issued.get(user_id, 0) + 1
+        self._record_issuance(user)
         self.save()
         return natsjwt.format_creds(user.jwt, user.seed)
+
+    def _record_issuance(self, user: UserRecord) -> None:
+        claims = natsjwt.decode(user.jwt)
+        identity = [user.id, claims["iss"], claims["sub"], claims["name"], claims["nats"]]
+        checksum = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        record = next((i for i in user.issuances if i.checksum == checksum), None)
+        if record is None:
+            record = IssuanceRecord(
+                id=new_id(),
+                checksum=checksum,
+                iss=claims["iss"],
+                sub=claims["sub"],
+                name=claims["name"],
+                created=utcnow(),
+            )
+            user.issuances.append(record)
+        event = IssuanceEvent(iat=claims["iat"], exp=claims.get("exp", 0), jti=claims["jti"])
+        record.events.append(event)
+
+    def event_status(self, user: UserRecord, sub: str, event: IssuanceEvent) -> str:
+        """As nats-server decides: a revocation of the key refuses every JWT issued at or
+        before its `before`; an expired JWT is refused too."""
+        revocation = self.state.accounts[user.account_id].revocations.get(sub)
+        if revocation is not None and event.iat <= revocation.before:
+            return "Revoked"
+        if event.exp and event.exp <= int(time.time()):
+            return "Expired"
+        return "Active"
+
+    def issuance_status(self, user: UserRecord, record: IssuanceRecord) -> str:
+        """The spec's rule: Revoked when the key's revocation covers the latest download,
+        Partially Revoked when it covers only earlier ones, Expired when every one expired."""
+        revocation = self.state.accounts[user.account_id].revocations.get(record.sub)
+        iats = [e.iat for e in record.events]
+        if revocation is not None and max(iats) <= revocation.before:
+            return "Revoked"
+        if revocation is not None and min(iats) <= revocation.before:
+            return "Partially Revoked"
+        if all(self.event_status(user, record.sub, e) == "Expired" for e in record.events):
+            return "Expired"
+        return "Active"
 
     def rotate_user(self, user_id: str) -> UserRecord:
         user = self.user(user_id)

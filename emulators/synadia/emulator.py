@@ -7,23 +7,43 @@ process (`python -m emulators.synadia --port N --state-dir DIR`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from emulators.serving import AsgiServer
 from emulators.synadia.app import API_PREFIX, EmulatorApp, Faults
-from emulators.synadia.controlplane import Behaviour, ControlPlane
+from emulators.synadia.controlplane import (
+    DEFAULT_ACCOUNTS,
+    AccountRecord,
+    AccountSpec,
+    Behaviour,
+    ControlPlane,
+)
 from emulators.synadia.natsserver import NatsServer
+from idp.platform import LOCAL_ACCOUNTS_FIELD, PlatformError, load_platform
 
 # A fixed credential of a local test double, not a secret; override it with --token.
 DEFAULT_TOKEN = "emulator-token"
+
+
+def accounts_of(platform_file: Path) -> tuple[AccountSpec, ...]:
+    """The accounts a platform file lists under synadia.local.accounts; PlatformError if none."""
+    synadia = load_platform(platform_file).synadia
+    if synadia is None or synadia.local is None:
+        raise PlatformError(f"{platform_file}: has no {LOCAL_ACCOUNTS_FIELD}")
+    return tuple(
+        AccountSpec(name=a.name, sk_groups=tuple(a.signing_key_groups))
+        for a in synadia.local.accounts
+    )
 
 
 class SynadiaEmulator:
     """The emulated Synadia Cloud control plane and its NATS server.
 
     `faults` and `behaviour` can be changed at run time, here or through `/_emulator/...`.
+    `accounts` are the application accounts to have (created where missing) and their signing
+    key groups; the first one made in a fresh state directory is `account_id`.
     """
 
     def __init__(
@@ -37,13 +57,14 @@ class SynadiaEmulator:
         faults: Faults | None = None,
         behaviour: Behaviour | None = None,
         nats_server_bin: str | None = None,
+        accounts: Sequence[AccountSpec] = DEFAULT_ACCOUNTS,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port
         self.token = token
-        self.plane = ControlPlane(self.state_dir, behaviour)
+        self.plane = ControlPlane(self.state_dir, behaviour, accounts)
         self.nats = NatsServer(self.state_dir, host=host, port=nats_port, binary=nats_server_bin)
         self.app = EmulatorApp(self)
         if faults is not None:
@@ -94,6 +115,13 @@ class SynadiaEmulator:
     def sk_group_id(self) -> str:
         return self.plane.state.accounts[self.account_id].sk_groups[0].id
 
+    def application_account(self, name: str) -> AccountRecord:
+        """An application account by name; KeyError if the emulator has none of that name."""
+        for account in self.plane.state.accounts.values():
+            if account.name == name and not account.is_system:
+                return account
+        raise KeyError(name)
+
     def info(self) -> dict[str, Any]:
         return {
             "api_url": self.api_url,
@@ -106,6 +134,15 @@ class SynadiaEmulator:
             "account_name": self.account_name,
             "system_account_id": self.system_account_id,
             "sk_group_id": self.sk_group_id,
+            "accounts": [
+                {
+                    "id": account.id,
+                    "name": account.name,
+                    "sk_groups": [{"id": g.id, "name": g.name} for g in account.sk_groups],
+                }
+                for account in self.plane.state.accounts.values()
+                if not account.is_system
+            ],
         }
 
     # -- knobs and counters

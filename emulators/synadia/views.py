@@ -14,6 +14,7 @@ from emulators.synadia.controlplane import (
     NO_LIMIT,
     AccountRecord,
     ControlPlane,
+    IssuanceRecord,
     RevocationRecord,
     SkGroupRecord,
     UserRecord,
@@ -147,4 +148,23 @@ def revocation(account_id: str, nkey: str, record: RevocationRecord) -> dict[str
     }
     if record.account_sk_id:
         body["account_sk_id"] = record.account_sk_id
+    return body
+
+
+def issuance(plane: ControlPlane, user: UserRecord, record: IssuanceRecord) -> dict[str, Any]:
+    """`NatsUserIssuanceInfo`: one set of claims and how often it was downloaded."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "created": timestamp(record.created),
+        "events_count": len(record.events),
+        "iat_min": min(e.iat for e in record.events),
+        "iat_max": max(e.iat for e in record.events),
+        "iss": record.iss,
+        "name": record.name,
+        "status": plane.issuance_status(user, record),
+        "sub": record.sub,
+    }
+    if all(e.exp for e in record.events):
+        # Absent means unlimited: one download without exp never expires.
+        body["exp_max"] = max(e.exp for e in record.events)
     return body

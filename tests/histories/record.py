@@ -176,7 +176,7 @@ async def api_routes(client: Client, repo: Path, name: str) -> WorkflowHandle:
     w = workload(name, api=api(hostname, "/shop"))
     await apply_workload(client, QUEUE, w)
     handle = client.get_workflow_handle(w.workflow_id)
-    await ready(handle, 1)
+    await until(handle, lambda s: s.observed_generation == 1)  # Pending: no aggregator yet
     await apply_aggregator(client, QUEUE, aggregator(hostname))
     await until_condition(handle, "Api", "Routed")
     await apply_workload(client, QUEUE, workload(name, api=api(hostname, "/store")))
@@ -198,7 +198,7 @@ async def api_aggregator(client: Client, repo: Path, name: str) -> WorkflowHandl
     )
     for w in (first, second):
         await apply_workload(client, QUEUE, w)
-        await ready(client.get_workflow_handle(w.workflow_id), 1)
+        await until(client.get_workflow_handle(w.workflow_id), lambda s: s.observed_generation == 1)
     clone = repo.parent / f"clone-{name}"
     git("clone", "--quiet", str(repo), str(clone))
     git("rm", "--quiet", "-r", "dev/platform/api-public", cwd=clone)
@@ -228,6 +228,42 @@ def aggregator(hostname: str) -> ApiAggregator:
             },
         }
     )
+
+
+async def refusals(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """A shadowed path makes the workload Degraded and wait_ready answers at once; requests go
+    as updates (refused while paused) and as signals (an unreadable one is an event); the
+    holder lets go and the path is claimed; then deleted by the update."""
+    hostname = "refusals.replay.example.com"
+    await apply_aggregator(client, QUEUE, aggregator(hostname))
+    holder = workload(f"{name}-holder", api=api(hostname, "/a"))
+    await apply_workload(client, QUEUE, holder)
+    await ready(client.get_workflow_handle(holder.workflow_id), 1)
+    w = workload(name, api=api(hostname, "/a/b"))
+    await apply_workload(client, QUEUE, w)
+    handle = client.get_workflow_handle(w.workflow_id)
+    status = await handle.execute_update(
+        WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=30)
+    )
+    assert status.phase == Phase.DEGRADED, status
+    await handle.execute_update(WorkloadWorkflow.request_pause)
+    await until_phase(handle, Phase.PAUSED)
+    await handle.signal(WorkloadWorkflow.reconcile)  # ignored while paused: an event
+    await handle.signal("rotate_credentials", {"revokeOld": "tomorrow"})  # unreadable: an event
+    await handle.execute_update(WorkloadWorkflow.request_resume)
+    await until_phase(handle, Phase.DEGRADED)
+    holder_handle = client.get_workflow_handle(holder.workflow_id)
+    await holder_handle.execute_update(WorkloadWorkflow.request_delete)
+    await holder_handle.result()
+    await handle.execute_update(WorkloadWorkflow.request_reconcile)
+    await until_phase(handle, Phase.READY)
+    await handle.execute_update(WorkloadWorkflow.request_delete)
+    await handle.result()
+    await delete_aggregator(client, hostname)
+    # The first run holds the refusals; the low continue-as-new threshold ends it early.
+    runs = [r async for r in client.list_workflows(f"WorkflowId = '{w.workflow_id}'")]
+    first = min(runs, key=lambda r: r.start_time)
+    return client.get_workflow_handle(w.workflow_id, run_id=first.run_id)
 
 
 async def until_condition(handle: WorkflowHandle, type_: str, reason: str) -> None:
@@ -289,6 +325,7 @@ SCENARIOS: dict[str, Scenario] = {
     "workload-api-routes": api_routes,
     "api-aggregator-lifecycle": api_aggregator,
     "port-run": port_run,
+    "workload-refusals": refusals,
 }
 
 

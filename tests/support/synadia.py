@@ -163,6 +163,35 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+# ---------------------------------------------------------------- platform files
+
+
+def write_local_platform(
+    path: Path, url: str, accounts: list[dict[str, Any]], default_account: str = "platform"
+) -> Path:
+    """A platform file whose synadia section is the local emulator's, listing `accounts`
+    (`{"name": ..., "signingKeyGroups": [...]}`) as idpctl dev writes them."""
+    platform = {
+        "apiVersion": "idp.dev/v1alpha1",
+        "kind": "Platform",
+        "destinations": [
+            {
+                "name": "dev",
+                "stateStore": {"url": str(path.parent / "state-store.git")},
+                "defaultDelivery": "kubernetes",
+            }
+        ],
+        "synadia": {
+            "url": url,
+            "system": "emulated-system",
+            "defaultAccount": default_account,
+            "local": {"accounts": accounts},
+        },
+    }
+    path.write_text(yaml.safe_dump(platform, sort_keys=False))
+    return path
+
+
 # ---------------------------------------------------------------- NATS with .creds
 
 

@@ -12,6 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
 from activities.statestore import ManifestsResult, destination_store
+from idp import ids
 from idp.gateway import aggregator_claims, aggregator_directory, render_aggregator
 from idp.manifests import owner_records
 from idp.models import ApiAggregator, Model
@@ -40,10 +41,6 @@ AGGREGATOR_WORKFLOW = "ApiAggregatorWorkflow"
 UPDATES_IN_FLIGHT = 8
 
 
-def aggregator_id(hostname: str) -> str:
-    return f"api-aggregator/{hostname}"
-
-
 class ApiRouteActivities:
     def __init__(self, platform: Platform, cache_dir: Path) -> None:
         self._platform = platform
@@ -60,7 +57,7 @@ class ApiRouteActivities:
         start = WithStartWorkflowOperation(
             AGGREGATOR_WORKFLOW,
             {"hostname": request.hostname},
-            id=aggregator_id(request.hostname),
+            id=ids.aggregator_id(request.hostname),
             task_queue=activity.info().task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"API routes of {request.hostname}",

@@ -8,10 +8,11 @@ from temporalio import activity
 
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
+from idp.aws.client import AwsClients
 from idp.errors import PermanentError
 from idp.models import Model, Workload
 from idp.platform import Platform
-from idp.registry import AwsClients, RegistryObservation, RegistryTarget, ensure, teardown
+from idp.registry import RegistryObservation, RegistryTarget, ensure, teardown
 
 T = TypeVar("T")
 

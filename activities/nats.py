@@ -3,7 +3,7 @@
 The contract the workflow relies on: credentials exist only inside `issue_credentials`, which
 downloads them and hands them straight to the delivery; everything returned is metadata (ids,
 public keys, expiry, version, a fingerprint that reveals nothing). idp/natsusers.py and
-idp/delivery.py do the work; this module resolves configuration and maps errors.
+idp/delivery/ do the work; this module resolves configuration and maps errors.
 
 Every download gets a user key of its own (see `idp.natsusers.download_on_unused_key`): NATS
 revokes per key, so a download the worker lost before delivering it is revoked by its key on the
@@ -18,7 +18,6 @@ DescribeSecret for external-secret (one Secret GET for kubernetes).
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -38,14 +37,12 @@ from idp.delivery import (
     CredentialMetadata,
     Delivered,
     DeliveryTarget,
-    ExternalSecretDelivery,
-    KubeApi,
-    KubernetesDelivery,
-    KubernetesSecrets,
-    SealedSecretDelivery,
     credential_metadata,
     delivery_kind,
 )
+from idp.delivery.external import ExternalSecretDelivery
+from idp.delivery.kubernetes import KubeApi, KubernetesDelivery, KubernetesSecrets
+from idp.delivery.sealed import SealedSecretDelivery
 from idp.errors import PermanentError
 from idp.models import Delivery, Model, Workload
 from idp.natsusers import (
@@ -65,10 +62,6 @@ from idp.synadia import SynadiaApiError, SynadiaClient
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Credential issuances by reason since the worker started (metrics come later); the log line
-# written with each increment is the durable record.
-ISSUANCES: Counter[str] = Counter()
 
 
 class NatsUserInput(Model):
@@ -302,18 +295,15 @@ class NatsActivities:
             download = await download_on_unused_key(client, user, delivered_key)
         creds = download.creds
         credential = credential_metadata(creds, request.version, nats.credentials.ttl)
-        ISSUANCES[request.reason] += 1
         log.info(
-            "issued NATS credentials v%d of %s: reason %s, key %s, fingerprint %s, expires %s "
-            "(issuances by reason: %s); earlier keys left valid: %s, revoked as never "
-            "delivered: %s",
+            "issued NATS credentials v%d of %s: reason %s, key %s, fingerprint %s, expires %s; "
+            "earlier keys left valid: %s, revoked as never delivered: %s",
             request.version,
             who,
             request.reason,
             credential.public_key,
             credential.fingerprint[:16],
             credential.expires_at.isoformat(),
-            dict(ISSUANCES),
             ", ".join(download.kept) or "none",
             ", ".join(download.revoked) or "none",
         )

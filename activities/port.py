@@ -6,36 +6,30 @@ talk to Port through idp/port.py and are idempotent: a log line is the one excep
 retried log line repeats a progress message, never a terminal status (`finish_port_run` reads
 the run first and sends nothing to a finished run).
 
-Entities are upserted only when what Port shows would change: the activity reads each entity
-and compares the properties and relations we own. Reading Port rather than remembering what we
-sent keeps no state in any workflow and repairs an entity someone edited in Port; it costs one
-GET per entity and report.
+Entities (workflows/portview.py makes them from the status) are upserted only when what Port
+shows would change: the activity reads each entity and compares the properties and relations we
+own. Reading Port rather than remembering what we sent keeps no state in any workflow and
+repairs an entity someone edited in Port; it costs one GET per entity and report.
 """
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import yaml
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import as_activity_errors
-from idp import links
-from idp.models import API_VERSION, Model, Workload
-from idp.port import PortClient, PortEntity, PortUnavailable, RunStatus, entity_differs
+from idp import ids, links
+from idp.models import Model
+from idp.port import PortClient, PortUnavailable, RunStatus, entity_differs
 from workflows.messages import WorkloadStatus
+from workflows.portview import port_entities
 from workflows.state import ConditionStatus, Phase
-
-WORKLOAD_BLUEPRINT = "idpWorkload"
-SYSTEM_BLUEPRINT = "idpSystem"
-AGGREGATOR_BLUEPRINT = "idpApiAggregator"
 
 # First look soon (most requests settle in a second or two), then back off to spare queries.
 _POLL_FIRST = 0.1
@@ -141,7 +135,8 @@ class PortActivities:
     async def sync_port_entities(self, input: EntitiesInput) -> EntitiesResult:
         result = EntitiesResult()
         with port_errors():
-            for blueprint, entity in entities(input):
+            shown = port_entities(input.status, input.workload_link, input.system_link)
+            for blueprint, entity in shown:
                 current = await self._port.get_entity(blueprint, entity.identifier)
                 name = f"{blueprint}/{entity.identifier}"
                 if entity_differs(current, entity):
@@ -252,7 +247,7 @@ def settled(
 
 
 def vanished(workflow_id: str) -> Settled:
-    name = workflow_id.removeprefix("workload/")
+    name = ids.workload_reference(workflow_id)
     return Settled(
         outcome="FAILURE",
         label="Not found",
@@ -268,86 +263,6 @@ def summary(status: WorkloadStatus) -> str:
         mark = "✅" if c.status == ConditionStatus.TRUE else "❌"
         lines.append(f"- {mark} {c.type}: {c.reason}: {c.message}")
     return "\n".join(lines)
-
-
-def conditions_text(status: WorkloadStatus) -> str:
-    return "\n".join(
-        f"- {c.type}: {c.status.value} ({c.reason}) {c.message}" for c in status.conditions
-    )
-
-
-def spec_yaml(workload: Workload) -> str:
-    """The applied document as a person would write it: defaults left out, so that pasting it
-    back into Update workload applies the same spec."""
-    body = workload.model_dump(mode="json", exclude_defaults=True)
-    document = {"apiVersion": API_VERSION, "kind": "Workload", **body}
-    return yaml.safe_dump(document, sort_keys=False)
-
-
-def entities(input: EntitiesInput) -> list[tuple[str, PortEntity]]:
-    """The entities a workload's status shows in Port, each after the ones it relates to."""
-    status = input.status
-    workload = status.workload
-    system = workload.metadata.system
-    outputs = status.outputs
-    credentials = outputs.credentials
-    hostnames = sorted({target.aggregator for target in workload.spec.api})
-    found: list[tuple[str, PortEntity]] = [
-        (
-            SYSTEM_BLUEPRINT,
-            PortEntity(
-                identifier=system, title=system, properties={"workflows": input.system_link}
-            ),
-        )
-    ]
-    found += [
-        (
-            AGGREGATOR_BLUEPRINT,
-            PortEntity(identifier=hostname, title=hostname, properties={"hostname": hostname}),
-        )
-        for hostname in hostnames
-    ]
-    properties = {
-        "phase": status.phase.value,
-        "owner": workload.spec.owner,
-        "destination": workload.spec.destination,
-        "namespace": workload.spec.namespace,
-        "generation": status.generation,
-        "observedGeneration": status.observed_generation,
-        "registryUri": outputs.registry.repository_uri if outputs.registry else None,
-        "roleArn": outputs.registry.role_arn if outputs.registry else None,
-        "natsUser": outputs.nats.name if outputs.nats else None,
-        "credentialsVersion": credentials.version if credentials else None,
-        "credentialsExpireAt": credentials.expires_at.isoformat() if credentials else None,
-        "conditions": conditions_text(status),
-        "temporal": input.workload_link,
-        "spec": spec_yaml(workload),
-    }
-    found.append(
-        (
-            WORKLOAD_BLUEPRINT,
-            PortEntity(
-                identifier=entity_identifier(system, workload.metadata.name),
-                title=f"{system}/{workload.metadata.name}",
-                properties=properties,
-                relations={"system": system, "apiAggregators": hostnames},
-            ),
-        )
-    )
-    return found
-
-
-def port_view(status: WorkloadStatus) -> str:
-    """A digest of what the workload's entities show, so its workflow publishes only changes
-    (links are left out: they depend on configuration, not on the workload)."""
-    shown = entities(EntitiesInput(run_id=None, status=status, workload_link="", system_link=""))
-    body = json.dumps([(b, e.model_dump(mode="json")) for b, e in shown], sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def entity_identifier(system: str, name: str) -> str:
-    """`<system>.<name>`: DNS labels hold no dots, so it splits back unambiguously."""
-    return f"{system}.{name}"
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from idp.platform import Destination, Platform
 from idp.statestore import Change, ChangeResult, StateStore, state_store
 
 # The files this step manages in the workload's directory, which also holds the delivered NATS
-# secret (idp/delivery.py): only these are written or deleted by a write, never that secret.
+# secret (idp/delivery/): only these are written or deleted by a write, never that secret.
 MANIFEST_FILES = frozenset({SERVICE_ACCOUNT_FILE})
 
 

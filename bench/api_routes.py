@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from idp import ids
 from idp.gateway import aggregator_directory, render_aggregator
 from idp.models import ApiAggregator, ApiTarget, Workload
 from idp.routes import RouteTarget
@@ -153,7 +154,7 @@ async def end_to_end(n: int, tmp: Path) -> dict[str, float]:
         change_commits = git_commits(stack.state_store) - before
 
         before = git_commits(stack.state_store)
-        handle = client.get_workflow_handle(f"api-aggregator/{HOSTNAME}")
+        handle = client.get_workflow_handle(ids.aggregator_id(HOSTNAME))
         generation = (await handle.query(ApiAggregatorWorkflow.status)).generation
         await handle.signal(ApiAggregatorWorkflow.reconcile)
         async with asyncio.timeout(60):

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from idp import ids
 from idp.models import Workload
 from idp.statestore import Claim, OwnedByAnother
 
@@ -112,7 +113,7 @@ def labelled_owner(text: str) -> str | None:
     write restores) or was never ours, and either way no workload's work is overwritten."""
     try:
         labels = yaml.safe_load(text)["metadata"]["labels"]
-        return f"workload/{labels[SYSTEM_LABEL]}/{labels[WORKLOAD_LABEL]}"
+        return ids.workload_id(labels[SYSTEM_LABEL], labels[WORKLOAD_LABEL])
     except (yaml.YAMLError, TypeError, KeyError):
         return None
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from idp import ids
 from idp.durations import Duration
 from idp.names import Hostname, Label, Matches, Subdomain
 
@@ -201,7 +202,7 @@ class Workload(Model):
 
     @property
     def workflow_id(self) -> str:
-        return f"workload/{self.metadata.system}/{self.metadata.name}"
+        return ids.workload_id(self.metadata.system, self.metadata.name)
 
     @property
     def service_account(self) -> str:
@@ -236,7 +237,7 @@ class ApiAggregator(Model):
 
     @property
     def workflow_id(self) -> str:
-        return f"api-aggregator/{self.spec.hostname}"
+        return ids.aggregator_id(self.spec.hostname)
 
 
 Resource = Workload | ApiAggregator

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from idp import links
+from idp import ids, links
 from idp.loading import InputError, load
 from idp.models import KINDS, ApiAggregator, Workload, disallowed_aggregator_changes
 from idp.platform import Platform, PlatformError, load_platform, platform_path
@@ -82,10 +82,7 @@ async def cmd_apply(args: argparse.Namespace) -> None:
         verb = "configured" if result.changed else "unchanged"
         if workload.workflow_id not in existing:
             verb = "created"
-        _out(
-            f"workload/{workload.metadata.system}/{workload.metadata.name} {verb} "
-            f"(generation {result.generation})"
-        )
+        _out(f"{workload.workflow_id} {verb} (generation {result.generation})")
     if args.wait:
         await _wait_ready(client, generations, args.timeout)
 
@@ -130,7 +127,7 @@ async def _wait_ready(client: Client, generations: dict[str, int], timeout: floa
         for workflow_id, generation in list(pending.items()):
             status = await operations.workload_status(client, workflow_id)
             line = _progress(status)
-            name = workflow_id.removeprefix("workload/")
+            name = ids.workload_reference(workflow_id)
             if shown.get(workflow_id) != line:
                 shown[workflow_id] = line
                 _out(f"  {name}: {line}")
@@ -144,7 +141,7 @@ async def _wait_ready(client: Client, generations: dict[str, int], timeout: floa
         if not pending:
             break
         if time.monotonic() > deadline:
-            names = ", ".join(w.removeprefix("workload/") for w in pending)
+            names = ", ".join(ids.workload_reference(w) for w in pending)
             raise Failure(
                 f"timed out after {timeout:g}s waiting for {names} to be Ready; "
                 f"last seen: {shown[next(iter(pending))]}"

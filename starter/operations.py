@@ -13,6 +13,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from idp import ids
 from idp.manifests import shared_name
 from idp.models import ApiAggregator, Workload, disallowed_changes
 from workflows import search_attributes as sa
@@ -44,11 +45,10 @@ class Refused(Exception):
 
 def workload_id(reference: str) -> str:
     """`system/name` (or a full workflow id) → the workload's workflow id."""
-    reference = reference.removeprefix("workload/")
-    system, _, name = reference.partition("/")
+    system, name = ids.parse_workload_id(reference)
     if not system or not name or "/" in name:
-        raise ValueError(f"expected SYSTEM/NAME, got {reference!r}")
-    return f"workload/{system}/{name}"
+        raise ValueError(f"expected SYSTEM/NAME, got {ids.workload_reference(reference)!r}")
+    return ids.workload_id(system, name)
 
 
 async def apply_workload(
@@ -115,7 +115,7 @@ async def names_held_elsewhere(client: Client, workloads: list[Workload]) -> lis
         candidates = [
             execution.id
             async for execution in client.list_workflows(query)
-            if execution.id.rpartition("/")[2] in names
+            if ids.parse_workload_id(execution.id)[1] in names
         ]
         holders = await asyncio.gather(*(_written_spec(client, id) for id in candidates))
         for holder in filter(None, holders):
@@ -145,7 +145,7 @@ async def workload_status(client: Client, workflow_id: str) -> WorkloadStatus:
         return await handle.query(WorkloadWorkflow.status)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound(f"no workload {workflow_id.removeprefix('workload/')} found") from None
+            raise NotFound(f"no workload {ids.workload_reference(workflow_id)} found") from None
         raise
 
 
@@ -154,7 +154,7 @@ async def send_request(
 ) -> None:
     """Send a request as the workflow's update of that name: it is refused, with the reason,
     before anything is recorded when it cannot take effect (workflows/requests.py)."""
-    name = workflow_id.removeprefix("workload/")
+    name = ids.workload_reference(workflow_id)
     handle = client.get_workflow_handle(workflow_id)
     try:
         description = await handle.describe()
@@ -198,7 +198,7 @@ async def list_workloads(client: Client, system: str | None = None) -> list[Work
     rows = []
     async for execution in client.list_workflows(query):
         attributes = execution.typed_search_attributes
-        system_name, _, name = execution.id.removeprefix("workload/").partition("/")
+        system_name, name = ids.parse_workload_id(execution.id)
         rows.append(
             WorkloadRow(
                 name=name,
@@ -216,7 +216,8 @@ async def list_workloads(client: Client, system: str | None = None) -> list[Work
 
 
 def aggregator_id(hostname: str) -> str:
-    return f"api-aggregator/{hostname.removeprefix('api-aggregator/')}"
+    """A hostname (or an aggregator's workflow id, as idpctl accepts) → the workflow id."""
+    return ids.aggregator_id(ids.aggregator_hostname(hostname))
 
 
 async def apply_aggregator(
@@ -283,7 +284,7 @@ async def list_aggregators(client: Client) -> list[AggregatorRow]:
         memo = await execution.memo()
         rows.append(
             AggregatorRow(
-                hostname=execution.id.removeprefix("api-aggregator/"),
+                hostname=ids.aggregator_hostname(execution.id),
                 name=memo.get("name") or "-",
                 phase=attributes.get(sa.PHASE) or "Unknown",
                 destination=attributes.get(sa.DESTINATION) or "",

@@ -51,7 +51,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.port import Target
-from idp import links
+from idp import ids, links
 from idp.errors import IdpError
 from idp.keyring import KeyRingError
 from idp.loading import YamlLoader, parse_document, yaml_problem
@@ -320,7 +320,7 @@ class Bridge:
                 400,
                 f"unknown action {body.action!r}; this bridge runs {', '.join(sorted(ACTIONS))}",
             )
-        report_id = f"port-run/{body.run_id}"
+        report_id = ids.port_run_id(body.run_id)
         # Checked first: re-applying a create whose workload was deleted since would bring it
         # back (update-with-start starts a new workflow), so an accepted run is never redone.
         if await self._exists(report_id):
@@ -331,7 +331,7 @@ class Bridge:
             accepted = await self._apply(body, operation)
         else:
             accepted = await self._signal(body, operation)
-        system = accepted.workflow_id.split("/")[1]
+        system, _ = ids.parse_workload_id(accepted.workflow_id)
         report = PortRunInput(
             run_id=body.run_id,
             request=accepted.request,
@@ -351,7 +351,7 @@ class Bridge:
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"Port run {body.run_id}: {accepted.request} of "
-                f"{accepted.workflow_id.removeprefix('workload/')}",
+                f"{ids.workload_reference(accepted.workflow_id)}",
             )
             duplicate = False
         except WorkflowAlreadyStartedError:
@@ -371,7 +371,7 @@ class Bridge:
         current: WorkloadStatus | None = None
         if operation == "update":
             system, name = entity_reference(body.entity)
-            current = await self._status(f"workload/{system}/{name}")
+            current = await self._status(ids.workload_id(system, name))
         if inputs.spec is not None:
             workload = build_workload(inputs, document_from_yaml(inputs.spec), "inputs.spec")
         elif current is not None:
@@ -412,7 +412,7 @@ class Bridge:
 
     async def _signal(self, body: WebhookBody, operation: str) -> Accepted:
         system, name = entity_reference(body.entity)
-        workflow_id = f"workload/{system}/{name}"
+        workflow_id = ids.workload_id(system, name)
         if operation == "rotate_credentials":
             rotate: RotateInputs = _parse(RotateInputs, _given(body.inputs), "inputs.")
             request: SignalRequest = RotateRequest(

@@ -1,4 +1,4 @@
-"""idp/delivery.py with real parts: git repositories on disk, real sealing and unsealing with a
+"""idp/delivery/ with real parts: git repositories on disk, real sealing and unsealing with a
 throwaway controller key, AWS Secrets Manager through moto's server, and real NATS .creds.
 
 The manifests are validated against the upstream CRDs from the shared conformance folder (those
@@ -27,21 +27,16 @@ from support.stack import bare_repo, git
 
 from activities.statestore import ManifestsInput, StateStoreActivities
 from idp.delivery import (
-    EXTERNAL_FILE,
-    SEALED_FILE,
     VERSION_ANNOTATION,
     CredentialMetadata,
     DeliveryTarget,
-    ExternalSecretDelivery,
-    KubernetesDelivery,
-    SealedSecretDelivery,
     credential_metadata,
-    go_duration,
-    render_kubernetes_secret,
-    request_token,
-    secret_id,
 )
+from idp.delivery.external import ExternalSecretDelivery, go_duration, request_token, secret_id
+from idp.delivery.kubernetes import KubernetesDelivery, render_kubernetes_secret
+from idp.delivery.sealed import SealedSecretDelivery
 from idp.errors import PermanentError
+from idp.manifests import EXTERNAL_FILE, SEALED_FILE
 from idp.models import Delivery, Workload
 from idp.platform import (
     Destination,
@@ -519,9 +514,10 @@ def test_refresh_intervals_are_go_durations(value: timedelta, expected: str) -> 
 
 
 # ---- kubernetes --------------------------------------------------------------------------------
-# No Kubernetes API server can run here, so the one call that reaches it (idp.delivery.KubeApi)
-# is not exercised. What is tested: the Secret body it sends, and the delivery's logic around
-# the call, against the in-memory stand-in below (a test double, for that reason only).
+# No Kubernetes API server can run here, so the one call that reaches it
+# (idp.delivery.kubernetes.KubeApi) is not exercised. What is tested: the Secret body it sends,
+# and the delivery's logic around the call, against the in-memory stand-in below (a test double,
+# for that reason only).
 
 
 class InMemorySecrets:

@@ -22,28 +22,22 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from support.awscalls import CallCounter
 from support.moto import MOTO_ACCOUNT_ID, moto_auth, moto_server, reset_moto
 
-from idp.errors import PermanentError, TransientError
-from idp.registry import (
-    AwsClients,
-    CallCounter,
-    RegistrySpec,
-    RegistryTarget,
-    ensure,
-    ensure_repository,
-    lifecycle_policy,
-    map_client_error,
-    normalize_lifecycle,
+from idp.aws.client import AwsClients, map_client_error
+from idp.aws.ecr import lifecycle_policy, normalize_lifecycle, validate_lifecycle_policy
+from idp.aws.iam import (
     normalize_policy,
     registry_policy,
     role_name_for,
-    teardown,
     trust_policy,
-    validate_lifecycle_policy,
     validate_policy_document,
     validate_role_name,
 )
+from idp.errors import PermanentError, TransientError
+from idp.models import RegistrySpec
+from idp.registry import RegistryTarget, ensure, ensure_repository, teardown
 
 REGION = "eu-west-1"
 ISSUER = "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"

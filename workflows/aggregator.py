@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.heartbeat import HEARTBEAT_TIMEOUT
     from activities.platform import RuntimeSettings
     from activities.statestore import ManifestsResult
+    from idp import ids
     from idp.models import disallowed_aggregator_changes
     from idp.routes import (
         RegisterTargets,
@@ -261,7 +262,9 @@ class ApiAggregatorWorkflow:
         # Taken before the first await: registrations arriving meanwhile add to a fresh list.
         holders, self.state.nudge = self.state.nudge, []
         signals = (
-            workflow.get_external_workflow_handle(f"workload/{holder}").signal("reconcile")
+            workflow.get_external_workflow_handle(
+                ids.workload_id(*ids.parse_workload_id(holder))
+            ).signal("reconcile")
             for holder in holders
         )
         for outcome in await asyncio.gather(*signals, return_exceptions=True):

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         Target,
         WaitInput,
     )
+    from idp import ids
     from idp.models import Model
     from idp.port import RunStatus
 
@@ -66,7 +67,7 @@ class PortRunResult(Model):
 class PortRunWorkflow:
     @workflow.run
     async def run(self, input: PortRunInput) -> PortRunResult:
-        name = input.workflow_id.removeprefix("workload/")
+        name = ids.workload_reference(input.workflow_id)
         by = f" for {input.triggered_by}" if input.triggered_by else ""
         await self._log(input.run_id, f"Accepted{by}: {input.request} of workload {name}.")
         settled: Settled = await workflow.execute_activity_method(

@@ -36,7 +36,6 @@ WAITING = {"AggregatorPending": Phase.PENDING, "RoutesNotWritten": Phase.PROVISI
 class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"
-    UNKNOWN = "Unknown"
 
 
 class State(BaseModel):

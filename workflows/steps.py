@@ -62,7 +62,6 @@ def is_permanent(error: ActivityError) -> bool:
 _MARKS = {
     ConditionStatus.TRUE: "✅ True",
     ConditionStatus.FALSE: "❌ False",
-    ConditionStatus.UNKNOWN: "❔ Unknown",
 }
 
 

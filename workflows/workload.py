@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeInput,
     )
     from activities.platform import RuntimeSettings
-    from activities.port import PortActivities, PublishInput, port_view
+    from activities.port import PortActivities, PublishInput
     from activities.statestore import ManifestsInput, ManifestsResult, StateStoreActivities
     from idp import credentials as policy
     from idp.models import ApiTarget, disallowed_changes
@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         WorkloadInput,
         WorkloadStatus,
     )
+    from workflows.portview import port_view
     from workflows.requests import NO_INPUT, M, Operation, UnreadableInput, read_input, refusal
     from workflows.state import (
         WAITING,

@@ -20,8 +20,8 @@ from temporalio.client import Client
 
 from emulators.synadia import SynadiaEmulator
 from emulators.synadia.natsjwt import decode
-from idp.delivery import FINGERPRINT_ANNOTATION, PUBLIC_KEY_ANNOTATION, SEALED_FILE
-from idp.manifests import workload_directory
+from idp.delivery import FINGERPRINT_ANNOTATION, PUBLIC_KEY_ANNOTATION
+from idp.manifests import SEALED_FILE, workload_directory
 from idp.sealing import unseal_sealed_secret
 from idp.synadia import SynadiaClient
 

@@ -25,8 +25,9 @@ from support.stack import bare_repo, git, task_queue
 from temporalio.client import Client
 
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
-from idp.delivery import SEALED_FILE
-from idp.manifests import workload_directory
+from idp.aws.iam import role_name_for
+from idp.aws.tags import SYSTEM_TAG
+from idp.manifests import SEALED_FILE, workload_directory
 from idp.models import Workload
 from idp.natsusers import user_name
 from idp.platform import (
@@ -38,7 +39,6 @@ from idp.platform import (
     StateStoreConfig,
     SynadiaConfig,
 )
-from idp.registry import SYSTEM_TAG, role_name_for
 from idp.sealing import CertificateSource
 from idp.synadia import SynadiaClient
 from starter.operations import apply_workload

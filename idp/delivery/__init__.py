@@ -1,0 +1,255 @@
+"""Delivering a workload's NATS credentials to its cluster: one interface, three deliveries.
+
+- `sealed-secret` (sealed.py): a Bitnami SealedSecret in the workload's state-store directory,
+  sealed to the destination controller's certificate (`sealedsecret-nats.yaml`).
+- `external-secret` (external.py): the credentials in AWS Secrets Manager
+  (`idp/<system>/<workload>/nats`) and an External Secrets Operator `ExternalSecret` that copies
+  them into the cluster (`externalsecret-nats.yaml`).
+- `kubernetes` (kubernetes.py): a Secret applied straight to the cluster's API server
+  (server-side apply).
+
+This module holds what they share: the interface, where a workload's credentials go, and the
+credential's metadata. Every delivery is told that metadata (version, fingerprint, key, times)
+and records it next to the secret as annotations, so `check` compares what is delivered with
+what the workflow remembers without ever reading the secret itself; sealing draws fresh keys
+every time, so ciphertext is never compared with a new sealing. `resume` finds a version an
+earlier attempt of the same activity already delivered, so a retry neither issues nor delivers
+twice.
+
+The credentials are a `SecretStr` and leave it only to be sealed, stored or applied. Nothing here
+logs, returns or raises them. Free of Temporal; the boto3 and kubernetes calls are synchronous
+and run in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import yaml
+from pydantic import SecretStr
+
+from idp.manifests import (
+    EXTERNAL_FILE,
+    SEALED_FILE,
+    workload_claims,
+    workload_directory,
+    workload_labels,
+)
+from idp.models import Delivery, Model, Workload
+from idp.platform import Destination
+from idp.statestore import Change, Claim
+from idp.synadia import NatsCreds
+
+SECRET_KEY = "nats.creds"
+# Both file names belong to the delivery step, so a change of delivery removes the other file
+# in the same commit: two objects must never claim the same Secret.
+DELIVERY_FILES = frozenset({SEALED_FILE, EXTERNAL_FILE})
+
+VERSION_ANNOTATION = "idp.dev/credential-version"
+FINGERPRINT_ANNOTATION = "idp.dev/credential-fingerprint"
+PUBLIC_KEY_ANNOTATION = "idp.dev/credential-public-key"
+ISSUED_AT_ANNOTATION = "idp.dev/credential-issued-at"
+EXPIRES_AT_ANNOTATION = "idp.dev/credential-expires-at"
+
+
+class CredentialMetadata(Model):
+    """What may be known about a credential without holding it."""
+
+    version: int
+    public_key: str
+    issued_at: datetime
+    expires_at: datetime
+    fingerprint: str
+
+
+class Delivered(Model):
+    """Where a credential version went; metadata only."""
+
+    credential: CredentialMetadata
+    delivery: Delivery
+    location: str
+    commit: str | None = None
+    detail: str | None = None
+    resumed: bool = False
+
+
+class DeliveryState(Model):
+    in_place: bool
+    problem: str | None = None
+
+
+def fingerprint(creds: NatsCreds) -> str:
+    """sha256 of the JWT's id: tells versions apart and reveals nothing about the seed."""
+    if creds.jwt_id:
+        return hashlib.sha256(creds.jwt_id.encode()).hexdigest()
+    return creds.fingerprint
+
+
+def credential_metadata(creds: NatsCreds, version: int, ttl: timedelta) -> CredentialMetadata:
+    # A JWT without exp never expires; assuming the configured ttl only makes refresh earlier.
+    expires = creds.expires_at or creds.issued_at + ttl
+    return CredentialMetadata(
+        version=version,
+        public_key=creds.user_public_key,
+        issued_at=creds.issued_at,
+        expires_at=expires,
+        fingerprint=fingerprint(creds),
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """Where one workload's credentials go; everything derived from the workload and platform."""
+
+    owner: str  # the workflow id: idempotency keys derive from it, never from a run id
+    system: str
+    workload: str
+    namespace: str
+    secret_name: str
+    directory: str
+    labels: Mapping[str, str]
+    # The names the workload's directory holds: a secret written there by a workload that does
+    # not own the directory is refused like its manifests would be (the Credentials step runs
+    # before the Manifests step).
+    claims: tuple[Claim, ...] = ()
+
+    @classmethod
+    def of(cls, workload: Workload, destination: Destination) -> DeliveryTarget:
+        nats = workload.spec.nats
+        name = (nats.credentials.secret_name if nats else None) or f"{workload.metadata.name}-nats"
+        return cls(
+            owner=workload.workflow_id,
+            system=workload.metadata.system,
+            workload=workload.metadata.name,
+            namespace=workload.spec.namespace,
+            secret_name=name,
+            directory=workload_directory(destination.state_store.path, workload),
+            labels=workload_labels(workload),
+            claims=workload_claims(destination.state_store.path, workload),
+        )
+
+    def change(self, files: Mapping[str, str], message: str) -> Change:
+        """Write (or, with no files, remove) the delivery's files beside the manifests."""
+        return Change(
+            self.directory,
+            files,
+            message,
+            DELIVERY_FILES,
+            owner=self.owner,
+            claims=self.claims,
+        )
+
+    def path(self, file: str) -> str:
+        return f"{self.directory}/{file}"
+
+
+def delivery_kind(workload: Workload, destination: Destination) -> Delivery:
+    nats = workload.spec.nats
+    return (nats.credentials.delivery if nats else None) or destination.default_delivery
+
+
+class CredentialDelivery(Protocol):
+    kind: Delivery
+
+    async def resume(
+        self, target: DeliveryTarget, version: int, public_key: str, message: str
+    ) -> Delivered | None:
+        """The given version if an earlier attempt already delivered it for this key (finishing
+        what that attempt left undone); None when the credential must be issued."""
+        ...
+
+    async def deliver(
+        self,
+        target: DeliveryTarget,
+        secret: SecretStr,
+        credential: CredentialMetadata,
+        message: str,
+    ) -> Delivered: ...
+
+    async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:
+        """Is this version still delivered, unaltered? Reads metadata only."""
+        ...
+
+    async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
+        """What the delivered secret's annotations say it holds, whatever the version; None
+        when there is none or they cannot be read."""
+        ...
+
+    async def remove(self, target: DeliveryTarget, message: str) -> list[str]:
+        """Remove what was delivered (idempotent); what it removed."""
+        ...
+
+
+def credential_annotations(credential: CredentialMetadata) -> dict[str, str]:
+    """What every delivery records beside the secret, so `check` and `current` need not read it."""
+    return {
+        VERSION_ANNOTATION: str(credential.version),
+        FINGERPRINT_ANNOTATION: credential.fingerprint,
+        PUBLIC_KEY_ANNOTATION: credential.public_key,
+        ISSUED_AT_ANNOTATION: _timestamp(credential.issued_at),
+        EXPIRES_AT_ANNOTATION: _timestamp(credential.expires_at),
+    }
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def metadata_from(annotations: Mapping[str, Any]) -> CredentialMetadata | None:
+    """The credential the annotations describe; None when any part is missing or malformed."""
+    try:
+        issued = datetime.fromisoformat(str(annotations[ISSUED_AT_ANNOTATION]))
+        expires = datetime.fromisoformat(str(annotations[EXPIRES_AT_ANNOTATION]))
+        if issued.tzinfo is None or expires.tzinfo is None:
+            return None  # we write UTC; a naive time was edited by hand
+        return CredentialMetadata(
+            version=int(annotations[VERSION_ANNOTATION]),
+            public_key=str(annotations[PUBLIC_KEY_ANNOTATION]),
+            issued_at=issued,
+            expires_at=expires,
+            fingerprint=str(annotations[FINGERPRINT_ANNOTATION]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def can_resume(found: CredentialMetadata | None, version: int, public_key: str) -> bool:
+    """An earlier attempt's credential can stand in for a new one only if it is this version,
+    of the user's current key, and not about to expire."""
+    return (
+        found is not None
+        and found.version == version
+        and found.public_key == public_key
+        and found.expires_at > datetime.now(UTC) + timedelta(minutes=1)
+    )
+
+
+def parse_manifest(text: str | None, path: str, kind: str) -> tuple[dict[str, Any] | None, str]:
+    """The manifest if `text` holds a `kind`; else None and what is wrong with the file."""
+    if text is None:
+        return None, f"{path} is missing from the state store"
+    try:
+        manifest = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None, f"{path} is not valid YAML"
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        return None, f"{path} does not hold a {kind}"
+    return manifest, ""
+
+
+def check_annotations(
+    annotations: Mapping[str, Any], credential: CredentialMetadata, where: str
+) -> str | None:
+    """None when the annotations name this credential; else what `where` holds instead."""
+    found = annotations.get(VERSION_ANNOTATION)
+    if found is None:
+        return f"{where} has no {VERSION_ANNOTATION} annotation"
+    if found != str(credential.version):
+        return f"{where} holds credential version {found}, expected {credential.version}"
+    if annotations.get(FINGERPRINT_ANNOTATION) != credential.fingerprint:
+        return f"{where} holds another credential than version {credential.version} (fingerprint)"
+    return None

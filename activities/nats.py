@@ -87,6 +87,9 @@ class IssueInput(Model):
     user_id: str
     version: int
     reason: str
+    # The workflow's record of the key it last delivered: what the workload holds when the
+    # delivered secret itself cannot be read (deleted or edited by hand).
+    delivered_public_key: str | None = None
 
 
 class CredentialRecord(Model):
@@ -290,7 +293,10 @@ class NatsActivities:
             async def delivered_key() -> DeliveredKey:
                 if request.version == 1:
                     return DeliveredKey(known=True)  # this workflow never delivered one
-                return await self._delivered_key(destination, kind, target)
+                found = await self._delivered_key(destination, kind, target)
+                if not found.known and request.delivered_public_key is not None:
+                    return DeliveredKey(known=True, public_key=request.delivered_public_key)
+                return found
 
             download = await download_on_unused_key(client, user, delivered_key)
         creds = download.creds

@@ -644,6 +644,25 @@ async def issuances_by_key(emulator: SynadiaEmulator, user_id: str) -> dict[str,
     return by_key
 
 
+async def lose_a_download(
+    acts: NatsActivities, emulator: SynadiaEmulator, user: NatsUser, request: IssueInput
+) -> None:
+    """Run the activity until Synadia has issued, then stop it as a SIGKILL would: the creds
+    are out, nothing delivered them."""
+    issued = emulator.creds_issued(user.user_id)
+    emulator.set_faults(hold_match="POST /nats-users/{userId}/creds", hold_ms=3_000)
+    attempt = asyncio.create_task(run(acts.issue_credentials, request))
+    try:
+        async with asyncio.timeout(10):
+            while emulator.creds_issued(user.user_id) == issued:
+                await asyncio.sleep(0.01)
+    finally:
+        attempt.cancel()
+        emulator.set_faults()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
 async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_one_kept(
     acts: NatsActivities,
     emulator: SynadiaEmulator,
@@ -654,23 +673,6 @@ async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_o
 ) -> None:
     w = workload()
     user = await run(acts.ensure_nats_user, NatsUserInput(workload=w))
-    creds_route = "POST /nats-users/{userId}/creds"
-
-    async def lose_a_download(request: IssueInput) -> None:
-        """Run the activity until Synadia has issued, then stop it as a SIGKILL would: the
-        creds are out, nothing delivered them."""
-        issued = emulator.creds_issued(user.user_id)
-        emulator.set_faults(hold_match=creds_route, hold_ms=3_000)
-        attempt = asyncio.create_task(run(acts.issue_credentials, request))
-        try:
-            async with asyncio.timeout(10):
-                while emulator.creds_issued(user.user_id) == issued:
-                    await asyncio.sleep(0.01)
-        finally:
-            attempt.cancel()
-            emulator.set_faults()
-        with pytest.raises(asyncio.CancelledError):
-            await attempt
 
     def request(version: int, reason: str) -> IssueInput:
         return IssueInput(
@@ -683,7 +685,7 @@ async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_o
 
     # The first issuance is lost; the next try (an attempt 1 again, as after a workflow retry)
     # revokes the key it was issued on and delivers on a new one.
-    await lose_a_download(request(1, "Initial"))
+    await lose_a_download(acts, emulator, user, request(1, "Initial"))
     commits = commit_count(remote)
     first = await run(acts.issue_credentials, request(1, "Initial"))
     assert commit_count(remote) == commits + 1
@@ -697,7 +699,7 @@ async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_o
 
     # A refresh is lost too: the running workload's v1 stays valid throughout, the lost key is
     # revoked, v2 lands on a third key.
-    await lose_a_download(request(2, "Refresh"))
+    await lose_a_download(acts, emulator, user, request(2, "Refresh"))
     second = await run(acts.issue_credentials, request(2, "Refresh"))
     by_key = await issuances_by_key(emulator, user.user_id)
     lost = [k for k in by_key if k not in (user.public_key, first.public_key, second.public_key)]
@@ -748,3 +750,36 @@ async def test_a_download_answered_with_an_error_after_it_issued_is_revoked(
         record.public_key: ["Active"],
     }
     assert emulator.creds_issued(user.user_id) == 2 and commit_count(remote) == 1
+
+
+async def test_a_lost_download_is_revoked_even_when_the_delivered_secret_is_gone(
+    acts: NatsActivities, emulator: SynadiaEmulator, remote: Path, tmp_path: Path
+) -> None:
+    # The sealed secret was deleted by hand, so the activity cannot read which key the workload
+    # holds; the workflow's record of what it delivered tells it, and the lost key is revoked.
+    w = workload()
+    user = await run(acts.ensure_nats_user, NatsUserInput(workload=w))
+    first = await issue(acts, w, user, 1)
+    clone = tmp_path / "someone"
+    git("clone", "--quiet", str(remote), str(clone))
+    (clone / first.location).unlink()
+    git("commit", "--quiet", "-am", "delete", cwd=clone)
+    git("push", "--quiet", "origin", "main", cwd=clone)
+
+    drifted = IssueInput(
+        workload=w,
+        workflow_id=w.workflow_id,
+        user_id=user.user_id,
+        version=2,
+        reason="DeliveryDrift",
+        delivered_public_key=first.public_key,
+    )
+    await lose_a_download(acts, emulator, user, drifted)
+    second = await run(acts.issue_credentials, drifted)
+    by_key = await issuances_by_key(emulator, user.user_id)
+    lost = [k for k in by_key if k not in (first.public_key, second.public_key)]
+    assert by_key == {
+        first.public_key: ["Active"],
+        lost[0]: ["Revoked"],
+        second.public_key: ["Active"],
+    }

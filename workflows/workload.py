@@ -602,6 +602,7 @@ class WorkloadWorkflow:
                 user_id=user.user_id,
                 version=version,
                 reason=reason.value,
+                delivered_public_key=previous.public_key if previous else None,
             ),
             f"issue and deliver credentials v{version} ({reason.value})",
         )

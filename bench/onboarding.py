@@ -45,10 +45,12 @@ NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl
 
 
 def workload(system: str, name: str) -> Workload:
+    # A namespace per system: the durable and the plain run share one state store, where a
+    # directory has one owner.
     return Workload.model_validate(
         {
             "metadata": {"name": name, "system": system},
-            "spec": {"owner": "bench", "destination": "dev", "namespace": "bench", "nats": NATS},
+            "spec": {"owner": "bench", "destination": "dev", "namespace": system, "nats": NATS},
         }
     )
 

@@ -182,6 +182,28 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
         assert part not in history
 
 
+async def test_an_unknown_account_is_answered_at_once_not_after_the_wait(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    # Retrying cannot create the account: wait_ready answers with the reason as soon as the
+    # pass ends, well inside its 300 s timeout, and issues nothing.
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    w = workload(queue, account="quoting")
+    async with running_worker(client, nats_platform(repo, emulator, keys), queue, tmp_path / "c"):
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        async with asyncio.timeout(30):
+            status = await handle.execute_update(
+                WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=300)
+            )
+    assert status.phase == Phase.DEGRADED
+    [blocked] = [c for c in status.conditions if c.permanent]
+    assert (blocked.type, blocked.reason) == ("Nats", "UnknownAccount")
+    assert "quoting" in blocked.message
+    assert status.outputs.credentials is None
+
+
 async def _passes(handle: WorkflowHandle, count: int) -> None:
     """Wait until the workflow completed at least `count` delivery checks."""
     async with asyncio.timeout(30):

@@ -67,10 +67,10 @@ def sealed_changes(repo: Path, workload: Workload) -> list[str]:
     return out.stdout.split()
 
 
-def delivered_keys(repo: Path, workload: Workload) -> set[str]:
-    """The user key of every credential the SealedSecret ever held (its annotations say)."""
+def delivered_keys(repo: Path, workload: Workload, changes: list[str]) -> set[str]:
+    """The user key of every credential the SealedSecret held at `changes` (its annotations)."""
     keys = set()
-    for sha in sealed_changes(repo, workload):
+    for sha in changes:
         text = subprocess.run(
             ["git", "show", f"{sha}:{sealed_path(workload)}"],
             cwd=repo,
@@ -82,12 +82,12 @@ def delivered_keys(repo: Path, workload: Workload) -> set[str]:
 
 
 async def valid_undelivered(
-    synadia: SynadiaEmulator, user_id: str, repo: Path, workload: Workload
+    synadia: SynadiaEmulator, user_id: str, repo: Path, workload: Workload, changes: list[str]
 ) -> int:
     """Issued credentials nats-server would still accept on keys nothing was delivered on."""
     async with SynadiaClient(synadia.api_url, synadia.token) as client:
         issuances = await client.list_nats_user_issuances(user_id)
-    delivered = delivered_keys(repo, workload)
+    delivered = delivered_keys(repo, workload, changes)
     return sum(i.status in LIVE_ISSUANCE and i.sub not in delivered for i in issuances)
 
 
@@ -111,13 +111,13 @@ async def reconciler(
                 await env.sleep(timedelta(days=1))
             status = await handle.query(WorkloadWorkflow.status)
     user = status.outputs.nats.user_id
-    deliveries = len(sealed_changes(repo, workload))
+    changes = sealed_changes(repo, workload)
     return {
         "issuances": synadia.creds_issued(user),
-        "deliveries": deliveries,
-        "undelivered": await valid_undelivered(synadia, user, repo, workload),
+        "deliveries": len(changes),
+        "undelivered": await valid_undelivered(synadia, user, repo, workload, changes),
         "commits": no_churn.commits(repo),
-        "restarts": deliveries,
+        "restarts": len(changes),
         "seconds": time.perf_counter() - started,
     }
 
@@ -146,13 +146,13 @@ async def old_pipeline(
                 reason="pipeline-rerun",
             ),
         )
-    deliveries = len(sealed_changes(repo, workload))
+    changes = sealed_changes(repo, workload)
     return {
         "issuances": synadia.creds_issued(user_id),
-        "deliveries": deliveries,
-        "undelivered": await valid_undelivered(synadia, user_id, repo, workload),
+        "deliveries": len(changes),
+        "undelivered": await valid_undelivered(synadia, user_id, repo, workload, changes),
         "commits": no_churn.commits(repo),
-        "restarts": deliveries,
+        "restarts": len(changes),
         "seconds": time.perf_counter() - started,
     }
 

@@ -95,7 +95,7 @@ def render_workload(workload: Workload, *, role_arn: str | None = None) -> dict[
 
 def owner_records(base: str, destination: str, namespace: str | None = None) -> str:
     """The directory of a destination's ownership records, or of one namespace's."""
-    return "/".join(p for p in (base, destination, OWNER_RECORDS, namespace) if p)
+    return resource_directory(base, destination, OWNER_RECORDS, namespace or "")
 
 
 def owner_record(base: str, destination: str, namespace: str, kind: str, name: str) -> str:
@@ -138,22 +138,12 @@ def workload_claims(base: str, workload: Workload) -> tuple[Claim, ...]:
     name, account = workload.metadata.name, workload.service_account
     here = object_subject(destination, namespace, name)
     account_subject = object_subject(destination, namespace, account, "ServiceAccount")
+    directory = workload_directory(base, workload)
     claims = [
-        Claim(
-            f"{workload_directory(base, workload)}/{SERVICE_ACCOUNT_FILE}",
-            here,
-            WORKLOAD_REMEDY,
-            labelled_owner,
-        ),
         # The delivered secret is labelled like the manifests and may be written first.
         *(
-            Claim(
-                f"{workload_directory(base, workload)}/{file}",
-                here,
-                WORKLOAD_REMEDY,
-                labelled_owner,
-            )
-            for file in (SEALED_FILE, EXTERNAL_FILE)
+            Claim(f"{directory}/{file}", here, WORKLOAD_REMEDY, labelled_owner)
+            for file in (SERVICE_ACCOUNT_FILE, SEALED_FILE, EXTERNAL_FILE)
         ),
         # An ApiAggregator named so that its directory `api-<name>` is this one.
         Claim(owner_record(base, destination, namespace, DIRECTORY, name), here, WORKLOAD_REMEDY),
@@ -170,10 +160,10 @@ def workload_claims(base: str, workload: Workload) -> tuple[Claim, ...]:
         )
     )
     if custom:
-        directory = resource_directory(base, destination, namespace, account)
+        account_directory = resource_directory(base, destination, namespace, account)
         claims.append(
             Claim(
-                f"{directory}/{SERVICE_ACCOUNT_FILE}",
+                f"{account_directory}/{SERVICE_ACCOUNT_FILE}",
                 account_subject,
                 SERVICE_ACCOUNT_REMEDY,
                 service_account_owner(account),

@@ -285,10 +285,9 @@ class DeliveredKey:
 
 @dataclass
 class Download:
-    """Fresh creds, the user as it is after any rotation, and what happened to earlier keys."""
+    """Fresh creds, and what happened to earlier keys."""
 
     creds: NatsCreds
-    user: NatsUser
     kept: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
 
@@ -329,7 +328,7 @@ async def download_on_unused_key(
     while True:
         user = await _unused_key(client, user, delivered, kept, revoked)
         try:
-            return Download(await client.download_creds(user.id), user, kept, revoked)
+            return Download(await client.download_creds(user.id), kept, revoked)
         except TransientError:
             if attempt >= tries:
                 raise

@@ -163,6 +163,12 @@ class AwsConfig(Model):
 LOCAL_ACCOUNTS_FIELD = "synadia.local.accounts"
 
 
+def _require_unique(what: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+
+
 class LocalAccount(Model):
     """An application account the local Synadia emulator creates, with its signing key groups."""
 
@@ -202,10 +208,7 @@ class LocalSynadia(Model):
     @field_validator("accounts")
     @classmethod
     def _distinct_accounts(cls, value: list[LocalAccount]) -> list[LocalAccount]:
-        names = [a.name for a in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"account names must be unique; repeated: {', '.join(repeated)}")
+        _require_unique("account", [a.name for a in value])
         return value
 
 
@@ -338,10 +341,7 @@ class Platform(Model):
                     f"with aws configured, every destination needs cluster (trust and OIDC "
                     f"provider); missing on: {', '.join(missing)}"
                 )
-        names = [d.name for d in self.destinations]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        _require_unique("destination", [d.name for d in self.destinations])
         return self
 
     def destination(self, name: str) -> Destination | None:

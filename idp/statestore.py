@@ -237,10 +237,13 @@ class StateStore:
             )
             if not paths:
                 return {}
-            request = "".join(f"{entries[p][1]}\n" for p in paths).encode()
-            blobs = await self._git("cat-file", "--batch", input=request)
             names = [p.removeprefix(directory + "/") for p in paths]
-            return dict(zip(names, _split_batch(blobs.stdout), strict=True))
+            return dict(zip(names, await self._texts([entries[p][1] for p in paths]), strict=True))
+
+    async def _texts(self, oids: Sequence[str]) -> list[str]:
+        """The text of each blob, in order."""
+        request = "".join(f"{oid}\n" for oid in oids).encode()
+        return _split_batch((await self._git("cat-file", "--batch", input=request)).stdout)
 
     # The writer side.
 
@@ -348,10 +351,7 @@ class StateStore:
         if not unknown:
             return {}
         ordered = sorted(unknown)
-        blobs = await self._git(
-            "cat-file", "--batch", input="".join(f"{o}\n" for o in ordered).encode()
-        )
-        return dict(zip(ordered, _split_batch(blobs.stdout), strict=True))
+        return dict(zip(ordered, await self._texts(ordered), strict=True))
 
     async def _entries(self, head: str, directories: Sequence[str]) -> dict[str, _Entry]:
         """Every entry below the directories at `head`: path -> (mode, object id)."""

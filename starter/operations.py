@@ -8,6 +8,7 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
@@ -120,8 +121,9 @@ async def names_held_elsewhere(client: Client, workloads: list[Workload]) -> lis
         holders = await asyncio.gather(*(_written_spec(client, id) for id in candidates))
         for holder in filter(None, holders):
             for workload in applied:
-                refusal = shared_name(workload, holder)
-                if refusal and workload.workflow_id != holder.workflow_id:
+                if workload.workflow_id == holder.workflow_id:
+                    continue
+                if refusal := shared_name(workload, holder):
                     problems.append(f"{workload.workflow_id}: {refusal}")
     return problems
 
@@ -134,7 +136,7 @@ async def _written_spec(client: Client, workflow_id: str) -> Workload | None:
         status = await client.get_workflow_handle(workflow_id).query(
             WorkloadWorkflow.status, rpc_timeout=HOLDER_QUERY_TIMEOUT
         )
-    except RPCError:
+    except (RPCError, WorkflowQueryFailedError):
         return None
     return status.workload if status.outputs.manifests is not None else None
 

@@ -182,17 +182,23 @@ def jwt_claims(creds: str) -> dict[str, Any]:
     return decode(next(line for line in creds.splitlines() if line.startswith("eyJ")))
 
 
-async def issue(
-    acts: NatsActivities, w: Workload, user: NatsUser, version: int, reason: str = "Initial"
-) -> CredentialRecord:
-    request = IssueInput(
+def issue_input(
+    w: Workload, user: NatsUser, version: int, reason: str = "Initial", **extra: Any
+) -> IssueInput:
+    return IssueInput(
         workload=w,
         workflow_id=w.workflow_id,
         user_id=user.user_id,
         version=version,
         reason=reason,
+        **extra,
     )
-    return await run(acts.issue_credentials, request)
+
+
+async def issue(
+    acts: NatsActivities, w: Workload, user: NatsUser, version: int, reason: str = "Initial"
+) -> CredentialRecord:
+    return await run(acts.issue_credentials, issue_input(w, user, version, reason))
 
 
 # ---- the user ----------------------------------------------------------------------------------
@@ -675,13 +681,7 @@ async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_o
     user = await run(acts.ensure_nats_user, NatsUserInput(workload=w))
 
     def request(version: int, reason: str) -> IssueInput:
-        return IssueInput(
-            workload=w,
-            workflow_id=w.workflow_id,
-            user_id=user.user_id,
-            version=version,
-            reason=reason,
-        )
+        return issue_input(w, user, version, reason)
 
     # The first issuance is lost; the next try (an attempt 1 again, as after a workflow retry)
     # revokes the key it was issued on and delivers on a new one.
@@ -766,14 +766,7 @@ async def test_a_lost_download_is_revoked_even_when_the_delivered_secret_is_gone
     git("commit", "--quiet", "-am", "delete", cwd=clone)
     git("push", "--quiet", "origin", "main", cwd=clone)
 
-    drifted = IssueInput(
-        workload=w,
-        workflow_id=w.workflow_id,
-        user_id=user.user_id,
-        version=2,
-        reason="DeliveryDrift",
-        delivered_public_key=first.public_key,
-    )
+    drifted = issue_input(w, user, 2, "DeliveryDrift", delivered_public_key=first.public_key)
     await lose_a_download(acts, emulator, user, drifted)
     second = await run(acts.issue_credentials, drifted)
     by_key = await issuances_by_key(emulator, user.user_id)

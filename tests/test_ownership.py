@@ -280,6 +280,16 @@ async def test_an_aggregator_and_a_workload_of_one_directory_exclude_each_other(
     )
 
 
+async def test_a_workload_cannot_take_an_aggregators_directory(steps, routes, repo) -> None:
+    await write_routes(routes, aggregator("public", "api.example.com"), target(0, "/web"))
+    before = snapshot(repo)
+
+    refused = await refusal(write(steps, workload("a", "api-public", namespace="platform")))
+
+    assert "already written by api-aggregator api.example.com" in refused.message
+    assert snapshot(repo) == before
+
+
 # ---- at apply time ---------------------------------------------------------------------------
 
 

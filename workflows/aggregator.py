@@ -84,7 +84,7 @@ class ApiAggregatorWorkflow:
 
     @apply.validator
     def _validate_apply(self, request: AggregatorApplyRequest) -> None:
-        if request.request_id is not None and request.request_id in self.state.request_ids:
+        if self.state.handled(request.request_id):
             return
         new, current = request.aggregator, self.state.aggregator
         if new.spec.hostname != self.state.hostname:

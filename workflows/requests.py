@@ -15,10 +15,19 @@ from temporalio.common import RawValue
 with workflow.unsafe.imports_passed_through():
     from idp.loading import describe_errors
     from idp.models import Model
+    from workflows.messages import RotateRequest, SignalRequest
     from workflows.state import WorkloadState
 
 M = TypeVar("M", bound="Model")
 Operation = Literal["reconcile", "pause", "resume", "rotate_credentials", "delete"]
+# The input each request reads (an update and a signal of the same name read the same).
+REQUEST_MODELS: dict[Operation, type[SignalRequest]] = {
+    "reconcile": SignalRequest,
+    "pause": SignalRequest,
+    "resume": SignalRequest,
+    "rotate_credentials": RotateRequest,
+    "delete": SignalRequest,
+}
 # What a handler gets when the message came without input (`temporal workflow signal` with no
 # --input, the aggregator's nudge): the SDK passes a RawValue through only when the parameter
 # is annotated exactly so, hence a sentinel rather than None.

@@ -154,11 +154,16 @@ class Ledger(State):
     events: list[Event] = []
     request_ids: list[str] = []
 
+    def handled(self, request_id: str | None) -> bool:
+        """Whether a request of this id was acted on already (a validator's question: it must
+        not record anything)."""
+        return request_id is not None and request_id in self.request_ids
+
     def seen(self, request_id: str | None) -> bool:
         """Record an external request id; True when it was handled before (a re-delivery)."""
         if request_id is None:
             return False
-        if request_id in self.request_ids:
+        if self.handled(request_id):
             return True
         self.request_ids = [*self.request_ids[-(MAX_REQUEST_IDS - 1) :], request_id]
         return False
@@ -208,9 +213,6 @@ class Ledger(State):
         if Phase.PENDING in waiting:
             return Phase.PENDING
         return Phase.PROVISIONING if waiting else Phase.READY
-
-    def blocked(self) -> list[Condition]:
-        return blocking(self.conditions)
 
     def add_event(self, step: str, message: str, now: datetime) -> None:
         self.events = [

@@ -47,7 +47,15 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
     )
     from workflows.portview import port_view
-    from workflows.requests import NO_INPUT, M, Operation, UnreadableInput, read_input, refusal
+    from workflows.requests import (
+        NO_INPUT,
+        REQUEST_MODELS,
+        M,
+        Operation,
+        UnreadableInput,
+        read_input,
+        refusal,
+    )
     from workflows.state import (
         WAITING,
         ApiRoute,
@@ -60,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         Revocation,
         Rotation,
         WorkloadState,
+        blocking,
     )
     from workflows.steps import (
         PHASE_FROM_CONDITIONS,
@@ -124,7 +133,7 @@ class WorkloadWorkflow:
     @apply.validator
     def _validate_apply(self, request: RawValue) -> None:
         apply = self._read_or_reject(request, ApplyRequest, "apply")
-        if apply.request_id is not None and apply.request_id in self.state.request_ids:
+        if self.state.handled(apply.request_id):
             return
         new = apply.workload
         workflow_id = workflow.info().workflow_id
@@ -145,7 +154,9 @@ class WorkloadWorkflow:
             state = self.state
             observed = state.observed_generation >= wait.generation
             # A pass asked for or under way may clear what blocked the last one.
-            blocked = not (state.reconcile_requested or self._reconciling) and state.blocked()
+            blocked = not (state.reconcile_requested or self._reconciling) and blocking(
+                state.conditions
+            )
             # Paused and deleted workloads will not get there, nor one that a person must fix
             # first; tell the caller now.
             return (
@@ -173,65 +184,63 @@ class WorkloadWorkflow:
 
     @workflow.update(name="reconcile")
     def request_reconcile(self, request: RawValue = NO_INPUT) -> None:
-        self._request("reconcile", read_input(request, SignalRequest, "reconcile"))
+        self._request("reconcile", request)
 
     @request_reconcile.validator
     def _validate_reconcile(self, request: RawValue = NO_INPUT) -> None:
-        self._validate_request("reconcile", request, SignalRequest)
+        self._validate_request("reconcile", request)
 
     @workflow.update(name="pause")
     def request_pause(self, request: RawValue = NO_INPUT) -> None:
-        self._request("pause", read_input(request, SignalRequest, "pause"))
+        self._request("pause", request)
 
     @request_pause.validator
     def _validate_pause(self, request: RawValue = NO_INPUT) -> None:
-        self._validate_request("pause", request, SignalRequest)
+        self._validate_request("pause", request)
 
     @workflow.update(name="resume")
     def request_resume(self, request: RawValue = NO_INPUT) -> None:
-        self._request("resume", read_input(request, SignalRequest, "resume"))
+        self._request("resume", request)
 
     @request_resume.validator
     def _validate_resume(self, request: RawValue = NO_INPUT) -> None:
-        self._validate_request("resume", request, SignalRequest)
+        self._validate_request("resume", request)
 
     @workflow.update(name="rotate_credentials")
     def request_rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
-        self._request(
-            "rotate_credentials", read_input(request, RotateRequest, "rotate_credentials")
-        )
+        self._request("rotate_credentials", request)
 
     @request_rotate_credentials.validator
     def _validate_rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
-        self._validate_request("rotate_credentials", request, RotateRequest)
+        self._validate_request("rotate_credentials", request)
 
     @workflow.update(name="delete")
     def request_delete(self, request: RawValue = NO_INPUT) -> None:
-        self._request("delete", read_input(request, SignalRequest, "delete"))
+        self._request("delete", request)
 
     @request_delete.validator
     def _validate_delete(self, request: RawValue = NO_INPUT) -> None:
-        self._validate_request("delete", request, SignalRequest)
+        self._validate_request("delete", request)
 
     @workflow.signal
     def reconcile(self, request: RawValue = NO_INPUT) -> None:
-        self._signal("reconcile", request, SignalRequest)
+        self._signal("reconcile", request)
 
     @workflow.signal
     def pause(self, request: RawValue = NO_INPUT) -> None:
-        self._signal("pause", request, SignalRequest)
+        self._signal("pause", request)
 
     @workflow.signal
     def resume(self, request: RawValue = NO_INPUT) -> None:
-        self._signal("resume", request, SignalRequest)
+        self._signal("resume", request)
 
     @workflow.signal
     def rotate_credentials(self, request: RawValue = NO_INPUT) -> None:
-        self._signal("rotate_credentials", request, RotateRequest)
+        self._signal("rotate_credentials", request)
 
     @workflow.signal
     def delete(self, request: RawValue = NO_INPUT) -> None:
-        self._signal("delete", request, SignalRequest)
+        self._signal("delete", request)
 
     def _read_or_reject(self, raw: RawValue, model: type[M], operation: str) -> M:
         try:
@@ -239,19 +248,17 @@ class WorkloadWorkflow:
         except UnreadableInput as error:
             reject(str(error))
 
-    def _validate_request(
-        self, operation: Operation, raw: RawValue, model: type[SignalRequest]
-    ) -> None:
-        request = self._read_or_reject(raw, model, operation)
-        if request.request_id is not None and request.request_id in self.state.request_ids:
+    def _validate_request(self, operation: Operation, raw: RawValue) -> None:
+        request = self._read_or_reject(raw, REQUEST_MODELS[operation], operation)
+        if self.state.handled(request.request_id):
             return  # a re-delivery of a request already acted on
         problem = refusal(operation, self.state)
         if problem is not None:
             reject(problem)
 
-    def _signal(self, operation: Operation, raw: RawValue, model: type[SignalRequest]) -> None:
+    def _signal(self, operation: Operation, raw: RawValue) -> None:
         try:
-            request = read_input(raw, model, operation)
+            request = read_input(raw, REQUEST_MODELS[operation], operation)
         except UnreadableInput as error:
             self.state.add_event(SIGNAL, f"ignored: {error}", workflow.now())
             return
@@ -263,7 +270,8 @@ class WorkloadWorkflow:
             return
         self._intend(operation, request)
 
-    def _request(self, operation: Operation, request: SignalRequest) -> None:
+    def _request(self, operation: Operation, raw: RawValue) -> None:
+        request = read_input(raw, REQUEST_MODELS[operation], operation)
         if not self.state.seen(request.request_id):
             self._intend(operation, request)
 

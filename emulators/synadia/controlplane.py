@@ -262,16 +262,19 @@ class ControlPlane:
         system_account.jwt = self._sign_account(system_account, NKey(state.operator_sk_seed))
         return state
 
+    def application_account(self, name: str) -> AccountRecord | None:
+        return next(
+            (a for a in self.state.accounts.values() if a.name == name and not a.is_system),
+            None,
+        )
+
     def _ensure_account(self, spec: AccountSpec) -> None:
         """Create the account, or the groups it lacks, and sign its JWT again if it changed.
         Before nats-server starts, so its first configuration holds the JWT."""
         if spec.name == self.state.accounts[self.state.system_account_id].name:
             raise ValueError(f"account {spec.name!r} is the system account's name; choose another")
         now = utcnow()
-        account = next(
-            (a for a in self.state.accounts.values() if a.name == spec.name and not a.is_system),
-            None,
-        )
+        account = self.application_account(spec.name)
         if account is None:
             account = AccountRecord(
                 id=new_id(), name=spec.name, seed=NKey.generate("account").seed, created=now
@@ -494,16 +497,6 @@ class ControlPlane:
         event = IssuanceEvent(iat=claims["iat"], exp=claims.get("exp", 0), jti=claims["jti"])
         record.events.append(event)
 
-    def event_status(self, user: UserRecord, sub: str, event: IssuanceEvent) -> str:
-        """As nats-server decides: a revocation of the key refuses every JWT issued at or
-        before its `before`; an expired JWT is refused too."""
-        revocation = self.state.accounts[user.account_id].revocations.get(sub)
-        if revocation is not None and event.iat <= revocation.before:
-            return "Revoked"
-        if event.exp and event.exp <= int(time.time()):
-            return "Expired"
-        return "Active"
-
     def issuance_status(self, user: UserRecord, record: IssuanceRecord) -> str:
         """The spec's rule: Revoked when the key's revocation covers the latest download,
         Partially Revoked when it covers only earlier ones, Expired when every one expired."""
@@ -513,7 +506,8 @@ class ControlPlane:
             return "Revoked"
         if revocation is not None and min(iats) <= revocation.before:
             return "Partially Revoked"
-        if all(self.event_status(user, record.sub, e) == "Expired" for e in record.events):
+        now = int(time.time())
+        if all(e.exp and e.exp <= now for e in record.events):
             return "Expired"
         return "Active"
 

@@ -117,10 +117,10 @@ class SynadiaEmulator:
 
     def application_account(self, name: str) -> AccountRecord:
         """An application account by name; KeyError if the emulator has none of that name."""
-        for account in self.plane.state.accounts.values():
-            if account.name == name and not account.is_system:
-                return account
-        raise KeyError(name)
+        account = self.plane.application_account(name)
+        if account is None:
+            raise KeyError(name)
+        return account
 
     def info(self) -> dict[str, Any]:
         return {

@@ -18,14 +18,13 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.apiroutes import ApiRouteActivities
-from activities.aws import AwsActivities
+from activities.capabilities import all_activities
 from activities.errors import log_classified_failures_on_one_line
-from activities.nats import NatsActivities
 from activities.platform import PlatformActivities
 from activities.port import PortActivities
-from activities.statestore import StateStoreActivities
 from idp.errors import PermanentError
 from idp.keyring import KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
@@ -40,30 +39,24 @@ log = logging.getLogger("idp.worker")
 # PortRunWorkflow is registered even without Port: only the bridge starts it, and the replayer
 # must know every workflow type a server may hold.
 WORKFLOWS: list[type] = [WorkloadWorkflow, ApiAggregatorWorkflow, PortRunWorkflow]
+# The domain models and the capabilities are deterministic libraries, loaded once per process:
+# the sandbox shares them rather than re-importing them per workflow, so every workflow sees the
+# capabilities the worker found at start (entry points cannot be read inside the sandbox).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("idp", "capabilities")
+)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def activities(platform: Platform, cache_dir: Path) -> list:
-    state_store = StateStoreActivities(platform, cache_dir / "statestore")
-    aws = AwsActivities(platform)
-    # The same clone directory as the manifests step: one store per repository, one commit queue.
-    nats = NatsActivities(platform, cache_dir / "statestore")
+    """The platform's own activities, the ApiAggregator's, and every installed capability's."""
+    # The same clone directory as the capabilities': one store per repository, one commit queue.
     routes = ApiRouteActivities(platform, cache_dir / "statestore")
     return [
         PlatformActivities(platform).runtime_settings,
-        aws.ensure_registry,
-        aws.remove_registry,
-        state_store.write_workload_manifests,
-        state_store.remove_workload_manifests,
-        nats.ensure_nats_user,
-        nats.issue_credentials,
-        nats.check_delivery,
-        nats.rotate_nats_key,
-        nats.revoke_nats_keys,
-        nats.remove_nats,
-        routes.register_api_targets,
         routes.write_api_routes,
         routes.remove_api_routes,
+        *all_activities(platform, cache_dir / "statestore"),
     ]
 
 
@@ -88,6 +81,7 @@ def build_worker(client: Client, platform: Platform, task_queue: str, cache_dir:
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=WORKFLOW_RUNNER,
         activities=activities(platform, cache_dir) + port_activities(client, platform),
         graceful_shutdown_timeout=timedelta(seconds=20),
     )

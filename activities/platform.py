@@ -1,18 +1,29 @@
 """What the workflow needs to know about the platform, read through a local activity so history
 records it and a changed platform file takes effect on the next pass."""
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from temporalio import activity
 
+from activities.capabilities import installed_names, offered
 from idp.models import Model
 from idp.platform import Platform, ReconcileSettings
 
 
 class RuntimeSettings(Model):
+    # Histories hold what earlier workers answered (the first version named registry and nats
+    # here): read them still, so running aggregators replay.
+    model_config = ConfigDict(extra="ignore")
+
     reconcile: ReconcileSettings = ReconcileSettings()
-    registry: bool = Field(False, description="The platform offers registries (aws configured).")
-    nats: bool = Field(False, description="The platform offers NATS users (synadia configured).")
+    capabilities: list[str] = Field(
+        [], description="The installed capabilities the platform offers (aws for Registry, ...)."
+    )
     port: bool = Field(False, description="Workloads are published to Port (port configured).")
+    installed: list[str] = Field(
+        [],
+        description="Every capability the worker has installed: a replay decides as the pass "
+        "did, whatever the replaying worker has (workflows/engine.py).",
+    )
 
 
 class PlatformActivities:
@@ -23,7 +34,7 @@ class PlatformActivities:
     async def runtime_settings(self) -> RuntimeSettings:
         return RuntimeSettings(
             reconcile=self._platform.reconcile,
-            registry=self._platform.aws is not None,
-            nats=self._platform.synadia is not None,
+            capabilities=offered(self._platform),
             port=self._platform.port is not None,
+            installed=installed_names(),
         )

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from pydantic import ConfigDict
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
@@ -40,10 +41,12 @@ class Target(Model):
     """What the run asked for, and what the workload looked like just before, so the activity
     can tell when that request has been acted on."""
 
+    # Runs recorded by the first version also kept the credentials version they started from.
+    model_config = ConfigDict(extra="ignore")
+
     kind: Literal["generation", "paused", "resumed", "reconciled", "rotated", "deleted"]
     generation: int = 0
     baseline_next_check_at: datetime | None = None
-    baseline_credentials_version: int | None = None
 
 
 class WaitInput(Model):
@@ -218,17 +221,14 @@ def judge(target: Target, status: WorkloadStatus) -> tuple[RunStatus, str, str] 
         if not (passed and new_pass):
             return None
     elif target.kind == "rotated":
-        credentials = status.outputs.credentials
-        rotated = credentials is not None and credentials.version > (
-            target.baseline_credentials_version or 0
-        )
+        # The capability that rotates drops the request in the pass that acted on it.
+        rotated = new_pass and "rotate_credentials" not in status.requests
         if not (passed and (rotated or (phase == Phase.DEGRADED and new_pass))):
             return None
     if phase == Phase.DEGRADED:
         return "FAILURE", "Degraded", f"is Degraded: {failing or 'see its conditions'}"
-    credentials = status.outputs.credentials
-    if target.kind == "rotated" and credentials is not None:
-        return "SUCCESS", "Rotated", f"is Ready with credentials version {credentials.version}"
+    if target.kind == "rotated":
+        return "SUCCESS", "Rotated", "is Ready with its credentials rotated"
     return "SUCCESS", "Ready", f"is Ready at generation {status.observed_generation}"
 
 

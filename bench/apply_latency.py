@@ -63,12 +63,12 @@ async def apply_and_wait(client, task_queue: str, item: Workload) -> float:
 async def rotate_and_wait(client, item: Workload) -> float:
     """rotate_credentials → the next credential version delivered."""
     handle = client.get_workflow_handle(item.workflow_id)
-    before = (await handle.query(WorkloadWorkflow.status)).outputs.credentials.version
+    before = (await handle.query(WorkloadWorkflow.status)).outputs["Credentials"]["version"]
     started = time.perf_counter()
     await handle.signal(WorkloadWorkflow.rotate_credentials, RotateRequest(reason="bench"))
     while True:
-        credentials = (await handle.query(WorkloadWorkflow.status)).outputs.credentials
-        if credentials.version > before:
+        status = await handle.query(WorkloadWorkflow.status)
+        if status.outputs["Credentials"]["version"] > before:
             return time.perf_counter() - started
         await asyncio.sleep(0.01)
 

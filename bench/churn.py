@@ -8,9 +8,9 @@ emulator (real nats-server), moto's server and a bare git repository:
 - **reconciler**: the WorkloadWorkflow on the time-skipping test server, drift checks every 10
   minutes, for `--days` simulated days;
 - **old pipeline**: what the previous orchestrator did every 10 hours, a full re-run that issues
-  and delivers fresh credentials each time; run here by calling the very same activities (ensure
-  the user, issue and deliver) unconditionally, `days * 24 / 10` times, against the same
-  emulator and a fresh repository.
+  and delivers fresh credentials each time; run here by calling the very same capability actions
+  (the Nats pass, then Credentials' issue and deliver) unconditionally, `days * 24 / 10` times,
+  against the same emulator and a fresh repository.
 
 Counted for each: credential issuances (Synadia's own record of downloaded creds) beside secret
 deliveries (commits that changed the SealedSecret), the issued credentials still valid that were
@@ -25,16 +25,20 @@ import os
 import subprocess
 import tempfile
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import no_churn
 import yaml
 from moto.server import ThreadedMotoServer
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
-from activities.nats import IssueInput, NatsActivities, NatsUserInput
+from capabilities import credentials, nats
+from capabilities.credentials import CredentialsObservation, CredentialsPlan, Issue
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from idp.capability import Context
+from idp.credentials import IssueReason
 from idp.delivery import PUBLIC_KEY_ANNOTATION
 from idp.models import Workload
 from idp.natsusers import LIVE_ISSUANCE
@@ -110,7 +114,7 @@ async def reconciler(
             for _ in range(days):
                 await env.sleep(timedelta(days=1))
             status = await handle.query(WorkloadWorkflow.status)
-    user = status.outputs.nats.user_id
+    user = status.outputs["Nats"]["userId"]
     changes = sealed_changes(repo, workload)
     return {
         "issuances": synadia.creds_issued(user),
@@ -122,30 +126,40 @@ async def reconciler(
     }
 
 
+def pipeline_run(
+    workload: Workload, run: int, outputs: dict[str, Any] | None, **inputs: Any
+) -> Context:
+    return Context(
+        workload=workload,
+        workflow_id=f"pipeline-run-{run}",
+        generation=1,
+        now=datetime.now(UTC),
+        outputs=outputs,
+        inputs=inputs,
+    )
+
+
 async def old_pipeline(
     platform: Platform, synadia: SynadiaEmulator, repo: Path, days: int
 ) -> dict[str, float]:
     workload = the_workload()
-    activities = NatsActivities(platform, repo.parent / "cache-pipeline")
-    env = ActivityEnvironment()
+    cache = repo.parent / "cache-pipeline"
+    users = nats.capability.actions(platform, platform.synadia, cache)
+    deliveries = credentials.capability.actions(platform, None, cache)
     runs = int(timedelta(days=days) / PIPELINE_PERIOD)
     started = time.perf_counter()
-    user_id = None
+    user: dict[str, Any] | None = None
+    issued: dict[str, Any] | None = None
     for run in range(1, runs + 1):
-        user = await env.run(
-            activities.ensure_nats_user, NatsUserInput(workload=workload, user_id=user_id)
-        )
-        user_id = user.user_id
-        await env.run(
-            activities.issue_credentials,
-            IssueInput(
-                workload=workload,
-                workflow_id=f"pipeline-run-{run}",
-                user_id=user_id,
-                version=run,
-                reason="pipeline-rerun",
-            ),
-        )
+        found = pipeline_run(workload, run, user)
+        observed = await users.observe(found)
+        user = (await users.apply(found, nats.capability.plan(found, observed), observed)).outputs
+        # Issued and delivered on every run, whatever the policy would say.
+        plan = CredentialsPlan(issue=Issue(version=run, reason=IssueReason.REQUESTED))
+        target = pipeline_run(workload, run, issued, Nats=user)
+        issued = (await deliveries.apply(target, plan, CredentialsObservation())).outputs
+    assert user is not None
+    user_id = user["userId"]
     changes = sealed_changes(repo, workload)
     return {
         "issuances": synadia.creds_issued(user_id),

@@ -131,7 +131,7 @@ async def run(platform, synadia: SynadiaEmulator, aws_url: str, repo: Path, pass
                 await env.client.get_workflow_handle(i.workflow_id).query(WorkloadWorkflow.status)
                 for i in items
             ]
-            users = [s.outputs.nats.user_id for s in statuses]
+            users = [s.outputs["Nats"]["userId"] for s in statuses]
             calls_before = sum(synadia.counters()["calls"].values())
             before = (
                 commits(repo),

@@ -11,9 +11,10 @@ them the credentials Synadia issued (its issuance history: downloads, and how ma
 valid) and the deliveries (commits that changed a SealedSecret): issued should equal delivered,
 and every valid one be a delivered one.
 
-The baseline runs the same activity code (the same idp/ functions: ensure the registry, ensure the
-NATS user, issue and deliver, write the manifests) for another N workloads from one plain asyncio
-program with the same concurrency, no Temporal, against the same stack. The ratio is the cost of
+The baseline runs the same capability code (each capability's observe, plan and apply, in the
+engine's order: the registry, the NATS user, the credentials, the manifests) for another N
+workloads from one plain asyncio program with the same concurrency, no Temporal, against the same
+stack. The ratio is the cost of
 durability: server round trips, history, workflow tasks.
 """
 
@@ -24,14 +25,13 @@ import platform
 import subprocess
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.testing import ActivityEnvironment
 
-from activities.aws import AwsActivities, RegistryInput
-from activities.nats import IssueInput, NatsActivities, NatsUserInput
-from activities.statestore import ManifestsInput, StateStoreActivities
+from activities.capabilities import offered, settings_of
+from idp.capability import Context, installed
 from idp.models import Workload
 from idp.natsusers import LIVE_ISSUANCE, Directory
 from idp.platform import load_platform
@@ -104,26 +104,27 @@ async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
     os.environ[dev.SYNADIA_TOKEN_ENV] = stack.synadia_token or ""
     os.environ |= {"AWS_ACCESS_KEY_ID": "idp-local", "AWS_SECRET_ACCESS_KEY": "idp-local"}
     config = load_platform(stack.platform_file)
-    cache = stack.root / "plain-cache"
-    aws, nats = AwsActivities(config), NatsActivities(config, cache / "statestore")
-    manifests = StateStoreActivities(config, cache / "statestore")
-    env = ActivityEnvironment()
+    cache = stack.root / "plain-cache" / "statestore"
+    capabilities = [c for c in installed() if c.name in offered(config)]
+    actions = {c.name: c.actions(config, settings_of(c, config), cache) for c in capabilities}
 
     async def onboard(item: Workload) -> None:
-        registry = await env.run(aws.ensure_registry, RegistryInput(workload=item))
-        user = await env.run(nats.ensure_nats_user, NatsUserInput(workload=item, user_id=None))
-        issue = IssueInput(
-            workload=item,
-            workflow_id=item.workflow_id,
-            user_id=user.user_id,
-            version=1,
-            reason="initial",
-        )
-        await env.run(nats.issue_credentials, issue)
-        request = ManifestsInput(
-            workload=item, generation=1, workflow_id=item.workflow_id, role_arn=registry.role_arn
-        )
-        await env.run(manifests.write_workload_manifests, request)
+        outputs: dict[str, dict] = {}
+        for capability in capabilities:
+            ctx = Context(
+                workload=item,
+                workflow_id=item.workflow_id,
+                generation=1,
+                now=datetime.now(UTC),
+                inputs={r: outputs[r] for r in capability.requires if r in outputs},
+            )
+            if not capability.wanted(ctx):
+                continue
+            act = actions[capability.name]
+            observation = await act.observe(ctx)
+            report = await act.apply(ctx, capability.plan(ctx, observation), observation)
+            if report.outputs is not None:
+                outputs[capability.name] = report.outputs
 
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(onboard(item) for item in items), return_exceptions=True)

@@ -70,21 +70,20 @@ def issue_reason(
     current: Issued | None,
     *,
     public_key: str,
-    user_created: bool,
-    rotated: IssueReason | None,
+    key_reason: IssueReason | None,
     spec: NatsSpec,
     now: datetime,
 ) -> IssueReason | None:
     """Why credentials must be issued now, or None: then the only thing left to do is check
-    that what was delivered is still in place."""
+    that what was delivered is still in place.
+
+    `public_key` is the user's current key and `key_reason` why its owner made that key new (a
+    rotation, a recreated user); a key that differs from the delivered one for no such reason
+    changed out of band."""
     if current is None:
         return IssueReason.INITIAL
-    if rotated is not None:
-        return rotated
-    if user_created:
-        return IssueReason.USER_RECREATED
     if public_key != current.public_key:
-        return IssueReason.KEY_CHANGED
+        return key_reason or IssueReason.KEY_CHANGED
     if permissions_digest(spec) != current.permissions_digest:
         return IssueReason.PERMISSIONS_CHANGED
     if delivery_digest(spec) != current.delivery_digest:

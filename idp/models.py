@@ -7,12 +7,19 @@ camelCase name on the wire, and unknown fields are errors rather than silently i
 import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from idp import ids
+from idp import ids, sections
 from idp.durations import Duration
 from idp.names import Hostname, Label, Matches, Subdomain
 
@@ -178,6 +185,13 @@ class ApiTarget(Model):
 
 
 class WorkloadSpec(Model):
+    """`spec`: the built-in capabilities' sections are fields; an installed plugin's section is
+    accepted and validated by its own model (idp/sections.py)."""
+
+    # Extra sections only as installed plugins own them (the validator below); the schema says
+    # so, and `idpctl schema` adds the plugins' sections.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
     owner: Owner
     destination: Label
     namespace: Label
@@ -186,6 +200,17 @@ class WorkloadSpec(Model):
     nats: NatsSpec | None = None
     api: list[ApiTarget] = []
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _plugin_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        from idp.capability import plugin_sections  # the capabilities import this module
+
+        return sections.validate_with_sections(cls, data, handler, plugin_sections(cls, "spec"))
+
+    def section(self, field: str) -> Any:
+        """The section `field` (as users write it: `registry`, `nats`, a plugin's) or None."""
+        return sections.get(self, field)
 
 
 class WorkloadMetadata(Model):

@@ -1,5 +1,7 @@
 """A workload's NATS user in Synadia Cloud: find or create it, keep its JWT settings as the spec
-says, rotate and revoke its keys, delete it. Free of Temporal; `activities/nats.py` calls this.
+says, rotate and revoke its keys, delete it. Free of Temporal: the Nats capability
+(capabilities/nats) observes, plans and applies with it, the Credentials capability downloads
+with it.
 
 Ownership is by name: every workload's user is called `<system>-<workload>` in its account, so a
 retried create, or a workflow that lost the user's id, finds the same user instead of making a
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from idp.errors import PermanentError, TransientError
-from idp.models import NatsPermissions, SubjectRules, Workload
+from idp.models import Model, NatsPermissions, NatsSpec, SubjectRules, Workload
 from idp.platform import SynadiaConfig
 from idp.synadia import (
     Account,
@@ -105,13 +107,6 @@ def permission_drift(current: JwtSettings, desired: JwtSettings) -> list[str]:
 
 
 @dataclass
-class EnsuredUser:
-    user: NatsUser
-    created: bool = False
-    repaired: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Directory:
     """Resolves the configured system and account names to ids, once per worker: they do not
     change under a running platform, and resolving costs a listing per level."""
@@ -177,84 +172,123 @@ class Directory:
         return chosen[0].id
 
 
-def _belongs_to(user: NatsUser, ref: str) -> bool:
-    return ref in (user.account.id, user.account.name)
+class UserView(Model):
+    """A user as Synadia has it, without its JWT: what a pass observes and records."""
+
+    id: str
+    name: str
+    account_id: str
+    account_name: str
+    public_key: str
+    jwt_expires_in_secs: int
+    jwt_settings: JwtSettings
+
+    @classmethod
+    def of(cls, user: NatsUser) -> UserView:
+        return cls(
+            id=user.id,
+            name=user.name,
+            account_id=user.account.id,
+            account_name=user.account.name,
+            public_key=user.user_public_key,
+            jwt_expires_in_secs=user.jwt_expires_in_secs,
+            jwt_settings=user.jwt_settings,
+        )
 
 
-async def ensure_user(
-    client: SynadiaClient, directory: Directory, workload: Workload, user_id: str | None
-) -> EnsuredUser:
-    """Find the workload's user (by id when known, else by name) or create it; PATCH what
-    drifted. Steady state with a known id: one GET."""
+def nats_spec(workload: Workload) -> NatsSpec:
     nats = workload.spec.nats
     if nats is None:
         raise PermanentError(
             f"Workload {workload.metadata.system}/{workload.metadata.name} has no spec.nats.",
             reason="NoNats",
         )
-    name = user_name(workload)
-    ref = account_ref(workload, directory.config)
-    desired = desired_settings(nats.permissions)
-    ttl = int(nats.credentials.ttl.total_seconds())
+    return nats
 
-    user = await client.get_nats_user(user_id) if user_id else None
-    created = False
-    if user is None:
-        try:
-            account = await directory.account(client, ref)
-            user = await client.find_nats_user(account.id, name)
-            if user is None:
-                group = await directory.signing_key_group(client, account)
-                # A 409 answer returns the user a lost race or an earlier try made; its settings
-                # are compared below like any other user's.
-                user = await client.create_nats_user(
-                    account.id,
-                    name,
-                    sk_group_id=group,
-                    jwt_expires_in_secs=ttl,
-                    jwt_settings=desired,
-                )
-                created = True
-                log.info("created NATS user %s (%s) in account %s", name, user.id, account.name)
-        except SynadiaNotFoundError:
-            directory.forget()
-            raise
 
-    if not _belongs_to(user, ref):
+def drift(user: UserView, workload: Workload) -> list[str]:
+    """What of the user differs from what the spec asks for: its managed permissions, its JWT
+    lifetime, its name (renamed in the console, say)."""
+    nats = nats_spec(workload)
+    drifted = permission_drift(user.jwt_settings, desired_settings(nats.permissions))
+    if user.jwt_expires_in_secs != _ttl(nats):
+        drifted.append("credentials.ttl")
+    if user.name != user_name(workload):
+        drifted.append("name")
+    return drifted
+
+
+def check_account(user: UserView, ref: str) -> None:
+    """Refuses a user that is not in the account `ref` (an id or a name) the spec asks for."""
+    if ref not in (user.account_id, user.account_name):
         raise PermanentError(
-            f"NATS user {user.name} is in account {user.account.name!r}, but the workload now "
+            f"NATS user {user.name} is in account {user.account_name!r}, but the workload now "
             f"asks for account {ref!r}; a user cannot move between accounts: delete the workload "
             "and apply it again to move it.",
             reason="AccountChanged",
         )
-    repaired = permission_drift(user.jwt_settings, desired)
-    ttl_drift = user.jwt_expires_in_secs != ttl
-    name_drift = user.name != name
-    if ttl_drift:
-        repaired.append("credentials.ttl")
-    if name_drift:
-        repaired.append("name")
-    if repaired:
-        user = await client.update_nats_user(
-            user.id,
-            name=name if name_drift else None,
-            jwt_expires_in_secs=ttl if ttl_drift else None,
-            jwt_settings=desired if permission_drift(user.jwt_settings, desired) else None,
+
+
+def _ttl(nats: NatsSpec) -> int:
+    return int(nats.credentials.ttl.total_seconds())
+
+
+async def create_user(client: SynadiaClient, directory: Directory, workload: Workload) -> UserView:
+    """Create the workload's user in its account, with the settings the spec asks for."""
+    nats = nats_spec(workload)
+    name = user_name(workload)
+    try:
+        account = await directory.account(client, account_ref(workload, directory.config))
+        group = await directory.signing_key_group(client, account)
+        created = await client.create_nats_user(
+            account.id,
+            name,
+            sk_group_id=group,
+            jwt_expires_in_secs=_ttl(nats),
+            jwt_settings=desired_settings(nats.permissions),
         )
-        log.info("NATS user %s: put back %s", name, ", ".join(repaired))
-    return EnsuredUser(user, created=created, repaired=[] if created else repaired)
+    except SynadiaNotFoundError:
+        directory.forget()
+        raise
+    log.info("created NATS user %s (%s) in account %s", name, created.id, account.name)
+    user = UserView.of(created)
+    # A 409 answer returns the user a lost race or an earlier try made, with its own settings.
+    drifted = drift(user, workload)
+    return await repair_user(client, user, workload, drifted) if drifted else user
+
+
+async def repair_user(
+    client: SynadiaClient, user: UserView, workload: Workload, drifted: list[str]
+) -> UserView:
+    """PATCH back the parts that drifted (as `drift` names them), and only those."""
+    nats = nats_spec(workload)
+    name = user_name(workload)
+    permissions = any(part.startswith("permissions.") for part in drifted)
+    patched = await client.update_nats_user(
+        user.id,
+        name=name if "name" in drifted else None,
+        jwt_expires_in_secs=_ttl(nats) if "credentials.ttl" in drifted else None,
+        jwt_settings=desired_settings(nats.permissions) if permissions else None,
+    )
+    log.info("NATS user %s: put back %s", name, ", ".join(drifted))
+    return UserView.of(patched)
 
 
 async def find_user(
     client: SynadiaClient, directory: Directory, workload: Workload, user_id: str | None
 ) -> NatsUser | None:
-    """The workload's user by id, else by its deterministic name; None when there is none."""
+    """The workload's user by id (one GET), else by its deterministic name; None when there is
+    none."""
     if user_id:
         user = await client.get_nats_user(user_id)
         if user is not None:
             return user
-    account = await directory.account(client, account_ref(workload, directory.config))
-    return await client.find_nats_user(account.id, user_name(workload))
+    try:
+        account = await directory.account(client, account_ref(workload, directory.config))
+        return await client.find_nats_user(account.id, user_name(workload))
+    except SynadiaNotFoundError:
+        directory.forget()
+        raise
 
 
 async def revoke_keys(

@@ -6,11 +6,19 @@ It holds no secret itself: credentials are read from environment variables it na
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from idp import sections
 from idp.durations import Duration
 from idp.errors import PermanentError
 from idp.loading import TOO_DEEP, YamlLoader, describe_errors, yaml_problem
@@ -320,6 +328,11 @@ class TemporalConfig(Model):
 
 
 class Platform(Model):
+    """The platform file. An installed capability's settings are a section of their own, which
+    its model validates (idp/sections.py)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
     api_version: str = API_VERSION
     kind: str = "Platform"
     destinations: list[Destination] = Field(min_length=1)
@@ -343,6 +356,17 @@ class Platform(Model):
                 )
         _require_unique("destination", [d.name for d in self.destinations])
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _plugin_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        from idp.capability import plugin_sections  # the capabilities import this module
+
+        return sections.validate_with_sections(cls, data, handler, plugin_sections(cls, "settings"))
+
+    def section(self, field: str) -> Any:
+        """The section `field` (`aws`, `synadia`, a plugin's) or None when absent."""
+        return sections.get(self, field)
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)

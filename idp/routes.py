@@ -157,3 +157,13 @@ class Registration(Model):
     directory: str | None = None
     commit: str | None = None
     problem: str | None = None
+
+
+class Held(Model):
+    """What the aggregator of a hostname holds for one workload, read without changing it: the
+    targets as last registered (to compare with what the workload would register now) and the
+    answer `register` would give."""
+
+    registration: Registration
+    targets: list[RouteTarget] = []
+    destination: str | None = Field(None, description="The one they were registered from.")

@@ -17,6 +17,10 @@ checkout also means a symlink somebody committed can never redirect a write outs
 Two resources must never write one directory or object, so a change may claim names (`Claim`):
 the check runs on the head each attempt is planned on, so it is decided exactly like the push
 race itself, and a refused change leaves the branch untouched while the rest of its batch commits.
+
+What a change would do can be told without doing it, by the same planning: `listing` reads the
+object ids that planning looks at (one fetch, no blob read) and `preview` plans on them, claims
+aside, which is how a capability's plan stays pure and a pass in sync costs no more than that.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from idp.errors import PermanentError, TransientError
 
@@ -225,11 +230,7 @@ class StateStore:
         directory = _validated_directory(directory)
         self._bind_loop()
         async with self._exclusive():
-            await self._prepare()
-            head = await self._fetch()
-            if head is None:
-                return {}
-            entries = await self._entries(head, [directory])
+            entries = await self._head_entries([directory])
             paths = sorted(
                 path
                 for path, (mode, _) in entries.items()
@@ -239,6 +240,31 @@ class StateStore:
                 return {}
             names = [p.removeprefix(directory + "/") for p in paths]
             return dict(zip(names, await self._texts([entries[p][1] for p in paths]), strict=True))
+
+    async def listing(self, change: Change) -> dict[str, str]:
+        """What `preview` needs to tell what `apply(change)` would do, read at the remote branch
+        head: path -> object id of the regular files in the change's directory, at its claims
+        and among its owner's records. One fetch, and no blob is read."""
+        change = _validated(change)
+        self._bind_loop()
+        async with self._exclusive():
+            entries = await self._head_entries(_paths_read(change))
+        prefix = change.directory + "/"
+        claimed = {claim.path for claim in change.claims}
+        mine = _blob_id(_record(change.owner)) if change.owner is not None else None
+        # Other owners' records are never this change's business, and a namespace may hold many.
+        return {
+            path: oid
+            for path, (mode, oid) in sorted(entries.items())
+            if mode in _REGULAR_FILE_MODES
+            and (path.startswith(prefix) or path in claimed or oid == mine)
+        }
+
+    async def _head_entries(self, paths: Sequence[str]) -> dict[str, _Entry]:
+        """Every entry below `paths` at the freshly fetched remote head; with the clone held."""
+        await self._prepare()
+        head = await self._fetch()
+        return await self._entries(head, paths) if head else {}
 
     async def _texts(self, oids: Sequence[str]) -> list[str]:
         """The text of each blob, in order."""
@@ -523,17 +549,29 @@ class StateStore:
         return run
 
 
-def _plan(tree: dict[str, _Entry], changes: Sequence[Change], texts: Mapping[str, str]) -> _Plan:
+def preview(change: Change, files: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The paths `apply(change)` would write and remove on a head holding `files` (as `listing`
+    answers). Pure. Claims are not judged: `apply` decides who holds a name on the head it
+    commits on, as it decides every race."""
+    tree = {path: (_REGULAR_FILE_MODES[0], oid) for path, oid in files.items()}
+    (effect,) = _plan(tree, [_validated(change)], None).effects
+    return cast(tuple[list[str], list[str]], effect)
+
+
+def _plan(
+    tree: dict[str, _Entry], changes: Sequence[Change], texts: Mapping[str, str] | None
+) -> _Plan:
     """Apply the changes, in order, to the head's entries; only real differences survive.
 
-    `texts` holds the claimed paths' contents by object id; a change in the batch sees the
-    records and files of the changes before it, so one batch decides a race like two pushes.
+    `texts` holds the claimed paths' contents by object id (None: claims are not judged); a
+    change in the batch sees the records and files of the changes before it, so one batch
+    decides a race like two pushes.
     """
     state = dict(tree)
     contents: dict[str, bytes] = {}
     effects: list[_Effect] = []
     for change in changes:
-        taken = _taken(change, state, contents, texts)
+        taken = None if texts is None else _taken(change, state, contents, texts)
         if taken is not None and change.files:
             effects.append(taken)
             continue

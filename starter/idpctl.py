@@ -19,14 +19,22 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailed
 from temporalio.service import RPCError
 
 from idp import ids, links
+from idp.capability import by_name, plugin_sections
 from idp.loading import InputError, load
-from idp.models import KINDS, ApiAggregator, Workload, disallowed_aggregator_changes
+from idp.models import (
+    KINDS,
+    ApiAggregator,
+    Workload,
+    WorkloadSpec,
+    disallowed_aggregator_changes,
+)
 from idp.platform import Platform, PlatformError, load_platform, platform_path
-from starter import codec_server, dev, operations, port_setup, replay, temporal
+from idp.sections import add_to_schema
+from starter import codec_server, dev, operations, port_setup, replay, temporal, upgrade
 from workflows import search_attributes
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.routetable import AggregatorStatus, TargetState
-from workflows.state import WAITING, ConditionStatus, Phase, blocking
+from workflows.state import ConditionStatus, Phase, blocking
 
 
 class UsageError(Exception):
@@ -156,7 +164,7 @@ def _progress(status: WorkloadStatus) -> str:
     """The phase and, when not Ready, what it waits for or what fails."""
     failing = [c for c in status.conditions if c.status == ConditionStatus.FALSE]
     detail = "; ".join(
-        f"{c.type} {'waiting' if c.reason in WAITING else 'failing'}: {c.reason}: {c.message}"
+        f"{c.type} {'waiting' if c.waiting else 'failing'}: {c.reason}: {c.message}"
         for c in failing
     )
     text = f"{status.phase.value} (generation {status.observed_generation}/{status.generation})"
@@ -243,29 +251,15 @@ async def cmd_describe(args: argparse.Namespace) -> None:
 
 
 def _output_lines(status: WorkloadStatus) -> list[str]:
+    """Each capability's outputs as it describes them; those of one this CLI lacks, as JSON."""
     lines = []
-    registry = status.outputs.registry
-    if registry:
-        lines += [f"repository:  {registry.repository_uri}", f"role:        {registry.role_arn}"]
-    nats, credentials = status.outputs.nats, status.outputs.credentials
-    if nats:
-        lines.append(f"nats user:   {nats.name} ({nats.user_id}), key {nats.public_key}")
-    if credentials:
-        lines.append(
-            f"credentials: version {credentials.version} ({credentials.reason}), delivered to "
-            f"{credentials.location}; expires {credentials.expires_at.isoformat()}, "
-            f"next refresh {credentials.next_refresh_at.isoformat()}"
-        )
-    manifests = status.outputs.manifests
-    if manifests:
-        lines.append(
-            f"state store: {manifests.directory} (commit {(manifests.commit or '-')[:12]})"
-        )
-    for route in status.outputs.api:
-        reason = f": {route.reason}" if route.reason else ""
-        lines.append(
-            f"api:         {', '.join(route.paths)} on {route.hostname} {route.state}{reason}"
-        )
+    known = by_name()
+    for name, outputs in status.outputs.items():
+        capability = known.get(name)
+        if capability is None:
+            lines.append(f"{name}: {json.dumps(outputs, sort_keys=True)}")
+        else:
+            lines += capability.describe(outputs)
     return lines
 
 
@@ -418,10 +412,15 @@ async def _delete_aggregator(args: argparse.Namespace) -> None:
 
 
 async def cmd_schema(args: argparse.Namespace) -> None:
-    kinds = [args.kind] if args.kind else list(KINDS)
+    kinds = list(KINDS) if args.kind is None else [k for k in KINDS if k == args.kind]
     schemas = {kind: KINDS[kind].model_json_schema(by_alias=True) for kind in kinds}
+    if "Workload" in schemas:
+        # Installed plugins' sections, which the models accept but cannot declare.
+        sections = plugin_sections(WorkloadSpec, "spec")
+        add_to_schema(schemas["Workload"], "WorkloadSpec", sections)
     if args.kind == "Platform" or args.kind is None:
-        schemas["Platform"] = TypeAdapter(Platform).json_schema(by_alias=True)
+        platform = TypeAdapter(Platform).json_schema(by_alias=True)
+        schemas["Platform"] = add_to_schema(platform, "", plugin_sections(Platform, "settings"))
     _out(json.dumps(schemas[args.kind] if args.kind else schemas, indent=2))
 
 
@@ -465,6 +464,21 @@ def _platform(args: argparse.Namespace, *, required: bool) -> Platform | None:
         return load_platform(path)
     except PlatformError as error:
         raise UsageError(str(error)) from None
+
+
+async def cmd_upgrade(args: argparse.Namespace) -> None:
+    client, _ = await _connect(args, _platform(args, required=False))
+    if args.upgrade_command == "save":
+        count = await upgrade.save(client, args.file)
+        _out(f"saved the status of {count} running workload(s) to {args.file}")
+        return
+    try:
+        restarted = await upgrade.restart(client, args.file)
+    except upgrade.UpgradeError as error:
+        raise Failure(str(error)) from None
+    for workflow_id in restarted:
+        _out(f"  restarted {ids.workload_reference(workflow_id)}")
+    _out(f"{len(restarted)} workload(s) restarted on this version")
 
 
 async def _connect(
@@ -574,6 +588,18 @@ def parser() -> argparse.ArgumentParser:
     )
     replay_.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     replay_.set_defaults(run=cmd_replay)
+
+    upgrade_ = commands.add_parser(
+        "upgrade", help="move running 0.1 workloads onto 0.2 (README, Upgrade notes)"
+    )
+    upgrade_commands = upgrade_.add_subparsers(dest="upgrade_command", required=True)
+    for name, text in (
+        ("save", "with the 0.1 workers still running: save every running workload's status"),
+        ("restart", "with 0.2 workers running: restart each saved workload from its status"),
+    ):
+        step = upgrade_commands.add_parser(name, help=text)
+        step.add_argument("file", type=Path, help="the file `save` writes and `restart` reads")
+        step.set_defaults(run=cmd_upgrade)
 
     platform = commands.add_parser("platform", help="set up a Temporal namespace for idp")
     platform_commands = platform.add_subparsers(dest="platform_command", required=True)

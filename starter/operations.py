@@ -35,6 +35,9 @@ from workflows.routetable import (
 )
 from workflows.workload import WorkloadWorkflow
 
+# The capability whose outputs show that a workload wrote its manifests (the names it holds).
+MANIFESTS = "Manifests"
+
 
 class NotFound(Exception):
     """No running workflow for the resource."""
@@ -138,7 +141,7 @@ async def _written_spec(client: Client, workflow_id: str) -> Workload | None:
         )
     except (RPCError, WorkflowQueryFailedError):
         return None
-    return status.workload if status.outputs.manifests is not None else None
+    return status.workload if MANIFESTS in status.outputs else None
 
 
 async def workload_status(client: Client, workflow_id: str) -> WorkloadStatus:

@@ -484,12 +484,10 @@ _TARGET_KINDS = {
 
 def _target(operation: str, status: WorkloadStatus) -> Target:
     """What an accepted request must bring about, measured from the status before it."""
-    credentials = status.outputs.credentials
     return Target(
         kind=_TARGET_KINDS[operation],
         generation=status.generation,
         baseline_next_check_at=status.next_check_at,
-        baseline_credentials_version=credentials.version if credentials else None,
     )
 
 

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from idp.capability import installed
 from idp.errors import IdpError
 from idp.platform import PlatformError, PortConfig, load_platform, platform_path
 from idp.port import PortClient, client_from_config
+from workflows.portview import WORKLOAD_BLUEPRINT
 
 # Package data, so an installed worker image has them too.
 DEFINITIONS = Path(__file__).resolve().parent / "port"
@@ -36,7 +38,18 @@ def load_definitions(directory: Path) -> tuple[list[dict[str, Any]], list[dict[s
     actions = [_read(path) for path in sorted((directory / "actions").glob("*.json"))]
     if not blueprints and not actions:
         raise DefinitionError(f"{directory}: no blueprints/*.json or actions/*.json found")
-    return _by_dependency(blueprints), actions
+    return _by_dependency([_with_capabilities(b) for b in blueprints]), actions
+
+
+def _with_capabilities(blueprint: dict[str, Any]) -> dict[str, Any]:
+    """The workload blueprint with the properties each installed capability shows on it."""
+    if blueprint["identifier"] != WORKLOAD_BLUEPRINT:
+        return blueprint
+    schema = blueprint.get("schema", {})
+    properties = dict(schema.get("properties", {}))
+    for capability in installed():
+        properties |= capability.port_schema()
+    return {**blueprint, "schema": {**schema, "properties": properties}}
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
 from starter.temporal import codec_keyring, data_converter
-from worker import WORKFLOWS
+from worker import WORKFLOW_RUNNER, WORKFLOWS
 
 DEFAULT_QUERY = " OR ".join(f"WorkflowType = '{w.__name__}'" for w in WORKFLOWS)
 
@@ -28,7 +28,7 @@ def replayer() -> Replayer:
     # With keys, encrypted histories decode; histories recorded before encryption (such as
     # tests/histories/) pass through the codec untouched, so they replay either way.
     converter = data_converter(codec_keyring(), encode_failures=False)
-    return Replayer(workflows=WORKFLOWS, data_converter=converter)
+    return Replayer(workflows=WORKFLOWS, workflow_runner=WORKFLOW_RUNNER, data_converter=converter)
 
 
 async def replay(histories: AsyncIterator[WorkflowHistory]) -> list[ReplayOutcome]:

@@ -161,7 +161,7 @@ async def test_shared_hostname_conflict_refused_then_released(client, repo, queu
             f"path /orders/admin on {hostname} would be shadowed by /orders to workload "
             f"{queue}/orders"
         )
-        assert admin.outputs.manifests is not None
+        assert "Manifests" in admin.outputs
         assert route_files(repo) == files, "a refused target must not change the routes"
         assert len(commits(repo)) == len(before) + 1, "only admin's service account"
         refused = [e for e in (await table(client, hostname)).entries if e.state == "PathConflict"]
@@ -235,14 +235,14 @@ async def test_targets_wait_for_their_aggregator_and_move_with_the_spec(
             WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=60)
         )
         assert shop.phase == Phase.READY
-        assert [(r.hostname, r.paths, r.state) for r in shop.outputs.api] == [
+        assert [(r["hostname"], r["paths"], r["state"]) for r in shop.outputs["Api"]["routes"]] == [
             (hostname, ["/shop"], "Accepted")
         ]
         assert f"httproute-{queue}-shop-public.yaml" in route_files(repo)
 
         # The workload drops its API: its route is unregistered and removed.
         shop = await ready(client, queue, workload(queue, "shop", hostname))
-        assert shop.outputs.api == []
+        assert "Api" not in shop.outputs
         await until(
             aggregator_handle,
             ApiAggregatorWorkflow.status,

@@ -224,7 +224,7 @@ async def test_get_describe_reconcile_pause_resume_delete(
     as_json = (await cli.idpctl("describe", "workload", reference, "-o", "json")).json
     assert as_json["phase"] == "Ready"
     assert as_json["observedGeneration"] == 1
-    assert as_json["outputs"]["manifests"]["directory"] == "dev/demo/hello"
+    assert as_json["outputs"]["Manifests"]["directory"] == "dev/demo/hello"
     assert as_json["workload"]["spec"]["namespace"] == "demo"
 
     missing = await cli.idpctl("describe", "workload", f"{system}/nope")

@@ -63,7 +63,7 @@ async def test_state_survives_continue_as_new(small_history_env, tmp_path: Path)
 
         after = await handle.query(WorkloadWorkflow.status)
         assert after.generation == 2
-        assert after.outputs.manifests == status.outputs.manifests
+        assert after.outputs["Manifests"] == status.outputs["Manifests"]
         assert after.workload.spec.service_account == "second"
         # A Port run re-delivered after continue-as-new still counts as already applied.
         replay = await apply_workload(client, "idp", workload("third"), request_id="port-run-1")

@@ -26,7 +26,7 @@ def issued(s: NatsSpec, **changes: object) -> policy.Issued:
 
 
 def reason(s: NatsSpec, current: policy.Issued | None, **kw: object) -> IssueReason | None:
-    args = {"public_key": "UKEY", "user_created": False, "rotated": None, "spec": s, "now": NOW}
+    args = {"public_key": "UKEY", "key_reason": None, "spec": s, "now": NOW}
     return policy.issue_reason(current, **{**args, **kw})
 
 
@@ -49,9 +49,15 @@ def test_refresh_defaults_to_a_third_of_ttl_before_expiry() -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"rotated": IssueReason.REQUESTED}, IssueReason.REQUESTED),
-        ({"user_created": True}, IssueReason.USER_RECREATED),
+        ({"public_key": "UNEW", "key_reason": IssueReason.REQUESTED}, IssueReason.REQUESTED),
+        ({"public_key": "UNEW", "key_reason": IssueReason.KEY_ROTATION}, IssueReason.KEY_ROTATION),
+        (
+            {"public_key": "UNEW", "key_reason": IssueReason.USER_RECREATED},
+            IssueReason.USER_RECREATED,
+        ),
         ({"public_key": "UOTHER"}, IssueReason.KEY_CHANGED),
+        # Why a key was new no longer matters once it is the delivered one.
+        ({"key_reason": IssueReason.KEY_ROTATION}, None),
     ],
 )
 def test_each_event_is_its_own_reason(kw: dict, expected: IssueReason) -> None:

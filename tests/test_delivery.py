@@ -21,11 +21,11 @@ import pytest
 import yaml
 from pydantic import SecretStr
 from support.conformance import load_crd_schema
+from support.manifests import ManifestsWorker
 from support.moto import moto_server
 from support.secrets import ControllerKeys, assert_nowhere, controller_keys, mint_creds
 from support.stack import bare_repo, git
 
-from activities.statestore import ManifestsInput, StateStoreActivities
 from idp.delivery import (
     VERSION_ANNOTATION,
     CredentialMetadata,
@@ -117,6 +117,17 @@ def show(remote: Path, path: str) -> str | None:
         return git("--git-dir", str(remote), "show", f"main:{path}")
     except subprocess.CalledProcessError:
         return None
+
+
+def head(remote: Path) -> str:
+    return git("--git-dir", str(remote), "rev-parse", "main").strip()
+
+
+def last_commit(remote: Path) -> list[tuple[str, str]]:
+    """What the last commit on main did, file by file: (A, M or D, path), by path."""
+    changed = git("--git-dir", str(remote), "show", "--name-status", "--format=", "main")
+    rows = (line.split("\t") for line in changed.splitlines())
+    return sorted((status, path) for status, path in rows)
 
 
 def push_edit(remote: Path, tmp_path: Path, path: str, text: str | None) -> None:
@@ -665,19 +676,25 @@ async def test_the_manifests_step_keeps_the_delivered_secret(
     platform = Platform(
         destinations=[Destination(name="dev", state_store=StateStoreConfig(url=str(remote)))]
     )
-    steps = StateStoreActivities(platform, tmp_path / "cache")
+    manifests = ManifestsWorker(platform, tmp_path / "cache")
     target = target_for(remote, w)
     creds = mint_creds()
     store = StateStore(str(remote), "main", tmp_path / "clone")
     await sealed(store, keys).deliver(target, creds.text, metadata(creds), "v1")
 
-    written = await steps.write_workload_manifests(
-        ManifestsInput(workload=w, generation=1, workflow_id=w.workflow_id)
-    )
-    assert written.written == [target.path("serviceaccount.yaml")] and written.removed == []
+    written = await manifests.reconcile(w)
+    assert [(c.action, c.subject) for c in written.plan] == [
+        ("write", target.path("serviceaccount.yaml"))
+    ]
+    assert written.message == f"committed serviceaccount.yaml at {head(remote)[:12]}"
+    assert written.outputs is not None and written.outputs["commit"] == head(remote)
+    # The commit added the ServiceAccount and nothing else.
+    assert last_commit(remote) == [("A", target.path("serviceaccount.yaml"))]
     assert show(remote, target.path(SEALED_FILE)) is not None
     # Teardown still clears the whole directory.
-    removed = await steps.remove_workload_manifests(
-        ManifestsInput(workload=w, generation=2, workflow_id=w.workflow_id)
-    )
-    assert sorted(removed.removed) == [target.path(SEALED_FILE), target.path("serviceaccount.yaml")]
+    removed = await manifests.teardown(w, generation=2)
+    assert removed.message == f"removed {target.directory}"
+    assert last_commit(remote) == [
+        ("D", target.path(SEALED_FILE)),
+        ("D", target.path("serviceaccount.yaml")),
+    ]

@@ -156,7 +156,7 @@ async def test_metrics_after_apply_drift_repair_and_a_failing_step(
             writes = value(
                 samples,
                 "temporal_activity_execution_latency_count",
-                activity_type="write_workload_manifests",
+                activity_type="Manifests.reconcile",
             )
             assert writes is not None and writes >= 3
             assert value(samples, "temporal_workflow_task_execution_latency_count") is not None

@@ -123,8 +123,8 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
         await apply_workload(client, queue, w)
         handle = client.get_workflow_handle(w.workflow_id)
         status = await ready(handle)
-        user_id = status.outputs.nats.user_id
-        assert status.outputs.credentials.version == 1
+        user_id = status.outputs["Nats"]["userId"]
+        assert status.outputs["Credentials"]["version"] == 1
         first = delivered_creds(repo, keys)
         creds_v1 = write_creds(tmp_path, "v1", first)
         probe = await connect_with_creds(emulator.nats_url, creds_v1)
@@ -150,8 +150,8 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
         git("push", "--quiet", "origin", "main", cwd=clone)
         before = len(commits(repo))
         await handle.signal(WorkloadWorkflow.reconcile)
-        status = await until(handle, lambda s: s.outputs.credentials.version == 2)
-        assert status.outputs.credentials.reason == "DeliveryDrift"
+        status = await until(handle, lambda s: s.outputs["Credentials"]["version"] == 2)
+        assert status.outputs["Credentials"]["reason"] == "DeliveryDrift"
         assert len(commits(repo)) == before + 1
         first = delivered_creds(repo, keys)
         creds_v1 = write_creds(tmp_path, "v1b", first)
@@ -162,7 +162,9 @@ async def test_delivered_credentials_work_rotate_and_die_with_the_workload(
             WorkloadWorkflow.rotate_credentials,
             RotateRequest(reason="leaked in a ticket", revoke_old="now"),
         )
-        await until(handle, lambda s: any(e.message.startswith("revoked") for e in s.events))
+        status = await until(handle, lambda s: s.outputs["Credentials"]["version"] == 3)
+        assert status.outputs["Credentials"]["reason"] == "Requested"
+        assert any(e.message.startswith("revoked") for e in status.events)
         assert emulator.creds_issued(user_id) == 3
         second = delivered_creds(repo, keys)
         assert second != first
@@ -201,11 +203,11 @@ async def test_an_unknown_account_is_answered_at_once_not_after_the_wait(
     [blocked] = [c for c in status.conditions if c.permanent]
     assert (blocked.type, blocked.reason) == ("Nats", "UnknownAccount")
     assert "quoting" in blocked.message
-    assert status.outputs.credentials is None
+    assert status.outputs.get("Credentials") is None
 
 
 async def _passes(handle: WorkflowHandle, count: int) -> None:
-    """Wait until the workflow completed at least `count` delivery checks."""
+    """Wait until the workflow ran Credentials (a delivery check or an issuance) `count` times."""
     async with asyncio.timeout(30):
         while True:
             history = await handle.fetch_history()
@@ -214,7 +216,7 @@ async def _passes(handle: WorkflowHandle, count: int) -> None:
                 for e in history.events
                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
                 and e.activity_task_scheduled_event_attributes.activity_type.name
-                == "check_delivery"
+                == "Credentials.reconcile"
             )
             if checks >= count:
                 return
@@ -251,11 +253,11 @@ async def test_simulated_days_issue_exactly_the_scheduled_refreshes(
             for _ in range(days):
                 await env.sleep(timedelta(days=1))
             status = await handle.query(WorkloadWorkflow.status)
-    user_id = status.outputs.nats.user_id
+    user_id = status.outputs["Nats"]["userId"]
     deliveries = git("log", "--format=%H", "main", "--", SEALED, cwd=repo).split()
     assert emulator.creds_issued(user_id) == issued
     assert len(deliveries) == issued
-    assert status.outputs.credentials.version == issued
+    assert status.outputs["Credentials"]["version"] == issued
     assert len(commits(repo)) == issued + 1  # the deliveries and the ServiceAccount
 
 
@@ -284,7 +286,7 @@ async def test_onboarding_through_synadia_faults_converges_without_duplicates(
         users = await synadia.list_nats_users(emulator.account_id)
     names = [u.name for u in users if u.name.startswith(f"{queue}-")]
     assert sorted(names) == sorted(f"{queue}-w{i:02}" for i in range(50))
-    assert all(emulator.creds_issued(s.outputs.nats.user_id) == 1 for s in statuses)
+    assert all(emulator.creds_issued(s.outputs["Nats"]["userId"]) == 1 for s in statuses)
     injected = emulator.counters()["injected"]
     assert sum(injected.values()) > 0, "the faults were never injected"
 
@@ -301,7 +303,7 @@ async def test_after_a_rotation_the_old_key_works_until_the_grace_period_ends(
         await ready(handle)
         old = write_creds(tmp_path, "old", delivered_creds(repo, keys))
         await handle.signal(WorkloadWorkflow.rotate_credentials, RotateRequest(reason="yearly"))
-        status = await until(handle, lambda s: s.outputs.credentials.version == 2)
+        status = await until(handle, lambda s: s.outputs["Credentials"]["version"] == 2)
         new = write_creds(tmp_path, "new", delivered_creds(repo, keys))
         # Within the grace period both keys connect, so the workload can roll over.
         assert any(e.message.startswith("rotated key") for e in status.events)
@@ -359,5 +361,5 @@ async def test_a_worker_killed_between_user_creation_and_creds_download_makes_on
     async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
         users = await synadia.list_nats_users(emulator.account_id)
     assert [u.name for u in users if u.name == f"{queue}-cart"] == [f"{queue}-cart"]
-    assert emulator.creds_issued(status.outputs.nats.user_id) == 1
-    assert status.outputs.credentials.version == 1
+    assert emulator.creds_issued(status.outputs["Nats"]["userId"]) == 1
+    assert status.outputs["Credentials"]["version"] == 1

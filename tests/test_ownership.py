@@ -1,19 +1,21 @@
 """Two resources never write one directory or one Kubernetes object: the one that writes second is
-refused, naming the holder. Real git on disk; the apply-time check runs against the real dev server
-and worker."""
+refused, naming the holder. Real git on disk; workloads write through the Manifests capability's
+activities as a worker runs them (support/manifests.py); the apply-time check runs against the
+real dev server and worker."""
 
 import asyncio
 from pathlib import Path
 
 import pytest
 import yaml
+from support.manifests import ManifestsWorker, context
 from support.stack import bare_repo, commits, git, platform_for, read, running_worker, task_queue
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.apiroutes import ApiRouteActivities, RoutesInput
-from activities.statestore import ManifestsInput, StateStoreActivities, manifests_change
+from capabilities.manifests.capability import write
 from idp.manifests import render_workload
 from idp.models import ApiAggregator, Workload
 from idp.routes import RouteTarget
@@ -79,25 +81,13 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def steps(repo: Path, tmp_path: Path) -> StateStoreActivities:
-    return StateStoreActivities(platform_for(repo), tmp_path / "cache")
+def manifests(repo: Path, tmp_path: Path) -> ManifestsWorker:
+    return ManifestsWorker(platform_for(repo), tmp_path / "cache")
 
 
 @pytest.fixture
 def routes(repo: Path, tmp_path: Path) -> ApiRouteActivities:
     return ApiRouteActivities(platform_for(repo), tmp_path / "cache")
-
-
-def request(w: Workload) -> ManifestsInput:
-    return ManifestsInput(workload=w, generation=1, workflow_id=w.workflow_id)
-
-
-async def write(steps: StateStoreActivities, w: Workload) -> None:
-    await ActivityEnvironment().run(steps.write_workload_manifests, request(w))
-
-
-async def remove(steps: StateStoreActivities, w: Workload) -> None:
-    await ActivityEnvironment().run(steps.remove_workload_manifests, request(w))
 
 
 async def refusal(call) -> ApplicationError:
@@ -108,22 +98,22 @@ async def refusal(call) -> ApplicationError:
     return refused.value
 
 
-async def test_a_second_workload_of_the_same_name_and_namespace_is_refused(steps, repo) -> None:
-    await write(steps, workload("a"))
+async def test_a_second_workload_of_the_same_name_and_namespace_is_refused(manifests, repo) -> None:
+    await manifests.reconcile(workload("a"))
     before = snapshot(repo)
 
-    refused = await refusal(write(steps, workload("b")))
+    refused = await refusal(manifests.reconcile(workload("b")))
 
     assert refused.message == REFUSED_WEB
     assert snapshot(repo) == before
 
 
-async def test_a_service_account_name_is_held_like_a_directory(steps, repo) -> None:
-    await write(steps, workload("a"))
+async def test_a_service_account_name_is_held_like_a_directory(manifests, repo) -> None:
+    await manifests.reconcile(workload("a"))
     before = snapshot(repo)
 
     # Another directory, the same ServiceAccount object.
-    refused = await refusal(write(steps, workload("c", "api", serviceAccount="web")))
+    refused = await refusal(manifests.reconcile(workload("c", "api", serviceAccount="web")))
 
     assert refused.message == (
         "ServiceAccount shop/web on destination dev is already written by workload a/web; "
@@ -132,15 +122,17 @@ async def test_a_service_account_name_is_held_like_a_directory(steps, repo) -> N
     assert snapshot(repo) == before
 
 
-async def test_a_named_service_account_is_recorded_and_holds_the_default_one(steps, repo) -> None:
+async def test_a_named_service_account_is_recorded_and_holds_the_default_one(
+    manifests, repo
+) -> None:
     named = workload("c", "api", serviceAccount="web")
-    await write(steps, named)
+    await manifests.reconcile(named)
     assert read(repo, "dev/.idp-owners/shop/ServiceAccount/web") == "workload/c/api\n"
     before = snapshot(repo)
 
     # The record is stable: writing the same manifests again makes no commit.
-    await write(steps, named)
-    refused = await refusal(write(steps, workload("a")))
+    await manifests.reconcile(named)
+    refused = await refusal(manifests.reconcile(workload("a")))
 
     assert "ServiceAccount shop/web on destination dev is already written by workload c/api" in (
         refused.message
@@ -151,7 +143,8 @@ async def test_a_named_service_account_is_recorded_and_holds_the_default_one(ste
 @pytest.mark.parametrize("attempt", range(5))
 async def test_two_workers_racing_for_one_directory_one_wins(repo, tmp_path, attempt) -> None:
     contenders = [workload("a"), workload("b")]
-    changes = [manifests_change("", request(w), render_workload(w), "apply") for w in contenders]
+    # What each worker's Manifests pass commits.
+    changes = [write(context(w), "") for w in contenders]
     stores = [StateStore(str(repo), "main", tmp_path / f"worker-{i}") for i in range(2)]
 
     outcomes = await asyncio.gather(
@@ -172,29 +165,29 @@ async def test_two_workers_racing_for_one_directory_one_wins(repo, tmp_path, att
     assert len(commits(repo)) == 1
 
 
-async def test_removing_a_workload_frees_its_names(steps, repo) -> None:
+async def test_removing_a_workload_frees_its_names(manifests, repo) -> None:
     holder = workload("a", serviceAccount="worker")
-    await write(steps, holder)
-    await refusal(write(steps, workload("b", "other", serviceAccount="worker")))
+    await manifests.reconcile(holder)
+    await refusal(manifests.reconcile(workload("b", "other", serviceAccount="worker")))
 
-    await remove(steps, holder)
+    await manifests.teardown(holder)
 
     assert snapshot(repo)[1] == {}
-    await write(steps, workload("b"))
-    await write(steps, workload("b", "other", serviceAccount="worker"))
+    await manifests.reconcile(workload("b"))
+    await manifests.reconcile(workload("b", "other", serviceAccount="worker"))
 
 
-async def test_removing_a_refused_workload_leaves_the_holders_files(steps, repo) -> None:
-    await write(steps, workload("a"))
+async def test_removing_a_refused_workload_leaves_the_holders_files(manifests, repo) -> None:
+    await manifests.reconcile(workload("a"))
     before = snapshot(repo)
 
-    await remove(steps, workload("b"))
+    await manifests.teardown(workload("b"))
 
     assert snapshot(repo) == before
 
 
 async def test_a_directory_written_before_ownership_is_adopted_by_its_own_workload(
-    steps, repo, tmp_path
+    manifests, repo, tmp_path
 ) -> None:
     # What the Manifests step wrote before it held names: the files alone, no claims.
     a = workload("a")
@@ -202,27 +195,29 @@ async def test_a_directory_written_before_ownership_is_adopted_by_its_own_worklo
     await legacy.apply(Change("dev/shop/web", render_workload(a), "apply a/web"))
     before = snapshot(repo)
 
-    await write(steps, a)
+    await manifests.reconcile(a)
     assert snapshot(repo) == before
 
-    refused = await refusal(write(steps, workload("b")))
+    refused = await refusal(manifests.reconcile(workload("b")))
     assert refused.message == REFUSED_WEB
     assert snapshot(repo) == before
 
 
-async def test_a_hand_edit_that_drops_the_owner_labels_is_restored(steps, repo, tmp_path) -> None:
+async def test_a_hand_edit_that_drops_the_owner_labels_is_restored(
+    manifests, repo, tmp_path
+) -> None:
     a = workload("a")
-    await write(steps, a)
+    await manifests.reconcile(a)
     written = read(repo, "dev/shop/web/serviceaccount.yaml")
     someone = StateStore(str(repo), "main", tmp_path / "someone")
     edited = {"serviceaccount.yaml": "kind: ServiceAccount\nmetadata:\n  name: web\n"}
     await someone.apply(Change("dev/shop/web", edited, "by hand"))
 
-    await write(steps, a)
+    await manifests.reconcile(a)
 
     assert read(repo, "dev/shop/web/serviceaccount.yaml") == written
     # Restored, it names its holder again.
-    assert (await refusal(write(steps, workload("b")))).message == REFUSED_WEB
+    assert (await refusal(manifests.reconcile(workload("b")))).message == REFUSED_WEB
 
 
 # ---- ApiAggregators -------------------------------------------------------------------------
@@ -267,9 +262,9 @@ async def test_removing_an_aggregator_frees_its_route_names(routes, repo) -> Non
 
 
 async def test_an_aggregator_and_a_workload_of_one_directory_exclude_each_other(
-    steps, routes, repo
+    manifests, routes, repo
 ) -> None:
-    await write(steps, workload("a", "api-public", namespace="platform"))
+    await manifests.reconcile(workload("a", "api-public", namespace="platform"))
 
     refused = await refusal(
         write_routes(routes, aggregator("public", "api.example.com"), target(0, "/web"))
@@ -280,11 +275,11 @@ async def test_an_aggregator_and_a_workload_of_one_directory_exclude_each_other(
     )
 
 
-async def test_a_workload_cannot_take_an_aggregators_directory(steps, routes, repo) -> None:
+async def test_a_workload_cannot_take_an_aggregators_directory(manifests, routes, repo) -> None:
     await write_routes(routes, aggregator("public", "api.example.com"), target(0, "/web"))
     before = snapshot(repo)
 
-    refused = await refusal(write(steps, workload("a", "api-public", namespace="platform")))
+    refused = await refusal(manifests.reconcile(workload("a", "api-public", namespace="platform")))
 
     assert "already written by api-aggregator api.example.com" in refused.message
     assert snapshot(repo) == before

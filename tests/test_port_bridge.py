@@ -27,7 +27,7 @@ from idp.models import Workload
 from idp.port import PortApiError, PortUnavailable
 from starter.operations import apply_workload
 from workflows.messages import WaitReadyRequest, WorkloadStatus
-from workflows.state import Condition, ConditionStatus, Outputs, Phase
+from workflows.state import Condition, ConditionStatus, Phase
 from workflows.workload import WorkloadWorkflow
 
 CREATE = "idp_create_workload"
@@ -384,7 +384,7 @@ def status_of(phase: Phase, **changes: Any) -> WorkloadStatus:
         "generation": 2,
         "observed_generation": 2,
         "conditions": [],
-        "outputs": Outputs(),
+        "outputs": {},
         "events": [],
         "next_check_at": datetime(2030, 1, 1, tzinfo=UTC),
     }
@@ -411,7 +411,7 @@ def test_a_generation_settles_when_observed_ready_or_degraded():
 
 def test_a_rotation_settles_on_a_new_credential_version_or_a_failed_pass():
     before = datetime(2030, 1, 1, tzinfo=UTC)
-    target = Target(kind="rotated", baseline_next_check_at=before, baseline_credentials_version=3)
+    target = Target(kind="rotated", baseline_next_check_at=before)
     assert judge(target, status_of(Phase.READY, next_check_at=before)) is None
     later = datetime(2030, 1, 2, tzinfo=UTC)
     assert judge(target, status_of(Phase.DEGRADED, next_check_at=later))[0] == "FAILURE"

@@ -1,6 +1,7 @@
-"""idp.registry against a real moto server over HTTP with real boto3 (no mocks).
+"""The Registry capability's observe, plan and apply against a real moto server over HTTP with
+real boto3 (no mocks); tests/test_registry_capability.py drives it through its contract.
 
-What moto does NOT check, and so what idp.registry checks itself (see the last tests):
+What moto does NOT check, and so what the capability checks itself (see the last tests):
 - CreateRole accepts any trust policy text, even non-JSON (IAM rejects it as
   MalformedPolicyDocument); moto validates it only on UpdateAssumeRolePolicy.
 - CreateRole accepts role names longer than 64 characters.
@@ -17,15 +18,19 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from support.awscalls import CallCounter
+from support.awscalls import REGISTRY_READS, CallCounter
 from support.moto import MOTO_ACCOUNT_ID, moto_auth, moto_server, reset_moto
 
-from idp.aws.client import AwsClients, map_client_error
+from capabilities.registry.aws import apply, observe, teardown
+from capabilities.registry.capability import RegistryPlan, plan_registry
+from capabilities.registry.target import RegistryTarget
+from idp.aws.client import AwsClients, call_aws, map_client_error
 from idp.aws.ecr import lifecycle_policy, normalize_lifecycle, validate_lifecycle_policy
 from idp.aws.iam import (
     normalize_policy,
@@ -37,18 +42,10 @@ from idp.aws.iam import (
 )
 from idp.errors import PermanentError, TransientError
 from idp.models import RegistrySpec
-from idp.registry import RegistryTarget, ensure, ensure_repository, teardown
 
 REGION = "eu-west-1"
 ISSUER = "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 OUR_TAGS = {"idp.managed-by": "idp", "idp.system": "shop", "idp.workload": "cart"}
-STEADY_STATE_CALLS = [
-    "ecr:DescribeRepositories",
-    "ecr:ListTagsForResource",
-    "ecr:GetLifecyclePolicy",
-    "iam:GetRole",
-    "iam:GetRolePolicy",
-]
 MANIFEST = json.dumps(
     {
         "schemaVersion": 2,
@@ -132,6 +129,29 @@ def make_policy(clients: AwsClients, name: str) -> str:
     ]["Arn"]
 
 
+@dataclass
+class Pass:
+    plan: RegistryPlan
+    repository_uri: str
+    role_arn: str
+
+    @property
+    def created(self) -> list[str]:
+        return self.plan.created
+
+    @property
+    def repaired(self) -> list[str]:
+        return self.plan.repaired
+
+
+def ensure(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> Pass:
+    """One pass, as the capability's activity makes it: observe, plan, apply."""
+    observation = observe(target, spec, clients)
+    plan = plan_registry(spec, observation)
+    output = apply(plan, observation, clients)
+    return Pass(plan, output.repository_uri, output.role_arn)
+
+
 def assert_quiet_pass(clients: AwsClients, target: RegistryTarget, spec: RegistrySpec) -> None:
     with CallCounter(clients) as counter:
         observation = ensure(target, spec, clients)
@@ -146,14 +166,15 @@ def test_create_makes_repository_and_role_as_specified(
     clients: AwsClients, target: RegistryTarget, oidc_arn: str
 ) -> None:
     spec = RegistrySpec.model_validate({"lifecycle": {"keepLast": 10}})
-    observation = ensure(target, spec, clients)
+    with CallCounter(clients) as counter:
+        observation = ensure(target, spec, clients)
 
     assert observation.created == ["repository", "role"]
     assert observation.repaired == []
     repo = repo_of(clients, target)
     assert repo["repositoryName"] == "idp/shop/cart"
     assert observation.repository_uri == repo["repositoryUri"]
-    assert observation.repository_arn == repo["repositoryArn"] == target.repository_arn
+    assert repo["repositoryArn"] == target.repository_arn
     assert repo["imageTagMutability"] == "IMMUTABLE"
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repo["encryptionConfiguration"]["encryptionType"] == "AES256"
@@ -173,7 +194,7 @@ def test_create_makes_repository_and_role_as_specified(
     assert all(r["action"] == {"type": "expire"} for r in rules)
 
     role = role_of(clients, target)
-    assert observation.role_name == "idp-shop-cart" == role["RoleName"]
+    assert target.role_name == "idp-shop-cart" == role["RoleName"]
     assert observation.role_arn == role["Arn"]
     assert {t["Key"]: t["Value"] for t in role["Tags"]} == OUR_TAGS
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
@@ -198,15 +219,18 @@ def test_create_makes_repository_and_role_as_specified(
         "ecr:UploadLayerPart",
     }
     assert (login["Action"], login["Resource"]) == ("ecr:GetAuthorizationToken", "*")
-    # The observation is a camelCase payload for the workflow.
-    assert set(observation.model_dump()) == {
-        "repositoryUri",
-        "repositoryArn",
-        "roleArn",
-        "roleName",
-        "repaired",
-        "created",
-    }
+    # Each change says why, and apply sent exactly the plan's calls.
+    assert [(c.action, c.subject, c.why) for c in observation.plan.changes] == [
+        ("create", "ECR repository idp/shop/cart", "it does not exist"),
+        ("create", "IAM role idp-shop-cart", "it does not exist"),
+    ]
+    assert counter.writes == [
+        "ecr:CreateRepository",
+        "ecr:PutLifecyclePolicy",
+        "iam:CreateRole",
+        "iam:PutRolePolicy",
+    ]
+    assert len(observation.plan.calls) == len(counter.writes)
 
 
 def test_steady_state_pass_makes_five_reads_and_no_write(
@@ -218,7 +242,7 @@ def test_steady_state_pass_makes_five_reads_and_no_write(
     for _ in range(2):
         with CallCounter(clients) as counter:
             observation = ensure(target, spec, clients)
-        assert counter.calls == STEADY_STATE_CALLS
+        assert counter.calls == REGISTRY_READS
         assert counter.writes == []
         assert (observation.created, observation.repaired) == ([], [])
 
@@ -231,7 +255,7 @@ def test_steady_state_with_managed_policies_adds_one_listing(
 
     with CallCounter(clients) as counter:
         ensure(target, spec, clients)
-    assert counter.calls == [*STEADY_STATE_CALLS, "iam:ListAttachedRolePolicies"]
+    assert counter.calls == [*REGISTRY_READS, "iam:ListAttachedRolePolicies"]
     assert counter.writes == []
 
 
@@ -311,6 +335,8 @@ def test_refuses_a_foreign_role(clients: AwsClients, target: RegistryTarget) -> 
         normalize_policy(foreign_trust)
     )
     assert clients.iam.list_role_policies(RoleName=target.role_name)["PolicyNames"] == []
+    # The plan refuses before anything is written, the repository included.
+    assert clients.ecr.describe_repositories()["repositories"] == []
 
 
 # --- drift -----------------------------------------------------------------------------------
@@ -407,7 +433,12 @@ def test_crash_between_repository_and_role_converges(
     clients: AwsClients, target: RegistryTarget
 ) -> None:
     spec = RegistrySpec()
-    ensure_repository(target, spec, clients)  # ... and the worker died here
+    observation = observe(target, spec, clients)
+    plan = plan_registry(spec, observation)
+    for call in plan.calls:
+        if call.service == "ecr":
+            call_aws(clients.ecr, call.operation, **call.params)
+    # ... and the worker died here, before the role's calls
 
     observation = ensure(target, spec, clients)
 
@@ -503,14 +534,18 @@ def test_teardown_retain_keeps_the_repository(clients: AwsClients, target: Regis
     assert ensure(target, spec, clients).created == ["role"]
 
 
+def deleting(target: RegistryTarget) -> RegistryTarget:
+    return target.model_copy(update={"deletion_policy": "Delete"})
+
+
 def test_teardown_delete_removes_both(clients: AwsClients, target: RegistryTarget) -> None:
     ensure(target, RegistrySpec(), clients)
 
-    assert teardown(target, RegistrySpec(), clients, "Delete") == ["repository", "role"]
+    assert teardown(deleting(target), RegistrySpec(), clients) == ["repository", "role"]
 
     assert clients.ecr.describe_repositories()["repositories"] == []
     assert clients.iam.list_roles()["Roles"] == []
-    assert teardown(target, RegistrySpec(), clients, "Delete") == []
+    assert teardown(deleting(target), RegistrySpec(), clients) == []
 
 
 def test_teardown_delete_with_images_needs_force(
@@ -522,7 +557,7 @@ def test_teardown_delete_with_images_needs_force(
     )
 
     with pytest.raises(PermanentError) as caught:
-        teardown(target, RegistrySpec(), clients, "Delete")
+        teardown(deleting(target), RegistrySpec(), clients)
     assert caught.value.reason == "RepositoryNotEmptyException"
     assert "still holds images" in str(caught.value)
     assert "forceDeleteImages" in str(caught.value)
@@ -531,7 +566,7 @@ def test_teardown_delete_with_images_needs_force(
     assert role_of(clients, target)
 
     forced = RegistrySpec(force_delete_images=True)
-    assert teardown(target, forced, clients, "Delete") == ["repository", "role"]
+    assert teardown(deleting(target), forced, clients) == ["repository", "role"]
     assert clients.ecr.describe_repositories()["repositories"] == []
 
 
@@ -543,7 +578,7 @@ def test_teardown_never_deletes_a_resource_without_our_tags(
         RoleName=target.role_name, AssumeRolePolicyDocument=json.dumps(trust_policy(target))
     )
 
-    assert teardown(target, RegistrySpec(force_delete_images=True), clients, "Delete") == []
+    assert teardown(deleting(target), RegistrySpec(force_delete_images=True), clients) == []
 
     assert repo_of(clients, target)
     assert role_of(clients, target)
@@ -565,7 +600,7 @@ def test_long_names_get_a_stable_hash_suffix(clients: AwsClients, oidc_arn: str)
     assert validate_role_name(name) == name
 
     target = make_target(oidc_arn, name=long_name)
-    assert ensure(target, RegistrySpec(), clients).role_name == name
+    assert ensure(target, RegistrySpec(), clients).role_arn.endswith(f":role/{name}")
     assert role_of(clients, target)["RoleName"] == name
 
 

@@ -11,6 +11,7 @@ from support.moto import MOTO_ACCOUNT_ID, moto_server
 from support.stack import bare_repo, platform_for, read, running_worker, task_queue
 from temporalio.client import Client, WorkflowHandle
 
+from capabilities.registry import RegistryOutput
 from idp.models import Workload
 from idp.platform import AwsConfig, ClusterIdentity, Platform
 from starter.operations import apply_workload
@@ -79,8 +80,7 @@ async def test_registry_role_arn_reaches_the_service_account(
         await apply_workload(client, queue, w)
         handle = client.get_workflow_handle(w.workflow_id)
         status = await ready(handle)
-        registry = status.outputs.registry
-        assert registry is not None
+        registry = RegistryOutput.model_validate(status.outputs["Registry"])
         assert registry.repository_uri.endswith(f"/{queue}/cart")
         assert registry_condition(status).reason == "Created"
 

@@ -425,6 +425,56 @@ async def test_records_no_longer_claimed_are_released(remote, tmp_path) -> None:
     await store.apply(claiming("w/b", "dev/ns/b", "one", "two"))
 
 
+async def test_a_preview_from_the_listing_agrees_with_apply(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(claiming("w/other", "dev/ns/o", "three"))
+    commands: list[str] = []
+    run_git = store._git
+
+    async def counting(*args, **kwargs):
+        commands.append(args[0])
+        return await run_git(*args, **kwargs)
+
+    store._git = counting  # type: ignore[method-assign]
+    steps = [
+        claiming("w/a", "dev/ns/a", "one", "two"),
+        claiming("w/a", "dev/ns/a", "one", "two"),
+        claiming("w/a", "dev/ns/a", "two", text="y\n"),
+        Change("dev/ns/a", {}, "delete a", None, "w/a", (), "dev/.owners"),
+    ]
+    effects = []
+    for change in steps:
+        commands.clear()
+        listing = await store.listing(change)
+        # One fetch and one look at the tree; no blob is read, and other owners' records,
+        # which the change never touches, are left out.
+        assert commands == ["fetch", "rev-parse", "ls-tree"]
+        assert "dev/.owners/three" not in listing
+        written, removed = statestore.preview(change, listing)
+        result = await store.apply(change)
+        assert (sorted(written), sorted(removed)) == (list(result.written), list(result.removed))
+        effects.append((sorted(written), sorted(removed)))
+
+    assert effects == [
+        (["dev/.owners/one", "dev/.owners/two", "dev/ns/a/a.yaml"], []),
+        ([], []),
+        (["dev/ns/a/a.yaml"], ["dev/.owners/one"]),
+        ([], ["dev/.owners/two", "dev/ns/a/a.yaml"]),
+    ]
+
+
+async def test_a_preview_leaves_claims_to_apply(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(claiming("w/a", "dev/ns/a", "shared"))
+    contender = claiming("w/b", "dev/ns/b", "shared")
+
+    written, removed = statestore.preview(contender, await store.listing(contender))
+
+    assert (sorted(written), removed) == (["dev/.owners/shared", "dev/ns/b/a.yaml"], [])
+    with pytest.raises(OwnedByAnother):
+        await store.apply(contender)
+
+
 async def test_a_removal_of_names_held_by_another_owner_leaves_them(remote, tmp_path) -> None:
     store = store_for(remote, tmp_path)
     await store.apply(claiming("w/a", "dev/ns/a", "shared"))

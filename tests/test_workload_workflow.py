@@ -94,7 +94,7 @@ async def test_apply_reaches_ready_and_writes_the_service_account(
     assert f"Workflow: workload/{system}/hello" in body
     condition = next(c for c in status.conditions if c.type == "Manifests")
     assert condition.status == ConditionStatus.TRUE
-    assert status.outputs.manifests and status.outputs.manifests.directory == "dev/demo/hello"
+    assert status.outputs["Manifests"]["directory"] == "dev/demo/hello"
     # The search attributes operators query by, as the server holds them for this execution.
     attributes = (await handle.describe()).typed_search_attributes
     assert attributes.get(sa.PHASE) == "Ready"

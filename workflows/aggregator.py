@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from idp import ids
     from idp.models import disallowed_aggregator_changes
     from idp.routes import (
+        Held,
         RegisterTargets,
         Registration,
         TargetResult,
@@ -51,11 +52,14 @@ with workflow.unsafe.imports_passed_through():
         failure,
         read_settings,
         reject,
-        retry_interval,
+        wait_for_work,
     )
 
 ROUTES = "Routes"
 TARGETS = "Targets"
+# Nudges wait until the holder's routes are written (see _send_nudges); runs recorded before
+# told every holder after any write.
+NUDGE_ONCE_WRITTEN = "nudge-once-written"
 
 
 @workflow.defn
@@ -158,6 +162,18 @@ class ApiAggregatorWorkflow:
         self.state.reconcile_requested = True
 
     @workflow.query
+    def held(self, holder: str) -> Held:
+        """What this hostname holds for `holder`, and the answer `register` would give it: how
+        a workload observes its routes without an update (which costs a workflow task and two
+        history events here, however idle the workload)."""
+        mine = [e for e in self.state.entries if e.target.holder == holder]
+        return Held(
+            registration=self._registration(holder),
+            targets=[e.target for e in mine],
+            destination=mine[0].destination if mine else None,
+        )
+
+    @workflow.query
     def status(self) -> AggregatorStatus:
         # The status is the state minus its internals (request ids, failures, nudges).
         shown = AggregatorStatus.model_fields
@@ -183,7 +199,7 @@ class ApiAggregatorWorkflow:
                     return self.status()
             else:
                 self._set_phase(Phase.PENDING)
-            await continue_as_new_if_suggested(
+            continue_as_new_if_suggested(
                 AggregatorInput(hostname=self.state.hostname, state=self.state)
             )
             await self._sleep()
@@ -200,20 +216,12 @@ class ApiAggregatorWorkflow:
         return state.reconcile_requested or state.generation > state.written_generation
 
     async def _sleep(self) -> None:
-        settings = self._settings.reconcile
-        interval, summary = settings.drift_interval, "next drift check"
-        if self.state.failures:
-            interval = retry_interval(settings, self.state.failures)
-            summary = "retry after backoff"
-        if self.state.aggregator is None and not self.state.deleting:
-            self.state.next_check_at = None
-            await workflow.wait_condition(self._has_work)
-            return
-        self.state.next_check_at = workflow.now() + interval
-        try:
-            await workflow.wait_condition(self._has_work, timeout=interval, timeout_summary=summary)
-        except TimeoutError:
-            pass
+        await wait_for_work(
+            self.state,
+            self._settings.reconcile,
+            self._has_work,
+            idle=self.state.aggregator is None and not self.state.deleting,
+        )
 
     async def _write(self) -> None:
         """Render the accepted targets and make the directory hold exactly them (a drift
@@ -260,7 +268,12 @@ class ApiAggregatorWorkflow:
 
     async def _send_nudges(self) -> None:
         # Taken before the first await: registrations arriving meanwhile add to a fresh list.
-        holders, self.state.nudge = self.state.nudge, []
+        holders = self.state.nudge
+        if workflow.patched(NUDGE_ONCE_WRITTEN):
+            # One whose targets changed after this write began waits for the next write: told
+            # now, it would read its routes as not written yet, and a read re-arms no nudge.
+            holders = [h for h in holders if self._registration(h).written]
+        self.state.nudge = [h for h in self.state.nudge if h not in holders]
         signals = (
             workflow.get_external_workflow_handle(
                 ids.workload_id(*ids.parse_workload_id(holder))

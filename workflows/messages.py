@@ -5,12 +5,12 @@ stable and documented in the README.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from idp.models import Model, Workload
-from workflows.state import Condition, Event, Outputs, Phase, State, WorkloadState
+from workflows.state import Condition, Event, Phase, State, WorkloadState
 
 
 class WorkloadStatus(State):
@@ -22,9 +22,10 @@ class WorkloadStatus(State):
     generation: int
     observed_generation: int
     conditions: list[Condition]
-    outputs: Outputs
+    outputs: dict[str, Any] = Field(description="Each capability's outputs, by its name.")
     events: list[Event]
     next_check_at: datetime | None
+    requests: list[str] = Field([], description="Requests not acted on yet, by operation.")
 
 
 class WorkloadInput(Model):

@@ -8,16 +8,17 @@ reaching into an activity module or the activity into the workflow.
 
 import hashlib
 import json
+from typing import Any
 
 import yaml
 
+from idp.capability import installed
 from idp.models import API_VERSION, Workload
 from idp.port import PortEntity
 from workflows.messages import WorkloadStatus
 
 WORKLOAD_BLUEPRINT = "idpWorkload"
 SYSTEM_BLUEPRINT = "idpSystem"
-AGGREGATOR_BLUEPRINT = "idpApiAggregator"
 
 
 def port_entities(
@@ -26,22 +27,17 @@ def port_entities(
     """The entities a workload's status shows in Port, each after the ones it relates to."""
     workload = status.workload
     system = workload.metadata.system
-    outputs = status.outputs
-    credentials = outputs.credentials
-    hostnames = sorted({target.aggregator for target in workload.spec.api})
     found: list[tuple[str, PortEntity]] = [
         (
             SYSTEM_BLUEPRINT,
             PortEntity(identifier=system, title=system, properties={"workflows": system_link}),
         )
     ]
-    found += [
-        (
-            AGGREGATOR_BLUEPRINT,
-            PortEntity(identifier=hostname, title=hostname, properties={"hostname": hostname}),
-        )
-        for hostname in hostnames
-    ]
+    relations: dict[str, Any] = {"system": system}
+    for capability in installed():
+        for related in capability.port_related(workload):
+            found += [(related.blueprint, PortEntity(**e)) for e in related.entities]
+            relations[related.relation] = [e["identifier"] for e in related.entities]
     properties = {
         "phase": status.phase.value,
         "owner": workload.spec.owner,
@@ -49,11 +45,7 @@ def port_entities(
         "namespace": workload.spec.namespace,
         "generation": status.generation,
         "observedGeneration": status.observed_generation,
-        "registryUri": outputs.registry.repository_uri if outputs.registry else None,
-        "roleArn": outputs.registry.role_arn if outputs.registry else None,
-        "natsUser": outputs.nats.name if outputs.nats else None,
-        "credentialsVersion": credentials.version if credentials else None,
-        "credentialsExpireAt": credentials.expires_at.isoformat() if credentials else None,
+        **capability_properties(status),
         "conditions": conditions_text(status),
         "temporal": workload_link,
         "spec": spec_yaml(workload),
@@ -65,11 +57,19 @@ def port_entities(
                 identifier=entity_identifier(system, workload.metadata.name),
                 title=f"{system}/{workload.metadata.name}",
                 properties=properties,
-                relations={"system": system, "apiAggregators": hostnames},
+                relations=relations,
             ),
         )
     )
     return found
+
+
+def capability_properties(status: WorkloadStatus) -> dict[str, Any]:
+    """What each installed capability shows of its outputs on the workload's entity."""
+    shown: dict[str, Any] = {}
+    for capability in installed():
+        shown |= capability.port_properties(status.outputs.get(capability.name))
+    return shown
 
 
 def port_view(status: WorkloadStatus) -> str:

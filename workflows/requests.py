@@ -13,8 +13,10 @@ from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
 with workflow.unsafe.imports_passed_through():
+    from idp.capability import installed
     from idp.loading import describe_errors
     from idp.models import Model
+    from workflows.engine import context
     from workflows.messages import RotateRequest, SignalRequest
     from workflows.state import WorkloadState
 
@@ -32,6 +34,11 @@ REQUEST_MODELS: dict[Operation, type[SignalRequest]] = {
 # --input, the aggregator's nudge): the SDK passes a RawValue through only when the parameter
 # is annotated exactly so, hence a sentinel rather than None.
 NO_INPUT = RawValue(Payload())
+# Requests that only a capability acts on, with the refusal when no capability the workload
+# wants does (the first installed one's sentence: "has no NATS user, so ...").
+ACTED_ON: dict[str, str] = {
+    op: sentence for c in reversed(installed()) for op, sentence in c.requests.items()
+}
 
 
 class UnreadableInput(Exception):
@@ -46,11 +53,16 @@ def refusal(operation: Operation, state: WorkloadState) -> str | None:
         # Asking again to delete is the same request: answered, not refused.
         return None if operation == "delete" else f"workload {name} is being deleted"
     # What resuming would not fix comes first.
-    if operation == "rotate_credentials" and state.workload.spec.nats is None:
-        return f"workload {name} has no NATS user, so no credentials to rotate"
+    if operation in ACTED_ON and not _wanted_by_any(operation, state):
+        return f"workload {name} {ACTED_ON[operation]}"
     if state.paused and operation in ("reconcile", "rotate_credentials"):
         return f"workload {name} is paused; resume it first"
     return None
+
+
+def _wanted_by_any(operation: str, state: WorkloadState) -> bool:
+    """Whether a capability this workload wants acts on `operation`."""
+    return any(operation in c.requests and c.wanted(context(c, state)) for c in installed())
 
 
 def read_input(raw: RawValue, model: type[M], message: str) -> M:

@@ -16,14 +16,23 @@ from temporalio.common import (
     SearchAttributePair,
 )
 
+from idp.capability import installed
+
 KIND = SearchAttributeKey.for_keyword("IdpKind")
 SYSTEM = SearchAttributeKey.for_keyword("IdpSystem")
 PHASE = SearchAttributeKey.for_keyword("IdpPhase")
 DESTINATION = SearchAttributeKey.for_keyword("IdpDestination")
 OWNER = SearchAttributeKey.for_keyword("IdpOwner")
-CREDENTIALS_EXPIRE_AT = SearchAttributeKey.for_datetime("IdpCredentialsExpireAt")
 
-ALL: list[SearchAttributeKey] = [KIND, SYSTEM, PHASE, DESTINATION, OWNER, CREDENTIALS_EXPIRE_AT]
+# The workflow's own, then those its installed capabilities keep (credentials expiry, say).
+ALL: list[SearchAttributeKey] = [
+    KIND,
+    SYSTEM,
+    PHASE,
+    DESTINATION,
+    OWNER,
+    *(key for capability in installed() for key in capability.search_attributes),
+]
 
 
 def upsert_changed(desired: list[SearchAttributePair[Any]]) -> None:

@@ -7,11 +7,13 @@ knowing which commit, registry, user and credential version are its own.
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from idp.models import Workload
+from workflows import legacy
 
 MAX_EVENTS = 20
 MAX_REQUEST_IDS = 256
@@ -25,12 +27,6 @@ class Phase(StrEnum):
     PAUSED = "Paused"
     DELETING = "Deleting"
     DELETED = "Deleted"
-
-
-# Reasons of a False condition that is not a failure: the workload waits for something that
-# comes by itself or by another resource's apply, so it is not Degraded. An ApiAggregator not
-# applied yet leaves the workload Pending; routes accepted but not yet written, Provisioning.
-WAITING = {"AggregatorPending": Phase.PENDING, "RoutesNotWritten": Phase.PROVISIONING}
 
 
 class ConditionStatus(StrEnum):
@@ -62,6 +58,12 @@ class Condition(State):
         "platform file or what is outside (an unknown account, a refused path, a foreign "
         "resource). `wait_ready` and `idpctl apply --wait` answer at once on such a condition.",
     )
+    waiting: Phase | None = Field(
+        None,
+        description="False, but waiting for something that comes by itself or by another "
+        "resource's apply; the phase the workload shows meanwhile (Pending or Provisioning) "
+        "instead of Degraded.",
+    )
 
 
 def blocking(conditions: Iterable[Condition]) -> list[Condition]:
@@ -78,72 +80,11 @@ class Event(State):
 
 
 class ManifestsOutput(State):
+    """Where a set of manifests was committed (the aggregator's routes, say)."""
+
     directory: str
     digest: str
     commit: str | None = None
-
-
-class RegistryOutput(State):
-    repository_uri: str
-    role_arn: str
-
-
-class NatsOutput(State):
-    user_id: str
-    account_id: str
-    name: str
-    public_key: str
-
-
-class CredentialsOutput(State):
-    """What was issued and delivered; never the credentials themselves."""
-
-    version: int
-    public_key: str
-    issued_at: datetime
-    expires_at: datetime = Field(description="From the user JWT.")
-    fingerprint: str
-    delivery: str
-    location: str
-    permissions_digest: str
-    delivery_digest: str
-    next_refresh_at: datetime = Field(description="By the workflow's clock and the policy.")
-    reason: str
-
-
-class ApiRoute(State):
-    """Where one hostname's aggregator has this workload's targets, as it last answered."""
-
-    hostname: str
-    paths: list[str]
-    state: str = Field(
-        description="Accepted, PathConflict, WrongDestination, AggregatorPending or "
-        "RoutesNotWritten."
-    )
-    reason: str | None = None
-    commit: str | None = None
-
-
-class Outputs(State):
-    registry: RegistryOutput | None = None
-    nats: NatsOutput | None = None
-    credentials: CredentialsOutput | None = None
-    manifests: ManifestsOutput | None = None
-    api: list[ApiRoute] = []
-
-
-class Rotation(State):
-    """An explicit rotate_credentials request waiting for the loop."""
-
-    reason: str
-    revoke_old_now: bool
-
-
-class Revocation(State):
-    """An old nkey to revoke once the workload had time to pick up the new one."""
-
-    public_key: str
-    revoke_at: datetime
 
 
 class Ledger(State):
@@ -176,14 +117,16 @@ class Ledger(State):
         message: str,
         now: datetime,
         permanent: bool = False,
+        waiting: Phase | None = None,
     ) -> None:
         current = self.condition(type_)
-        if current and (current.status, current.reason, current.message, current.permanent) == (
-            status,
-            reason,
-            message,
-            permanent,
-        ):
+        if current and (
+            current.status,
+            current.reason,
+            current.message,
+            current.permanent,
+            current.waiting,
+        ) == (status, reason, message, permanent, waiting):
             return
         changed = current is None or current.status != status
         condition = Condition(
@@ -193,23 +136,27 @@ class Ledger(State):
             message=message,
             last_transition_time=now if changed else current.last_transition_time,
             permanent=permanent,
+            waiting=waiting,
         )
         if current is None:
             self.conditions.append(condition)
         else:
             self.conditions = [condition if c.type == type_ else c for c in self.conditions]
 
+    def drop_condition(self, type_: str) -> None:
+        self.conditions = [c for c in self.conditions if c.type != type_]
+
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
     def settled_phase(self) -> "Phase":
         """The phase a finished pass shows: Ready only when every condition is True. A False
-        condition waiting on something that resolves by itself keeps its own phase (see
-        WAITING); any other is Degraded."""
+        condition waiting on something that resolves by itself shows the phase it waits in;
+        any other is Degraded."""
         false = [c for c in self.conditions if c.status != ConditionStatus.TRUE]
-        if any(c.reason not in WAITING for c in false):
+        if any(c.waiting is None for c in false):
             return Phase.DEGRADED
-        waiting = {WAITING[c.reason] for c in false}
+        waiting = {c.waiting for c in false}
         if Phase.PENDING in waiting:
             return Phase.PENDING
         return Phase.PROVISIONING if waiting else Phase.READY
@@ -222,6 +169,9 @@ class Ledger(State):
 
 
 class WorkloadState(Ledger):
+    """Everything a workload's workflow remembers. What each capability made is kept under its
+    name, as JSON its own models read: the engine stores it without knowing its shape."""
+
     workload: Workload
     generation: int = 1
     observed_generation: int = 0
@@ -229,10 +179,22 @@ class WorkloadState(Ledger):
     paused: bool = False
     deleting: bool = False
     reconcile_requested: bool = False
-    outputs: Outputs = Outputs()
+    outputs: dict[str, Any] = Field({}, description="Each capability's outputs, by its name.")
+    memory: dict[str, dict[str, Any]] = Field(
+        {}, description="Each capability's bookkeeping (deadlines, keys to revoke), by its name."
+    )
+    requests: dict[str, dict[str, Any]] = Field(
+        {}, description="Requests the loop has yet to act on (rotate_credentials), by operation."
+    )
+    rolled_out: list[str] = Field(
+        [], description="Capabilities that have run in this workflow: past their rollout patch."
+    )
+    passes: int = 0
     failures: int = 0
     next_check_at: datetime | None = None
-    rotation: Rotation | None = None
-    key_rotated_at: datetime | None = None
-    revocations: list[Revocation] = []
     published: str | None = Field(None, description="Digest of what Port last showed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_first_version(cls, data: Any) -> Any:
+        return legacy.upgrade_state(data)

@@ -1,9 +1,9 @@
 """What every entity workflow here shares about running a step: retries, timeouts, how a failed
 activity becomes a condition's reason and message, and how a request is refused."""
 
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, Protocol
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -27,11 +27,9 @@ STEP_TIMEOUT = timedelta(minutes=2)
 
 # Changes to what running workflows send, each gated by workflow.patched so that histories
 # recorded before them keep replaying.
-# The phase is derived from every condition (a refused route is Degraded, not Ready), which
-# changes the IdpPhase search attribute the workflow upserts.
+# The aggregator's phase is derived from every condition (refused targets are Degraded, not
+# Ready), which changes the IdpPhase search attribute it upserts.
 PHASE_FROM_CONDITIONS = "phase-from-conditions"
-# wait_ready answers as soon as a pass ends on a condition that retrying cannot fix.
-WAIT_READY_ANSWERS_BLOCKED = "wait-ready-answers-blocked"
 
 
 class StepFailed(Exception):
@@ -88,9 +86,47 @@ def retry_interval(settings: ReconcileSettings, failures: int) -> timedelta:
     return min(backoff, settings.max_backoff, settings.drift_interval)
 
 
-async def continue_as_new_if_suggested(next_input: Any) -> None:
-    """Start over with `next_input` when history grows long, after every handler has finished
-    (an update cut off mid-way would never answer its caller)."""
-    if workflow.info().is_continue_as_new_suggested():
-        await workflow.wait_condition(workflow.all_handlers_finished)
+class Sleeper(Protocol):
+    """The part of an entity workflow's state its sleep reads and writes."""
+
+    failures: int
+    next_check_at: datetime | None
+
+
+async def wait_for_work(
+    state: Sleeper,
+    settings: ReconcileSettings,
+    has_work: Callable[[], bool],
+    *,
+    idle: bool = False,
+    deadline: datetime | None = None,
+) -> None:
+    """The loop's sleep in every entity workflow: until `has_work`, or the backoff after failed
+    passes, or the next drift check, or `deadline` when sooner; without a timer when `idle`
+    (paused, or nothing to check), which costs nothing in history."""
+    if idle:
+        state.next_check_at = None
+        await workflow.wait_condition(has_work)
+        return
+    now = workflow.now()
+    if state.failures:
+        interval, summary = retry_interval(settings, state.failures), "retry after backoff"
+    else:
+        interval, summary = settings.drift_interval, "next drift check"
+        if deadline is not None and deadline - now < interval:
+            interval, summary = max(deadline - now, timedelta(seconds=1)), "next deadline"
+    state.next_check_at = now + interval
+    try:
+        await workflow.wait_condition(has_work, timeout=interval, timeout_summary=summary)
+    except TimeoutError:
+        pass
+
+
+def continue_as_new_if_suggested(next_input: Any, now: bool = False) -> None:
+    """Start over with `next_input` when history grows long (or `now`), once no handler is
+    running: an update cut off mid-way would never answer its caller. While one runs (a
+    `wait_ready` waiting for a pass) the loop goes on and asks again after the next pass;
+    waiting here instead would hold back the very pass that update waits for."""
+    suggested = now or workflow.info().is_continue_as_new_suggested()
+    if suggested and workflow.all_handlers_finished():
         workflow.continue_as_new(next_input)

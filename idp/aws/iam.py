@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from idp.errors import PermanentError
 
 if TYPE_CHECKING:
-    from idp.registry import RegistryTarget
+    from capabilities.registry.target import RegistryTarget
 
 
 INLINE_POLICY_NAME = "idp-registry"

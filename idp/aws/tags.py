@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from idp.registry import RegistryTarget
+    from capabilities.registry.target import RegistryTarget
 
 
 MANAGED_BY = "idp.managed-by"
 SYSTEM_TAG = "idp.system"
 WORKLOAD_TAG = "idp.workload"
-# One role tag per managed policy *we* attached, keyed by a hash of its ARN (see _sync_managed
-# in idp/registry.py).
+# One role tag per managed policy *we* attached, keyed by a hash of its ARN (see _plan_managed
+# in capabilities/registry/capability.py).
 POLICY_TAG_PREFIX = "idp.policy."
 # IAM tag values allow only these characters; ARNs may hold others (a comma, say).
 _TAG_VALUE_UNSAFE = re.compile(r"[^\w.:/=+\-@ ]")

@@ -80,5 +80,5 @@ async def test_a_worker_killed_at_random_moments_leaves_every_resource_once(
         await worker.stop()
 
     await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
-    downloads = sum(synadia.creds_issued(s.outputs.nats.user_id) for s in statuses)
+    downloads = sum(synadia.creds_issued(s.outputs["Nats"]["userId"]) for s in statuses)
     print(f"credentials downloaded {downloads} times for {count} workloads")

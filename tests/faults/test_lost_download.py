@@ -18,6 +18,7 @@ from support.stack import git
 from support.synadia import connect_with_creds, write_creds
 from temporalio.client import Client
 
+from capabilities.credentials import CredentialsOutputs
 from emulators.synadia import SynadiaEmulator
 from emulators.synadia.natsjwt import decode
 from idp.delivery import FINGERPRINT_ANNOTATION, PUBLIC_KEY_ANNOTATION
@@ -78,7 +79,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
     delivered = revoked = downloads = 0
     async with SynadiaClient(synadia.api_url, synadia.token) as api:
         for workload, status in zip(run.workloads, statuses, strict=True):
-            record = status.outputs.credentials
+            record = CredentialsOutputs.model_validate(status.outputs["Credentials"])
             path = f"{workload_directory('', workload)}/{SEALED_FILE}"
             manifest = yaml.safe_load(git("show", f"main:{path}", cwd=run.repo))
             annotations = manifest["metadata"]["annotations"]
@@ -89,7 +90,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
             fingerprint = hashlib.sha256(claims["jti"].encode()).hexdigest()
             assert fingerprint == record.fingerprint == annotations[FINGERPRINT_ANNOTATION]
 
-            issuances = await api.list_nats_user_issuances(status.outputs.nats.user_id)
+            issuances = await api.list_nats_user_issuances(status.outputs["Nats"]["userId"])
             valid = [i for i in issuances if i.status == "Active"]
             assert [(i.sub, i.iat_max) for i in valid] == [(claims["sub"], claims["iat"])], (
                 workload.metadata.name,

@@ -107,6 +107,8 @@ async def degraded_then_recovered(client: Client, repo: Path, name: str) -> Work
     handle = client.get_workflow_handle(workload(name).workflow_id)
     await until_phase(handle, Phase.DEGRADED)
     hidden.rename(repo)
+    # The failure is permanent until someone acts: here, the repository is back.
+    await handle.signal(WorkloadWorkflow.reconcile)
     await ready(handle, 1)
     return handle
 
@@ -139,7 +141,7 @@ async def registry_lifecycle(client: Client, repo: Path, name: str) -> WorkflowH
     handle = client.get_workflow_handle(w.workflow_id)
     await ready(handle, 1)
     status = await handle.query(WorkloadWorkflow.status)
-    role = status.outputs.registry.role_arn.rsplit("/", 1)[-1]
+    role = status.outputs["Registry"]["roleArn"].rsplit("/", 1)[-1]
     iam = boto3.client("iam", region_name=REGION, endpoint_url=os.environ["IDP_RECORD_AWS"])
     iam.delete_role_policy(RoleName=role, PolicyName="idp-registry")
     await handle.signal(WorkloadWorkflow.reconcile)

@@ -7,6 +7,15 @@ from typing import Any
 from idp.aws.client import AwsClients
 
 _READ_PREFIXES = ("Describe", "Get", "List", "BatchGet", "BatchCheck")
+# What a steady-state pass of the Registry capability calls (without managed policies): its
+# observe, then nothing, since the plan is empty.
+REGISTRY_READS = [
+    "ecr:DescribeRepositories",
+    "ecr:ListTagsForResource",
+    "ecr:GetLifecyclePolicy",
+    "iam:GetRole",
+    "iam:GetRolePolicy",
+]
 
 
 class CallCounter:

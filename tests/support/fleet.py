@@ -246,7 +246,7 @@ async def assert_onboarded_once(
     assert sorted(roles) == sorted(role_name_for(run.system, w.metadata.name) for w in items)
     users = await nats_user_names(synadia, run.system)
     assert sorted(users) == sorted(user_name(w) for w in items)
-    assert [s.outputs.credentials.version for s in statuses] == [1] * len(items)
+    assert [s.outputs["Credentials"]["version"] for s in statuses] == [1] * len(items)
     touched = commits_per_file(run.repo)
     for workload in items:
         directory = workload_directory("", workload)

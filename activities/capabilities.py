@@ -1,0 +1,86 @@
+"""The activities of every installed capability, made from its `Actions`.
+
+Each capability gets four, named `<Name>.<verb>`: `reconcile` (observe, plan and apply in one
+round trip), `observe` and `apply` (when its plan runs in the workflow), and `teardown`. Here
+domain errors become Temporal failures and long calls heartbeat, once for all of them.
+"""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from temporalio import activity
+
+from activities.errors import as_activity_errors
+from activities.heartbeat import heartbeating
+from idp.capability import Actions, Capability, Context, Report, installed
+
+T = TypeVar("T")
+
+
+def activity_name(capability: str, verb: str) -> str:
+    return f"{capability}.{verb}"
+
+
+def settings_of(capability: Capability[Any, Any], platform: Any) -> Any:
+    """A capability's own section of the platform file, None when absent."""
+    return platform.section(capability.settings_field) if capability.settings_field else None
+
+
+def offered(platform: Any) -> list[str]:
+    """The installed capabilities this platform offers, by name."""
+    return [c.name for c in installed() if c.offered(settings_of(c, platform))]
+
+
+def installed_names() -> list[str]:
+    """Every installed capability, by name: recorded with the platform settings, so that a
+    workflow replays the same on a worker with more or fewer installed (workflows/engine.py)."""
+    return [c.name for c in installed()]
+
+
+async def _run(work: Awaitable[T]) -> T:
+    with as_activity_errors():
+        return await heartbeating(work)
+
+
+def capability_activities(
+    capability: Capability[Any, Any], actions: Actions[Any, Any]
+) -> list[Callable[..., Any]]:
+    name = capability.name
+
+    @activity.defn(name=activity_name(name, "reconcile"))
+    async def reconcile(ctx: Context) -> Report:
+        async def work() -> Report:
+            observation = await actions.observe(ctx)
+            plan = capability.plan(ctx, observation)
+            report = await actions.apply(ctx, plan, observation)
+            return report.model_copy(update={"plan": plan.changes})
+
+        return await _run(work())
+
+    @activity.defn(name=activity_name(name, "observe"))
+    async def observe(ctx: Context) -> dict[str, Any]:
+        observation = await _run(actions.observe(ctx))
+        return observation.model_dump(mode="json", by_alias=True)
+
+    @activity.defn(name=activity_name(name, "apply"))
+    async def apply(ctx: Context, plan: dict[str, Any], observation: dict[str, Any]) -> Report:
+        planned = capability.plan_model.model_validate(plan)
+        observed = capability.observation_model.model_validate(observation)
+        report = await _run(actions.apply(ctx, planned, observed))
+        return report.model_copy(update={"plan": planned.changes})
+
+    @activity.defn(name=activity_name(name, "teardown"))
+    async def teardown(ctx: Context) -> Report:
+        return await _run(actions.teardown(ctx))
+
+    return [reconcile, observe, apply, teardown]
+
+
+def all_activities(platform: Any, cache_dir: Path) -> list[Callable[..., Any]]:
+    """Every installed capability's activities, its actions made once for this worker."""
+    found = []
+    for capability in installed():
+        actions = capability.actions(platform, settings_of(capability, platform), cache_dir)
+        found += capability_activities(capability, actions)
+    return found

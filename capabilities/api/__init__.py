@@ -1,0 +1,249 @@
+"""The Api capability: a workload's `spec.api` targets, registered with the ApiAggregatorWorkflow
+of each hostname they name.
+
+Its pure half, which the workflow engine runs. The aggregator of a hostname owns its route table:
+it decides conflicts when a workload registers its complete set of targets there, and renders and
+writes the accepted ones (workflows/aggregator.py). This capability reads what each aggregator
+holds for the workload (a query: an idle pass changes nothing and costs the aggregator no history)
+and registers only where that differs from the spec, unregistering from hostnames the spec no
+longer names. The outputs are each hostname's answer, so a hostname left out of the spec, or the
+whole `spec.api`, is still known and unregistered from. The worker's half is in `actions`.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from idp.capability import (
+    Actions,
+    Capability,
+    Change,
+    Context,
+    Plan,
+    Related,
+    Report,
+    dump,
+)
+from idp.models import ApiTarget, Model, Workload
+from idp.routes import Held, RegisterTargets, Registration, TargetState
+
+# The Api states besides the aggregator's TargetState: waiting for the ApiAggregator to be
+# applied, and accepted but not yet in the state store. Both resolve without anyone acting (the
+# aggregator tells the workload to look again), each shown as the phase it waits in.
+PENDING = "AggregatorPending"
+UNWRITTEN = "RoutesNotWritten"
+WAITING = {PENDING: "Pending", UNWRITTEN: "Provisioning"}
+# Port's blueprint of a hostname (starter/port/blueprints/).
+AGGREGATOR_BLUEPRINT = "idpApiAggregator"
+
+
+class ApiRoute(Model):
+    """Where one hostname's aggregator has this workload's targets, as it last answered."""
+
+    hostname: str
+    paths: list[str]
+    state: str = Field(
+        description="Accepted, PathConflict, WrongDestination, AggregatorPending or "
+        "RoutesNotWritten."
+    )
+    reason: str | None = None
+    commit: str | None = None
+
+
+class ApiOutput(Model):
+    routes: list[ApiRoute]
+
+
+class ApiObservation(Model):
+    held: dict[str, Held | None] = Field(
+        description="By hostname, every one the spec names or the outputs know: None where no "
+        "aggregator workflow runs (none was ever started, or it has ended), so nothing is held."
+    )
+
+
+class Registering(Model):
+    """One `register` update: the workload's complete set of targets on a hostname."""
+
+    hostname: str
+    request: RegisterTargets
+
+
+class ApiPlan(Plan):
+    registrations: list[Registering] = []
+
+
+class Api(Capability[ApiObservation, ApiPlan]):
+    name = "Api"
+    # Routes lead to the workload: claimed once its manifests are written (a workload refused
+    # its ServiceAccount claims no path), and released first on delete.
+    requires = ("Manifests",)
+    spec_field = "api"
+    observation_model = ApiObservation
+    plan_model = ApiPlan
+    outputs_model = ApiOutput
+    summary = "API routes with the aggregators of its hostnames"
+
+    def wanted(self, ctx: Context) -> bool:
+        # Outputs are kept only while some aggregator holds a route of this workload: a spec
+        # that drops its last target still gets the pass that unregisters them.
+        return bool(ctx.workload.spec.api) or ctx.outputs is not None
+
+    def plan(self, ctx: Context, observation: ApiObservation) -> ApiPlan:
+        return registrations(
+            ctx, observation, by_hostname(ctx.workload.spec.api), "spec.api no longer names it"
+        )
+
+    def describe(self, outputs: Mapping[str, Any]) -> list[str]:
+        return [
+            f"api:         {', '.join(r.paths)} on {r.hostname} {r.state}"
+            + (f": {r.reason}" if r.reason else "")
+            for r in ApiOutput.model_validate(outputs).routes
+        ]
+
+    def port_related(self, workload: Workload) -> list[Related]:
+        # Each hostname is an entity of its own, so Port shows who shares it.
+        entities = [
+            {"identifier": h, "title": h, "properties": {"hostname": h}}
+            for h in sorted(by_hostname(workload.spec.api))
+        ]
+        return [
+            Related(relation="apiAggregators", blueprint=AGGREGATOR_BLUEPRINT, entities=entities)
+        ]
+
+    def actions(self, platform: Any, settings: Any, cache_dir: Path) -> Actions[Any, Any]:
+        # Imported here: the workflow imports this module, and the actions hold the client.
+        from capabilities.api.actions import ApiActions
+
+        return ApiActions()
+
+
+def by_hostname(targets: list[ApiTarget]) -> dict[str, list[ApiTarget]]:
+    found: dict[str, list[ApiTarget]] = {}
+    for target in targets:
+        found.setdefault(target.aggregator, []).append(target)
+    return found
+
+
+def hostnames(ctx: Context) -> list[str]:
+    """The hostnames a pass looks at: those the spec names and those the outputs know."""
+    known = ctx.own(ApiOutput)
+    named = by_hostname(ctx.workload.spec.api).keys()
+    return sorted(named | {r.hostname for r in (known.routes if known else [])})
+
+
+def request(workload: Workload, targets: list[ApiTarget]) -> RegisterTargets:
+    return RegisterTargets(
+        system=workload.metadata.system,
+        workload=workload.metadata.name,
+        namespace=workload.spec.namespace,
+        destination=workload.spec.destination,
+        targets=targets,
+    )
+
+
+def registrations(
+    ctx: Context,
+    observation: ApiObservation,
+    wanted: dict[str, list[ApiTarget]],
+    gone: str,
+) -> ApiPlan:
+    """Register `wanted` on each hostname whose aggregator holds something else, and register
+    nothing (unregister) where it holds targets no longer wanted, `gone` saying why."""
+    changes, registering = [], []
+    for hostname in hostnames(ctx):
+        registration = request(ctx.workload, wanted.get(hostname, []))
+        why = _why(registration, observation.held.get(hostname), gone)
+        if why is None:
+            continue
+        registering.append(Registering(hostname=hostname, request=registration))
+        if registration.targets:
+            subject = f"{len(registration.targets)} target(s) with {hostname}"
+            changes.append(Change(action="register", subject=subject, why=why))
+        else:
+            changes.append(Change(action="unregister", subject=f"from {hostname}", why=why))
+    return ApiPlan(changes=changes, registrations=registering)
+
+
+def _why(registration: RegisterTargets, held: Held | None, gone: str) -> str | None:
+    if held is None or not held.targets:
+        return "not registered yet" if registration.targets else None
+    if not registration.targets:
+        return gone
+    if (held.targets, held.destination) != (registration.route_targets(), registration.destination):
+        return "the targets changed"
+    refused = [t for t in held.registration.targets if t.state != TargetState.ACCEPTED]
+    if refused:
+        # A refusal is decided when the targets arrive; the aggregator tells a refused workload
+        # when a path it wanted is released, and only registering again claims it.
+        return f"{refused[0].state.value} is decided anew at each registration"
+    return None
+
+
+def report(ctx: Context, answers: list[Registration]) -> Report:
+    """The pass's outcome from each hostname's answer, registered now or observed unchanged.
+
+    A refused target is the user's to fix and an aggregator not applied yet or not done writing
+    resolves by itself: the condition says which. An aggregator that cannot write is a failure,
+    retried like any other, which still keeps where the targets are registered (so a later
+    unregistration or teardown finds every hostname)."""
+    routes = [route for answer in answers for route in routes_of(answer)]
+    outputs = dump(ApiOutput(routes=routes)) if routes else None
+    for answer in answers:
+        if answer.problem:
+            message = f"{answer.hostname} cannot write its routes: {answer.problem}"
+            return Report(
+                status="Failed", reason="AggregatorFailing", message=message, outputs=outputs
+            )
+    previous = ctx.own(ApiOutput)
+    changed = _route_view(routes) != _route_view(previous.routes if previous else [])
+    problems = [r for r in routes if r.state != TargetState.ACCEPTED]
+    if problems:
+        # Refusals first: they are what a person has to act on.
+        problems.sort(key=lambda r: r.state in WAITING)
+        reason = problems[0].state
+        phase = WAITING.get(reason)
+        return Report(
+            status="Waiting" if phase else "Blocked",
+            phase=phase,
+            reason=reason,
+            message="; ".join(r.reason or "" for r in problems),
+            changed=changed,
+            outputs=outputs,
+        )
+    if routes:
+        message = "; ".join(f"{', '.join(r.paths)} on {r.hostname}" for r in routes)
+        return Report(reason="Routed", message=message, changed=changed, outputs=outputs)
+    return Report(reason="Unrouted", message="no API targets", changed=changed, outputs=outputs)
+
+
+def routes_of(answer: Registration) -> list[ApiRoute]:
+    """The workload's view of one hostname: Pending until the ApiAggregator is applied and
+    the accepted routes are written."""
+    routes = []
+    for target in answer.targets:
+        state, reason = target.state.value, target.reason
+        if target.state == TargetState.ACCEPTED and answer.aggregator is None:
+            state = PENDING
+            reason = (
+                f"no ApiAggregator for {answer.hostname} has been applied yet; the targets are "
+                "held until it is"
+            )
+        elif target.state == TargetState.ACCEPTED and not answer.written:
+            state = UNWRITTEN
+            reason = f"accepted; {answer.hostname} has not written them yet"
+        routes.append(
+            ApiRoute(
+                hostname=answer.hostname,
+                paths=target.paths,
+                state=state,
+                reason=reason,
+                commit=answer.commit,
+            )
+        )
+    return routes
+
+
+def _route_view(routes: list[ApiRoute]) -> list[tuple[str, list[str], str]]:
+    return sorted((r.hostname, r.paths, r.state) for r in routes)

@@ -1,0 +1,171 @@
+"""The Credentials capability: a workload's NATS credentials, issued only by policy and delivered
+to its cluster.
+
+Its pure half, which the workflow engine runs. A credential is issued for one of the reasons of
+`idp.credentials` and for no other: the first one, a refresh before it expires, a new key of the
+user (its reason from the Nats outputs: a rotation, a request, a recreated user; else the key
+changed out of band), new permissions, a new delivery, or a delivered secret that is gone or
+altered. The outputs are the credential's metadata (`idp.delivery.CredentialMetadata`), where it
+went and the policy's bookkeeping; never the credential. The worker's half is in `actions`.
+"""
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from temporalio.common import SearchAttributeKey
+
+from capabilities.nats import Nats, NatsOutputs
+from idp.capability import Actions, Capability, Change, Context, Plan
+from idp.credentials import Issued, IssueReason, issue_reason
+from idp.delivery import CredentialMetadata, DeliveryState
+from idp.errors import PermanentError
+from idp.models import Delivery, Model
+from idp.natsusers import nats_spec
+from idp.platform import SynadiaConfig
+
+NATS = Nats.name
+# So operators can list the workloads whose credentials expire soon.
+EXPIRE_AT = SearchAttributeKey.for_datetime("IdpCredentialsExpireAt")
+
+
+class CredentialsOutputs(CredentialMetadata):
+    """What was issued and delivered; never the credentials themselves."""
+
+    delivery: Delivery
+    location: str
+    permissions_digest: str
+    delivery_digest: str
+    next_refresh_at: datetime = Field(description="By the workflow's clock and the policy.")
+    reason: IssueReason
+
+
+class CredentialsObservation(Model):
+    delivered: DeliveryState | None = Field(
+        None,
+        description="Whether the recorded version is still delivered, unaltered; None when not "
+        "looked at: nothing was delivered yet, or the policy issues anyway.",
+    )
+
+
+class Issue(Model):
+    version: int
+    reason: IssueReason
+    problem: str | None = Field(None, description="What drifted, for DeliveryDrift.")
+
+
+class CredentialsPlan(Plan):
+    issue: Issue | None = None
+
+
+class Credentials(Capability[CredentialsObservation, CredentialsPlan]):
+    name = "Credentials"
+    requires = (NATS,)
+    # Offered where NATS users are: the same section of the platform file.
+    settings_field = "synadia"
+    settings_model = SynadiaConfig
+    observation_model = CredentialsObservation
+    plan_model = CredentialsPlan
+    outputs_model = CredentialsOutputs
+    search_attributes = (EXPIRE_AT,)
+    summary = "NATS credentials"
+
+    def wanted(self, ctx: Context) -> bool:
+        return ctx.workload.spec.nats is not None
+
+    def holds(self, ctx: Context) -> bool:
+        # A delivery whose result was lost before it was recorded may still have left its
+        # files: wherever a NATS user exists, clean up.
+        return ctx.outputs is not None or NATS in ctx.inputs
+
+    def plan(self, ctx: Context, observation: CredentialsObservation) -> CredentialsPlan:
+        reason = policy_reason(ctx)
+        delivered = observation.delivered
+        problem = None
+        if reason is None and delivered is not None and not delivered.in_place:
+            reason, problem = IssueReason.DELIVERY_DRIFT, delivered.problem
+        if reason is None:
+            return CredentialsPlan()
+        current = ctx.own(CredentialsOutputs)
+        version = current.version + 1 if current else 1
+        why = reason.value if problem is None else f"{reason.value}: {problem}"
+        return CredentialsPlan(
+            changes=[Change(action="issue", subject=f"NATS credentials v{version}", why=why)],
+            issue=Issue(version=version, reason=reason, problem=problem),
+        )
+
+    def deadline(self, ctx: Context) -> datetime | None:
+        """The refresh."""
+        current = ctx.own(CredentialsOutputs)
+        return current.next_refresh_at if current else None
+
+    def describe(self, outputs: Mapping[str, Any]) -> list[str]:
+        c = CredentialsOutputs.model_validate(outputs)
+        return [
+            f"credentials: version {c.version} ({c.reason}), delivered to {c.location}; "
+            f"expires {c.expires_at.isoformat()}, next refresh {c.next_refresh_at.isoformat()}"
+        ]
+
+    def port_properties(self, outputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        c = None if outputs is None else CredentialsOutputs.model_validate(outputs)
+        return {
+            "credentialsVersion": c.version if c else None,
+            "credentialsExpireAt": c.expires_at.isoformat() if c else None,
+        }
+
+    def port_schema(self) -> dict[str, dict[str, Any]]:
+        return {
+            "credentialsVersion": {"type": "number", "title": "Credentials version"},
+            "credentialsExpireAt": {
+                "type": "string",
+                "format": "date-time",
+                "title": "Credentials expire",
+            },
+        }
+
+    def attributes(self, outputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        if outputs is None:
+            return {}
+        return {EXPIRE_AT.name: CredentialsOutputs.model_validate(outputs).expires_at}
+
+    def actions(
+        self, platform: Any, settings: Any, cache_dir: Path
+    ) -> Actions[CredentialsObservation, CredentialsPlan]:
+        # Imported here: the workflow imports this module, and the actions hold the clients.
+        from capabilities.credentials.actions import CredentialsActions
+
+        return CredentialsActions(platform, cache_dir)
+
+
+def nats_user(ctx: Context) -> NatsOutputs:
+    user = ctx.input(NATS, NatsOutputs)
+    if user is None:
+        raise PermanentError(
+            "credentials are issued for the workload's NATS user, which the Nats capability "
+            "has not reported",
+            reason="NoNatsUser",
+        )
+    return user
+
+
+def policy_reason(ctx: Context) -> IssueReason | None:
+    """Why the policy issues now, whatever is delivered (see `idp.credentials.issue_reason`)."""
+    spec = nats_spec(ctx.workload)
+    user = nats_user(ctx)
+    current = ctx.own(CredentialsOutputs)
+    issued = None
+    if current is not None:
+        issued = Issued(
+            public_key=current.public_key,
+            permissions_digest=current.permissions_digest,
+            delivery_digest=current.delivery_digest,
+            next_refresh_at=current.next_refresh_at,
+        )
+    return issue_reason(
+        issued, public_key=user.public_key, key_reason=user.key_reason, spec=spec, now=ctx.now
+    )
+
+
+capability = Credentials()

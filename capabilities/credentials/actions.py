@@ -1,0 +1,281 @@
+"""The Credentials capability's worker half: issue and deliver NATS credentials, check what was
+delivered, remove it.
+
+Credentials exist only inside `apply`, which downloads them and hands them straight to the
+delivery; everything it returns is metadata (public key, expiry, version, a fingerprint that
+reveals nothing). idp/natsusers.py and idp/delivery/ do the work; this module resolves the
+platform's configuration.
+
+Every download gets a user key of its own (see `idp.natsusers.download_on_unused_key`): NATS
+revokes per key, so a download the worker lost before delivering it is revoked by its key on the
+next try, and the delivered credential, on another key, is never touched. An issuance thus costs
+one GET of the user, one listing of its issuances and the download, plus a rotation when the
+current key already carries a credential, plus a revocation when that one was never delivered.
+
+Calls per steady-state pass (`observe`, as apply has nothing to do): no Synadia call, one git
+fetch and read, plus one Secrets Manager DescribeSecret for external-secret (one Secret GET for
+kubernetes).
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+
+from activities.statestore import destination_store
+from capabilities.credentials import (
+    CredentialsObservation,
+    CredentialsOutputs,
+    CredentialsPlan,
+    Issue,
+    nats_user,
+    policy_reason,
+)
+from capabilities.nats.actions import Synadia
+from idp.capability import Actions, Context, Outcome, Report, dump
+from idp.credentials import IssueReason, delivery_digest, next_refresh, permissions_digest
+from idp.delivery import (
+    DELIVERY_FILES,
+    CredentialDelivery,
+    Delivered,
+    DeliveryTarget,
+    credential_metadata,
+    delivery_kind,
+)
+from idp.delivery.external import ExternalSecretDelivery
+from idp.delivery.kubernetes import KubeApi, KubernetesDelivery, KubernetesSecrets
+from idp.delivery.sealed import SealedSecretDelivery
+from idp.errors import PermanentError
+from idp.models import Delivery, Workload
+from idp.natsusers import DeliveredKey, download_on_unused_key, nats_spec
+from idp.platform import Destination, Platform
+from idp.sealing import CertificateCache
+from idp.statestore import Change, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
+    """`cache_dir` is where state-store clones live: the one the manifests step uses, so their
+    commits group."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        cache_dir: Path,
+        *,
+        certificates: CertificateCache | None = None,
+        kubernetes: Callable[[str | None], KubernetesSecrets] = KubeApi,
+    ) -> None:
+        self._platform = platform
+        self._cache_dir = cache_dir
+        self._certificates = certificates or CertificateCache()
+        self._kubernetes = kubernetes
+        self._synadia = Synadia(platform.synadia)
+        self._secrets: BaseClient | None = None
+
+    # -- configuration
+
+    def _destination(self, workload: Workload) -> Destination:
+        return self._platform.require_destination(workload.spec.destination)
+
+    def _store(self, destination: Destination) -> StateStore:
+        return destination_store(destination, self._cache_dir)
+
+    def _secrets_client(self) -> BaseClient:
+        aws = self._platform.aws
+        assert aws is not None
+        if self._secrets is None:
+            config = Config(
+                region_name=aws.region,
+                retries={"mode": "standard", "max_attempts": 4},
+                connect_timeout=5,
+                read_timeout=30,
+            )
+            self._secrets = boto3.session.Session().client(
+                "secretsmanager", endpoint_url=aws.endpoint_url, config=config
+            )
+        return self._secrets
+
+    def _delivery(self, destination: Destination, kind: Delivery) -> CredentialDelivery:
+        if kind == Delivery.SEALED_SECRET:
+            if destination.sealing is None:
+                raise PermanentError(
+                    f"delivery sealed-secret needs the sealing certificate of destination "
+                    f"{destination.name} (destinations[].sealing in the platform configuration); "
+                    "set it or choose another spec.nats.credentials.delivery",
+                    reason="NoSealingCertificate",
+                )
+            return SealedSecretDelivery(
+                self._store(destination), destination.sealing, self._certificates
+            )
+        if kind == Delivery.EXTERNAL_SECRET:
+            if destination.secret_store is None or self._platform.aws is None:
+                raise PermanentError(
+                    f"delivery external-secret needs destinations[].secretStore for "
+                    f"{destination.name} and the aws section in the platform configuration; set "
+                    "them or choose another spec.nats.credentials.delivery",
+                    reason="NoSecretStore",
+                )
+            return ExternalSecretDelivery(
+                self._store(destination), self._secrets_client(), destination.secret_store
+            )
+        return KubernetesDelivery(
+            self._kubernetes(destination.kube_context), destination.kube_context
+        )
+
+    # -- the contract
+
+    async def observe(self, ctx: Context) -> CredentialsObservation:
+        current = ctx.own(CredentialsOutputs)
+        # Nothing delivered to look at; or the policy issues anyway, and the issuance reads
+        # what is delivered itself.
+        if current is None or policy_reason(ctx) is not None:
+            return CredentialsObservation()
+        destination = self._destination(ctx.workload)
+        # Where this version was delivered, even if the spec now names another delivery: the
+        # policy decides whether that change calls for a new issuance.
+        delivery = self._delivery(destination, current.delivery)
+        target = DeliveryTarget.of(ctx.workload, destination)
+        return CredentialsObservation(delivered=await delivery.check(target, current))
+
+    async def apply(
+        self, ctx: Context, plan: CredentialsPlan, observation: CredentialsObservation
+    ) -> Report:
+        current = ctx.own(CredentialsOutputs)
+        issue = plan.issue
+        if issue is None:
+            assert current is not None  # the policy issues the first version
+            message = f"version {current.version} delivered to {current.location}"
+            return Report(message=message, outputs=ctx.outputs)
+        delivered = await self._issue(ctx, issue, current)
+        spec = nats_spec(ctx.workload)
+        outputs = CredentialsOutputs(
+            **delivered.credential.model_dump(),
+            delivery=delivered.delivery,
+            location=delivered.location,
+            permissions_digest=permissions_digest(spec),
+            delivery_digest=delivery_digest(spec),
+            next_refresh_at=next_refresh(spec.credentials, ctx.now),
+            reason=issue.reason,
+        )
+        drifted = issue.reason == IssueReason.DELIVERY_DRIFT
+        return Report(
+            reason=Outcome.ISSUED,
+            cause=issue.reason.value,
+            changed=True,
+            message=f"version {issue.version} ({issue.reason}) delivered to {delivered.location}",
+            outputs=dump(outputs),
+            events=[f"delivered secret drifted: {issue.problem}"] if drifted else [],
+        )
+
+    async def _issue(
+        self, ctx: Context, issue: Issue, current: CredentialsOutputs | None
+    ) -> Delivered:
+        workload = ctx.workload
+        nats = nats_spec(workload)
+        user_id = nats_user(ctx).user_id
+        destination = self._destination(workload)
+        # Resolved before anything is issued: a delivery that cannot work must cost no issuance.
+        kind = delivery_kind(workload, destination)
+        delivery = self._delivery(destination, kind)
+        target = DeliveryTarget.of(workload, destination)
+        who = f"Workload {workload.metadata.system}/{workload.metadata.name}"
+        message = (
+            f"deliver NATS credentials v{issue.version} of {who}\n\n"
+            f"Reason: {issue.reason}\nWorkflow: {ctx.workflow_id}"
+        )
+        async with self._synadia.client() as client:
+            user = await client.get_nats_user(user_id)
+            if user is None:
+                raise PermanentError(
+                    f"NATS user {user_id} of {who} no longer exists; the next pass "
+                    "creates it again before issuing",
+                    reason="NatsUserGone",
+                )
+            resumed = await delivery.resume(target, issue.version, user.user_public_key, message)
+            if resumed is not None:
+                log.info(
+                    "credentials v%d of %s were already delivered by an earlier attempt (%s)",
+                    issue.version,
+                    who,
+                    resumed.location,
+                )
+                return resumed
+
+            async def delivered_key() -> DeliveredKey:
+                if current is None:
+                    return DeliveredKey(known=True)  # this workflow never delivered one
+                found = await self._delivered_key(destination, kind, target)
+                if not found.known:
+                    # What the workload holds when the delivered secret itself cannot be read
+                    # (deleted or edited by hand): the key last delivered.
+                    return DeliveredKey(known=True, public_key=current.public_key)
+                return found
+
+            download = await download_on_unused_key(client, user, delivered_key)
+        creds = download.creds
+        credential = credential_metadata(creds, issue.version, nats.credentials.ttl)
+        log.info(
+            "issued NATS credentials v%d of %s: reason %s, key %s, fingerprint %s, expires %s; "
+            "earlier keys left valid: %s, revoked as never delivered: %s",
+            issue.version,
+            who,
+            issue.reason,
+            credential.public_key,
+            credential.fingerprint[:16],
+            credential.expires_at.isoformat(),
+            ", ".join(download.kept) or "none",
+            ", ".join(download.revoked) or "none",
+        )
+        return await delivery.deliver(target, creds.text, credential, message)
+
+    async def _delivered_key(
+        self, destination: Destination, kind: Delivery, target: DeliveryTarget
+    ) -> DeliveredKey:
+        """The key of the credential delivered now: where the spec delivers, else in the
+        git-borne deliveries (the spec may have just switched from one of them)."""
+        git_borne = (Delivery.SEALED_SECRET, Delivery.EXTERNAL_SECRET)
+        kinds = [kind, *(other for other in git_borne if other != kind)]
+        for candidate in kinds:
+            try:
+                delivery = self._delivery(destination, candidate)
+            except PermanentError:
+                continue  # not configured here, so nothing can be delivered that way
+            found = await delivery.current(target)
+            if found is not None:
+                return DeliveredKey(known=True, public_key=found.public_key)
+        return DeliveredKey(known=False)
+
+    async def teardown(self, ctx: Context) -> Report:
+        """Whatever delivery was used before, its traces go: both state-store files, the
+        Secrets Manager secret where one can exist, the Secret where it was applied."""
+        workload = ctx.workload
+        current = ctx.own(CredentialsOutputs)
+        destination = self._destination(workload)
+        target = DeliveryTarget.of(workload, destination)
+        commit = (
+            f"remove NATS credentials of Workload {workload.metadata.system}/"
+            f"{workload.metadata.name}\n\nWorkflow: {workload.workflow_id}"
+        )
+        removed: list[str] = []
+        if destination.secret_store is not None and self._platform.aws is not None:
+            external = self._delivery(destination, Delivery.EXTERNAL_SECRET)
+            removed += await external.remove(target, commit)
+        else:
+            change = Change(target.directory, {}, commit, DELIVERY_FILES)
+            removed += (await self._store(destination).apply(change)).removed
+        if current is not None and current.delivery == Delivery.KUBERNETES:
+            kubernetes = self._delivery(destination, Delivery.KUBERNETES)
+            removed += await kubernetes.remove(target, commit)
+        if removed:
+            log.info("removed NATS credentials of %s: %s", workload.workflow_id, ", ".join(removed))
+        if current is None:
+            # Nothing recorded, yet a delivery whose result was lost may have left its traces.
+            message = f"removed {', '.join(removed) or 'nothing'}"
+        else:
+            message = f"removed version {current.version} from {current.location}"
+        return Report(reason=Outcome.DELETED, message=message)

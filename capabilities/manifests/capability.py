@@ -1,0 +1,132 @@
+"""The Manifests capability's pure half: the files a workload keeps in its directory of the
+destination's git state store (its ServiceAccount, annotated with the Registry's role).
+
+The plan is the state store's own preview (idp/statestore.py) of the commit that would make the
+directory hold what the workload renders, against the object ids observe listed: what would be
+written and removed, and why. Who holds a name is not part of it: the store decides that when it
+commits, on the head it commits on (idp/manifests.py says how names are held).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from capabilities.registry import RegistryOutput
+from idp import statestore
+from idp.capability import Capability, Change, Context, Plan
+from idp.manifests import (
+    SERVICE_ACCOUNT_FILE,
+    owner_records,
+    render_workload,
+    workload_claims,
+    workload_directory,
+)
+from idp.models import Model
+from idp.platform import Platform
+
+if TYPE_CHECKING:
+    from capabilities.manifests.actions import ManifestsActions
+
+# The files this capability manages in the workload's directory, which also holds the delivered
+# NATS secret (idp/delivery/): only these are written or deleted by a write, never that secret.
+MANIFEST_FILES = frozenset({SERVICE_ACCOUNT_FILE})
+
+
+class ManifestsOutput(Model):
+    directory: str
+    digest: str = Field(description="Of the rendered files: tells drift repairs from changes.")
+    commit: str | None = Field(None, description="The last commit that wrote them.")
+
+
+class ManifestsObservation(Model):
+    base: str = Field(description="The destination's base directory in its state store.")
+    files: dict[str, str] = Field(
+        description="Path -> git object id of what the commit would look at (statestore.listing)."
+    )
+
+
+def manifests_change(
+    base: str, ctx: Context, files: Mapping[str, str], verb: str
+) -> statestore.Change:
+    """The state-store change writing (or, with no files, removing) a workload's manifests,
+    holding its directory and ServiceAccount against every other workload; its message names
+    the generation and the workflow."""
+    workload = ctx.workload
+    return statestore.Change(
+        workload_directory(base, workload),
+        files,
+        (
+            f"{verb} Workload {workload.metadata.system}/{workload.metadata.name} "
+            f"generation {ctx.generation}\n\nWorkflow: {ctx.workflow_id}"
+        ),
+        # A write manages its own files beside the delivered secret; a removal empties the
+        # directory, unless another workload holds it (then nothing there is ours).
+        owned=MANIFEST_FILES if files else None,
+        owner=workload.workflow_id,
+        claims=workload_claims(base, workload),
+        records=owner_records(base, workload.spec.destination, workload.spec.namespace),
+    )
+
+
+def role_arn(ctx: Context) -> str | None:
+    """The role the ServiceAccount is annotated with: the Registry's, when it made one."""
+    registry = ctx.input("Registry", RegistryOutput)
+    return registry.role_arn if registry else None
+
+
+def write(ctx: Context, base: str) -> statestore.Change:
+    """The change a pass commits: the rendered files, as of this generation."""
+    files = render_workload(ctx.workload, role_arn=role_arn(ctx))
+    return manifests_change(base, ctx, files, "apply")
+
+
+def plan_manifests(ctx: Context, observation: ManifestsObservation) -> Plan:
+    change = write(ctx, observation.base)
+    written, removed = statestore.preview(change, observation.files)
+    inside = change.directory + "/"
+    return Plan(
+        changes=[
+            *(_written(path, path.startswith(inside), observation.files) for path in written),
+            *(_removed(path, path.startswith(inside)) for path in removed),
+        ]
+    )
+
+
+def _written(path: str, manifest: bool, observed: Mapping[str, str]) -> Change:
+    if path not in observed:
+        why = "it is missing" if manifest else "the workload's ownership record is missing"
+    elif manifest:
+        why = "it differs from what the workload renders"
+    else:
+        why = "the ownership record names another holder"
+    return Change(action="write", subject=path, why=why)
+
+
+def _removed(path: str, manifest: bool) -> Change:
+    why = "the workload no longer renders it" if manifest else "the workload no longer holds it"
+    return Change(action="delete", subject=path, why=why)
+
+
+class Manifests(Capability[ManifestsObservation, Plan]):
+    name = "Manifests"
+    requires = ("Registry",)
+    observation_model = ManifestsObservation
+    outputs_model = ManifestsOutput
+    summary = "manifests in the state store"
+
+    def plan(self, ctx: Context, observation: ManifestsObservation) -> Plan:
+        return plan_manifests(ctx, observation)
+
+    def describe(self, outputs: Mapping[str, Any]) -> list[str]:
+        output = ManifestsOutput.model_validate(outputs)
+        return [f"state store: {output.directory} (commit {(output.commit or '-')[:12]})"]
+
+    def actions(self, platform: Platform, settings: None, cache_dir: Path) -> ManifestsActions:
+        # Imported here: git and the state store belong to the worker, never to the workflow.
+        from capabilities.manifests.actions import ManifestsActions
+
+        return ManifestsActions(platform, cache_dir)

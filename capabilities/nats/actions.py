@@ -1,0 +1,201 @@
+"""The Nats capability's worker half: observe, apply and tear down a workload's NATS user.
+
+Calls per steady-state pass (the user's id known, nothing drifted or due): one Synadia GET in
+observe, none in apply. `Synadia` is also how Credentials reaches Synadia.
+"""
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from capabilities.nats import (
+    ROTATE,
+    NatsMemory,
+    NatsObservation,
+    NatsOutputs,
+    NatsPlan,
+    Revocation,
+)
+from idp.capability import Actions, Context, Outcome, Report, dump
+from idp.credentials import IssueReason
+from idp.errors import PermanentError
+from idp.natsusers import (
+    Directory,
+    UserView,
+    account_ref,
+    create_user,
+    find_user,
+    live_keys,
+    repair_user,
+    revoke_keys,
+)
+from idp.platform import SynadiaConfig
+from idp.synadia import SynadiaApiError, SynadiaClient
+
+log = logging.getLogger(__name__)
+
+
+class Synadia:
+    """The worker's way into Synadia: the platform's `synadia` section, the API token from the
+    environment, and the system and account names it resolved."""
+
+    def __init__(self, config: SynadiaConfig | None) -> None:
+        self.configured = config is not None
+        self._directory = Directory(config) if config else None
+
+    @property
+    def directory(self) -> Directory:
+        if self._directory is None:
+            raise PermanentError(
+                "the platform configuration has no synadia section, so workloads get no NATS "
+                "user; add one or remove spec.nats",
+                reason="NoSynadia",
+            )
+        return self._directory
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[SynadiaClient]:
+        config = self.directory.config
+        token = os.environ.get(config.token_env, "")
+        if not token:
+            raise PermanentError(
+                f"the Synadia API token is not set: the worker needs it in ${config.token_env} "
+                "(synadia.tokenEnv)",
+                reason="NoSynadiaToken",
+            )
+        try:
+            async with SynadiaClient(config.url, token) as client:
+                yield client
+        except SynadiaApiError as error:
+            if error.status != 401:
+                raise
+            # The token is the operator's to fix, and the worker reads it only at start.
+            raise PermanentError(
+                f"{error} Synadia refused the API token in ${config.token_env} "
+                "(synadia.tokenEnv): the worker reads it when it starts, so restart it after "
+                "changing the variable.",
+                reason=error.reason,
+            ) from None
+
+
+class NatsActions(Actions[NatsObservation, NatsPlan]):
+    def __init__(self, config: SynadiaConfig | None) -> None:
+        self._synadia = Synadia(config)
+
+    async def observe(self, ctx: Context) -> NatsObservation:
+        known = ctx.own(NatsOutputs)
+        directory = self._synadia.directory
+        async with self._synadia.client() as client:
+            user = await find_user(
+                client, directory, ctx.workload, known.user_id if known else None
+            )
+        return NatsObservation(
+            user=UserView.of(user) if user else None,
+            account=account_ref(ctx.workload, directory.config),
+        )
+
+    async def apply(self, ctx: Context, plan: NatsPlan, observation: NatsObservation) -> Report:
+        workload = ctx.workload
+        memory = ctx.remembered(NatsMemory)
+        revoke = list(plan.revoke)
+        pending = [r for r in memory.revocations if r.public_key not in revoke]
+        rotated_at = memory.key_rotated_at or ctx.now
+        events: list[str] = []
+        async with self._synadia.client() as client:
+            if plan.user is None and observation.user is not None:
+                user = observation.user
+                if plan.repair:
+                    user = await repair_user(client, user, workload, plan.repair)
+            else:
+                user = await create_user(client, self._synadia.directory, workload)
+            # The condition tells what the pass did to the user itself, before any rotation.
+            reason, message = _outcome(plan, user)
+            rotation = plan.rotation
+            if rotation is not None:
+                # The recorded key too: after a crash that followed the rotation, the retry
+                # finds the new key current, and the one it replaced only in the outputs.
+                known = ctx.own(NatsOutputs)
+                keys = [user.public_key, *([known.public_key] if known else [])]
+                replaced = list(dict.fromkeys(keys))
+                if rotation.revoke_at <= ctx.now:
+                    revoke += replaced
+                else:
+                    pending += [
+                        Revocation(public_key=k, revoke_at=rotation.revoke_at) for k in replaced
+                    ]
+            # Revoked before the rotation: a crash between the two leaves a revoked key current,
+            # which the retry rotates away from, never a valid key the user no longer has.
+            if revoke:
+                await revoke_keys(client, user.account_id, revoke)
+            if rotation is not None:
+                user = UserView.of(await client.rotate_nats_user(user.id))
+                log.info("rotated the key of NATS user %s: now %s", user.name, user.public_key)
+                rotated_at = ctx.now
+                events.append(
+                    f"rotated key ({rotation.why}); old key revoked at {rotation.revoke_at}"
+                )
+            if revoke:
+                events.append(f"revoked {', '.join(revoke)}")
+        outputs = NatsOutputs(
+            user_id=user.id,
+            account_id=user.account_id,
+            name=user.name,
+            public_key=user.public_key,
+            key_reason=plan.key_reason,
+        )
+        requested = rotation is not None and rotation.reason == IssueReason.REQUESTED
+        return Report(
+            reason=reason,
+            message=message,
+            changed=reason != Outcome.IN_SYNC,
+            outputs=dump(outputs),
+            memory=dump(NatsMemory(key_rotated_at=rotated_at, revocations=pending)),
+            events=events,
+            handled=[ROTATE] if requested else [],
+        )
+
+    async def teardown(self, ctx: Context) -> Report:
+        """Revoke every key of the user, then delete it; without Synadia configured any more,
+        there is nothing this worker can reach."""
+        if self._synadia.configured:
+            await self._remove(ctx)
+        return Report(reason=Outcome.DELETED, message="keys revoked, user deleted")
+
+    async def _remove(self, ctx: Context) -> None:
+        known = ctx.own(NatsOutputs)
+        directory = self._synadia.directory
+        async with self._synadia.client() as client:
+            # By id, else by its name: a user whose id the workflow never learned (a lost
+            # activity result) is found and removed too.
+            try:
+                user = await find_user(
+                    client, directory, ctx.workload, known.user_id if known else None
+                )
+            except PermanentError as error:
+                if error.reason != "UnknownAccount":
+                    raise
+                user = None  # no account, so no user in it to remove
+            account_id = known.account_id if known else (user.account.id if user else None)
+            keys = [r.public_key for r in ctx.remembered(NatsMemory).revocations]
+            if known is not None:
+                keys.append(known.public_key)
+            if user is not None:
+                # Each issuance has a key of its own, so superseded versions, still valid until
+                # they expire, are on keys the workflow may never have seen.
+                keys += [user.user_public_key, *await live_keys(client, user.id)]
+            if account_id and keys:
+                # Before the delete: a deleted user's JWTs stay valid until they expire.
+                await revoke_keys(client, account_id, keys)
+            if user is not None and await client.delete_nats_user(user.id):
+                log.info("deleted NATS user %s (%s)", user.name, user.id)
+
+
+def _outcome(plan: NatsPlan, user: UserView) -> tuple[str, str]:
+    if plan.user == "create":
+        return Outcome.CREATED, f"user {user.name} ({user.public_key})"
+    if plan.user == "recreate":
+        return "Recreated", f"user {user.name} had vanished and was recreated"
+    if plan.repair:
+        return Outcome.DRIFT_REPAIRED, f"put back {', '.join(plan.repair)}"
+    return Outcome.IN_SYNC, f"user {user.name}"

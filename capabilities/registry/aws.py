@@ -1,0 +1,196 @@
+"""The Registry capability's AWS calls: observe (reads only), apply (the plan's writes, in
+order) and teardown. Every call goes through idp/aws/client.py, which maps AWS's failures onto
+TransientError and PermanentError.
+
+A steady-state pass makes 5 reads (6 when managed policies are in play) and no write: observe's
+DescribeRepositories, ListTagsForResource, GetLifecyclePolicy, GetRole (tags included),
+GetRolePolicy and ListAttachedRolePolicies, then an empty plan.
+
+Plain boto3, synchronous: actions.py runs these functions in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botocore.client import BaseClient
+
+from capabilities.registry.capability import (
+    RegistryObservation,
+    RegistryOutput,
+    RegistryPlan,
+    RepositoryState,
+    RoleState,
+    lists_attached_policies,
+)
+from capabilities.registry.target import RegistryTarget
+from idp.aws.client import AwsClients, call_aws, lookup_aws
+from idp.aws.iam import INLINE_POLICY_NAME
+from idp.aws.tags import foreign_reason, tag_dict
+from idp.errors import PermanentError
+from idp.models import RegistrySpec
+
+log = logging.getLogger(__name__)
+
+
+def observe(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> RegistryObservation:
+    """The repository and the role as they are; changes nothing."""
+    return RegistryObservation(
+        target=target,
+        repository=_observe_repository(target, clients.ecr),
+        role=_observe_role(target, spec, clients.iam),
+    )
+
+
+def _observe_repository(target: RegistryTarget, ecr: BaseClient) -> RepositoryState | None:
+    name = target.repository_name
+    found = lookup_aws(
+        ecr, "describe_repositories", {"RepositoryNotFoundException"}, repositoryNames=[name]
+    )
+    if found is None:
+        return None
+    repo = found["repositories"][0]
+    tags = call_aws(ecr, "list_tags_for_resource", resourceArn=repo["repositoryArn"]).get("tags")
+    lifecycle = lookup_aws(
+        ecr, "get_lifecycle_policy", {"LifecyclePolicyNotFoundException"}, repositoryName=name
+    )
+    encryption = repo.get("encryptionConfiguration", {})
+    return RepositoryState(
+        uri=repo["repositoryUri"],
+        arn=repo["repositoryArn"],
+        image_tag_mutability=repo.get("imageTagMutability"),
+        scan_on_push=repo.get("imageScanningConfiguration", {}).get("scanOnPush"),
+        encryption_type=encryption.get("encryptionType", "AES256"),
+        kms_key=encryption.get("kmsKey"),
+        tags=tag_dict(tags),
+        lifecycle_policy=lifecycle and lifecycle["lifecyclePolicyText"],
+    )
+
+
+def _observe_role(target: RegistryTarget, spec: RegistrySpec, iam: BaseClient) -> RoleState | None:
+    name = target.role_name
+    found = lookup_aws(iam, "get_role", {"NoSuchEntity"}, RoleName=name)
+    if found is None:
+        return None
+    role = found["Role"]
+    tags = tag_dict(role.get("Tags"))
+    inline = lookup_aws(
+        iam, "get_role_policy", {"NoSuchEntity"}, RoleName=name, PolicyName=INLINE_POLICY_NAME
+    )
+    attached = None
+    if lists_attached_policies(spec.managed_policy_arns, tags):
+        listing = call_aws(iam, "list_attached_role_policies", RoleName=name, MaxItems=100)
+        attached = sorted(policy["PolicyArn"] for policy in listing.get("AttachedPolicies", []))
+    return RoleState(
+        arn=role["Arn"],
+        trust_policy=role["AssumeRolePolicyDocument"],
+        tags=tags,
+        inline_policy=inline and inline["PolicyDocument"],
+        attached_policies=attached,
+    )
+
+
+def apply(plan: RegistryPlan, observed: RegistryObservation, clients: AwsClients) -> RegistryOutput:
+    """Send the plan's calls in order and name what exists now.
+
+    A create that AWS answers with "already exists" (something made it since observe, or a
+    crash after the create) is a TransientError (idp/aws/client.py): the retry observes again,
+    then adopts or refuses what it finds like any other existing resource.
+    """
+    answers: dict[str, dict[str, Any]] = {}
+    for call in plan.calls:
+        client = getattr(clients, call.service)
+        answer = lookup_aws(client, call.operation, call.absent, **call.params)
+        answers[call.operation] = answer or {}
+    if plan:
+        target = observed.target
+        log.info("registry of %s/%s: %s", target.system, target.name, plan.summary())
+    repository = observed.repository
+    role = observed.role
+    return RegistryOutput(
+        repository_uri=repository.uri
+        if repository
+        else answers["create_repository"]["repository"]["repositoryUri"],
+        role_arn=role.arn if role else answers["create_role"]["Role"]["Arn"],
+    )
+
+
+def teardown(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> list[str]:
+    """Remove the role, and with deletionPolicy ``Delete`` the repository too. Returns what it
+    removed.
+
+    Idempotent: what is already gone is skipped. A resource without our tags is never touched
+    (it is logged and left), so deleting a workload never blocks on someone else's resource.
+    The repository goes first: if it still holds images and ``forceDeleteImages`` is off, the
+    refusal leaves everything as it was and the pods keep their access.
+    """
+    removed: list[str] = []
+    if target.deletion_policy == "Delete" and _delete_repository(target, spec, clients):
+        removed.append("repository")
+    if _delete_role(target, clients):
+        removed.append("role")
+    return removed
+
+
+def _delete_repository(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> bool:
+    ecr = clients.ecr
+    name = target.repository_name
+    found = lookup_aws(
+        ecr, "describe_repositories", {"RepositoryNotFoundException"}, repositoryNames=[name]
+    )
+    if found is None:
+        return False
+    arn = found["repositories"][0]["repositoryArn"]
+    tags = tag_dict(call_aws(ecr, "list_tags_for_resource", resourceArn=arn).get("tags"))
+    if why := foreign_reason(tags, target):
+        log.warning("leaving ECR repository %s alone: %s", name, why)
+        return False
+    try:
+        return _forgiving(
+            ecr, "delete_repository", repositoryName=name, force=spec.force_delete_images
+        )
+    except PermanentError as err:
+        if err.reason != "RepositoryNotEmptyException":
+            raise
+        raise PermanentError(
+            f"ECR repository {name} still holds images, so it was not deleted; set "
+            "registry.forceDeleteImages to true to delete them with it, or use deletionPolicy "
+            "Retain.",
+            reason=err.reason,
+        ) from err
+
+
+def _delete_role(target: RegistryTarget, clients: AwsClients) -> bool:
+    iam = clients.iam
+    name = target.role_name
+    found = lookup_aws(iam, "get_role", {"NoSuchEntity"}, RoleName=name)
+    if found is None:
+        return False
+    if why := foreign_reason(tag_dict(found["Role"].get("Tags")), target):
+        log.warning("leaving IAM role %s alone: %s", name, why)
+        return False
+    # IAM refuses to delete a role that still has policies, so everything goes, including
+    # attachments others made: they were grants to our role, which is going away.
+    for policy in _list_iam(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name):
+        _forgiving(iam, "detach_role_policy", RoleName=name, PolicyArn=policy["PolicyArn"])
+    for policy_name in _list_iam(iam, "list_role_policies", "PolicyNames", RoleName=name):
+        _forgiving(iam, "delete_role_policy", RoleName=name, PolicyName=policy_name)
+    return _forgiving(iam, "delete_role", RoleName=name)
+
+
+def _forgiving(client: BaseClient, operation: str, **params: Any) -> bool:
+    """A delete-like call where 'already gone' is success. True when it removed something."""
+    absent = {"NoSuchEntity", "RepositoryNotFoundException"}
+    return lookup_aws(client, operation, absent, **params) is not None
+
+
+def _list_iam(iam: BaseClient, operation: str, key: str, **params: Any) -> list[Any]:
+    """All pages of an IAM listing (Marker/IsTruncated), each call error-mapped."""
+    items: list[Any] = []
+    while True:
+        page = call_aws(iam, operation, **params)
+        items.extend(page.get(key, []))
+        if not page.get("IsTruncated"):
+            return items
+        params["Marker"] = page["Marker"]

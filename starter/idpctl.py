@@ -468,11 +468,11 @@ def _platform(args: argparse.Namespace, *, required: bool) -> Platform | None:
 
 async def cmd_upgrade(args: argparse.Namespace) -> None:
     client, _ = await _connect(args, _platform(args, required=False))
-    if args.upgrade_command == "save":
-        count = await upgrade.save(client, args.file)
-        _out(f"saved the status of {count} running workload(s) to {args.file}")
-        return
     try:
+        if args.upgrade_command == "save":
+            count = await upgrade.save(client, args.file, args.query)
+            _out(f"saved the status of {count} running workload(s) to {args.file}")
+            return
         restarted = await upgrade.restart(client, args.file)
     except upgrade.UpgradeError as error:
         raise Failure(str(error)) from None
@@ -599,6 +599,12 @@ def parser() -> argparse.ArgumentParser:
     ):
         step = upgrade_commands.add_parser(name, help=text)
         step.add_argument("file", type=Path, help="the file `save` writes and `restart` reads")
+        if name == "save":
+            step.add_argument(
+                "--query",
+                default=upgrade.QUERY,
+                help="visibility query selecting the workloads (default: every running one)",
+            )
         step.set_defaults(run=cmd_upgrade)
 
     platform = commands.add_parser("platform", help="set up a Temporal namespace for idp")

@@ -15,10 +15,12 @@ stay valid until they expire), and Port runs re-delivered from before are applie
 """
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from idp.errors import IdpError
 
@@ -32,15 +34,26 @@ class UpgradeError(IdpError):
     """The saved file cannot be used; the message names it and why."""
 
 
-async def save(client: Client, path: Path) -> int:
-    """Write every running WorkloadWorkflow's status to `path`; how many."""
+async def save(
+    client: Client, path: Path, query: str = QUERY, timeout: timedelta = timedelta(seconds=30)
+) -> int:
+    """Write the status of every WorkloadWorkflow `query` selects to `path`; how many. Nothing
+    is written when one cannot answer within `timeout` (its worker is down): the file must hold
+    every one."""
     saved: dict[str, Any] = {}
-    async for execution in client.list_workflows(QUERY):
+    async for execution in client.list_workflows(query):
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        try:
+            status = await handle.query("status", result_type=dict, rpc_timeout=timeout)
+        except (RPCError, WorkflowQueryFailedError) as error:
+            raise UpgradeError(
+                f"{execution.id} cannot answer its status ({error}); run `save` while a 0.1 "
+                f"worker polls its task queue {execution.task_queue!r}"
+            ) from None
         saved[execution.id] = {
             "runId": execution.run_id,
             "taskQueue": execution.task_queue,
-            "status": await handle.query("status", result_type=dict),
+            "status": status,
         }
     path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     return len(saved)

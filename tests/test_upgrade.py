@@ -5,6 +5,7 @@ continue-as-new loads in the capability engine and carries on (docs/architecture
 
 import base64
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,23 @@ async def test_a_workload_started_before_the_upgrade_carries_on_after_it(
         user_id = before.outputs["Nats"]["userId"]
         written = commits(repo)
 
-        # `save` records every running workload's status and where it runs.
-        assert await upgrade.save(client, saved) >= 1
+        # `save` records each running workload's status and where it runs (this one only: the
+        # dev server holds other tests' workloads, whose workers are gone).
+        query = f"{upgrade.QUERY} AND WorkflowId = '{w.workflow_id}'"
+        assert await upgrade.save(client, saved, query) == 1
         entry = json.loads(saved.read_text())[w.workflow_id]
         assert (entry["taskQueue"], entry["status"]["generation"]) == (queue, 1)
+        # A workload no worker serves cannot answer: nothing is saved, and the sentence says why.
+        orphan = f"workload/{queue}/orphan"
+        await client.start_workflow(
+            "WorkloadWorkflow", {"workload": {}}, id=orphan, task_queue=f"{queue}-nobody"
+        )
+        with pytest.raises(upgrade.UpgradeError, match="cannot answer its status"):
+            await upgrade.save(
+                client, tmp_path / "not.json", f"WorkflowId = '{orphan}'", timedelta(seconds=1)
+            )
+        assert not (tmp_path / "not.json").exists()
+        await client.get_workflow_handle(orphan).terminate("test")
         # A 0.2 run is not restarted: its outputs are already keyed by capability.
         with pytest.raises(upgrade.UpgradeError, match=r"already ran on 0\.2"):
             await upgrade.restart(client, saved)

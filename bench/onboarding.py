@@ -27,6 +27,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from temporalio.api.enums.v1 import EventType
 
@@ -109,22 +110,17 @@ async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
     actions = {c.name: c.actions(config, settings_of(c, config), cache) for c in capabilities}
 
     async def onboard(item: Workload) -> None:
-        outputs: dict[str, dict] = {}
+        books = SimpleNamespace(outputs={}, memory={}, requests={})
         for capability in capabilities:
-            ctx = Context(
-                workload=item,
-                workflow_id=item.workflow_id,
-                generation=1,
-                now=datetime.now(UTC),
-                inputs={r: outputs[r] for r in capability.requires if r in outputs},
-            )
+            now = datetime.now(UTC)
+            ctx = Context.of(capability, item, item.workflow_id, 1, now, books)
             if not capability.wanted(ctx):
                 continue
             act = actions[capability.name]
             observation = await act.observe(ctx)
             report = await act.apply(ctx, capability.plan(ctx, observation), observation)
             if report.outputs is not None:
-                outputs[capability.name] = report.outputs
+                books.outputs[capability.name] = report.outputs
 
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(onboard(item) for item in items), return_exceptions=True)

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey
@@ -75,6 +75,14 @@ class Plan(Model):
 M = TypeVar("M", bound=BaseModel)
 
 
+class Books(Protocol):
+    """What a workflow keeps for every capability, by its name (WorkloadState has these)."""
+
+    outputs: dict[str, Any]
+    memory: dict[str, Any]
+    requests: dict[str, Any]
+
+
 class Context(Model):
     """All a capability gets to decide and act by: the workload, what the workflow remembers of
     this capability (its outputs and memory), the outputs of the ones it requires, open requests
@@ -88,6 +96,30 @@ class Context(Model):
     memory: dict[str, Any] = Field({}, description="This capability's durable bookkeeping.")
     inputs: dict[str, Any] = Field({}, description="Outputs of the capabilities it requires.")
     requests: dict[str, Any] = Field({}, description="Open requests, by operation name.")
+
+    @classmethod
+    def of(
+        cls,
+        capability: "Capability[Any, Any]",
+        workload: Workload,
+        workflow_id: str,
+        generation: int,
+        now: datetime,
+        books: "Books",
+    ) -> "Context":
+        """What `capability` sees of the books a workflow keeps for all of them: its own
+        outputs and memory, the outputs of those it requires, the requests it acts on."""
+        outputs = books.outputs
+        return cls(
+            workload=workload,
+            workflow_id=workflow_id,
+            generation=generation,
+            now=now,
+            outputs=outputs.get(capability.name),
+            memory=books.memory.get(capability.name) or {},
+            inputs={n: outputs[n] for n in capability.requires if n in outputs},
+            requests={op: r for op, r in books.requests.items() if op in capability.requests},
+        )
 
     def own(self, model: type[M]) -> M | None:
         return None if self.outputs is None else model.model_validate(self.outputs)

@@ -27,6 +27,7 @@ from support.secrets import ControllerKeys, assert_nowhere, controller_keys
 from support.stack import bare_repo, git
 from support.synadia import connect_refusal, connect_with_creds, write_creds
 
+from activities.capabilities import settings_of
 from capabilities import credentials, nats
 from capabilities.credentials import CredentialsOutputs
 from capabilities.credentials.actions import CredentialsActions
@@ -164,19 +165,10 @@ class Workflow:
 
     @classmethod
     def of(cls, w: Workload, platform: Platform, cache: Path) -> Workflow:
-        return cls(w, {c.name: c.actions(platform, _settings(c, platform), cache) for c in CAPS})
+        return cls(w, {c.name: c.actions(platform, settings_of(c, platform), cache) for c in CAPS})
 
     def context(self, capability: Capability[Any, Any], now: datetime) -> Context:
-        return Context(
-            workload=self.workload,
-            workflow_id=self.workload.workflow_id,
-            generation=1,
-            now=now,
-            outputs=self.outputs.get(capability.name),
-            memory=self.memory.get(capability.name) or {},
-            inputs={n: self.outputs[n] for n in capability.requires if n in self.outputs},
-            requests={op: r for op, r in self.requests.items() if op in capability.requests},
-        )
+        return Context.of(capability, self.workload, self.workload.workflow_id, 1, now, self)
 
     async def attempt(self, capability: Capability[Any, Any], now: datetime) -> Step:
         """One try of the capability's activity, its result not recorded (as when it is lost)."""
@@ -216,10 +208,6 @@ class Workflow:
 
 
 CAPS: list[Capability[Any, Any]] = order([credentials.capability, nats.capability])
-
-
-def _settings(capability: Capability[Any, Any], platform: Platform) -> Any:
-    return platform.section(capability.settings_field) if capability.settings_field else None
 
 
 def flow(platform: Platform, tmp_path: Path, w: Workload | None = None) -> Workflow:

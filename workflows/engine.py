@@ -284,15 +284,13 @@ class Engine:
 
 def context(capability: Capability[Any, Any], state: WorkloadState) -> Context:
     """What `capability` sees of the workflow now (in workflow code only)."""
-    return Context(
-        workload=state.workload,
-        workflow_id=workflow.info().workflow_id,
-        generation=state.generation,
-        now=workflow.now(),
-        outputs=state.outputs.get(capability.name),
-        memory=state.memory.get(capability.name, {}),
-        inputs={n: state.outputs[n] for n in capability.requires if n in state.outputs},
-        requests={op: r for op, r in state.requests.items() if op in capability.requests},
+    return Context.of(
+        capability,
+        state.workload,
+        workflow.info().workflow_id,
+        state.generation,
+        workflow.now(),
+        state,
     )
 
 

@@ -364,3 +364,31 @@ async def test_a_worker_killed_between_user_creation_and_creds_download_makes_on
     assert [u.name for u in users if u.name == f"{queue}-cart"] == [f"{queue}-cart"]
     assert emulator.creds_issued(status.outputs["Nats"]["userId"]) == 1
     assert status.outputs["Credentials"]["version"] == 1
+
+
+async def test_spec_nats_removed_releases_the_user_and_the_delivered_secret(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    # Dropping spec.nats on a live workload: the next pass tears Credentials then Nats down
+    # (the sealed secret goes, the keys are revoked and the user deleted), and the workload
+    # stays Ready with what it still asks for.
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    w = workload(queue)
+    async with running_worker(client, nats_platform(repo, emulator, keys), queue, tmp_path / "c"):
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        status = await ready(handle)
+        user_id = status.outputs["Nats"]["userId"]
+        creds = write_creds(tmp_path, "v1", delivered_creds(repo, keys))
+        without = w.model_copy(update={"spec": w.spec.model_copy(update={"nats": None})})
+        await apply_workload(client, queue, without)
+        status = await ready(handle, 2)
+
+    assert not {"Nats", "Credentials"} & set(status.outputs)
+    assert [c.type for c in status.conditions] == ["Manifests"]
+    released = [e.step for e in status.events if e.message.startswith("released: ")]
+    assert released == ["Credentials", "Nats"]
+    assert read(repo, SEALED) is None
+    assert await connect_refusal(emulator.nats_url, creds)
+    assert user_id not in emulator.plane.state.users

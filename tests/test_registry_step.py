@@ -149,3 +149,34 @@ async def test_a_foreign_repository_degrades_with_the_reason(
         assert f"{queue}/cart" in condition.message
         # The later step waits: nothing written for a workload whose registry is not ours.
         assert read(repo, "dev/shop/cart/serviceaccount.yaml") is None
+
+
+async def test_a_registry_switched_off_is_released_as_the_deletion_policy_says(
+    client: Client, aws_url: str, tmp_path: Path
+) -> None:
+    # `registry.enabled: false` on a live workload: the next pass runs the Registry teardown
+    # (Retain: the role goes, the repository and its images stay), drops the condition and
+    # outputs, and the workload stays Ready; the ServiceAccount loses its role annotation.
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=aws_url)
+    ecr = boto3.client("ecr", region_name=REGION, endpoint_url=aws_url)
+    async with running_worker(client, aws_platform(repo, aws_url), queue, tmp_path / "cache"):
+        w = workload(queue)
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        before = RegistryOutput.model_validate((await ready(handle)).outputs["Registry"])
+        role = before.role_arn.rsplit("/", 1)[-1]
+        assert iam.get_role(RoleName=role)["Role"]["Arn"] == before.role_arn
+
+        await apply_workload(client, queue, workload(queue, registry={"enabled": False}))
+        after = await ready(handle, 2)
+
+    assert "Registry" not in after.outputs
+    assert [c.type for c in after.conditions] == ["Manifests"]
+    assert any(e.step == "Registry" and e.message.startswith("released: ") for e in after.events)
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_role(RoleName=role)
+    assert ecr.describe_repositories(repositoryNames=[f"{queue}/cart"])["repositories"]
+    manifest = yaml.safe_load(read(repo, "dev/shop/cart/serviceaccount.yaml"))
+    assert "annotations" not in manifest["metadata"]

@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from temporalio import activity
 
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
-from idp.capability import Actions, Capability, Context, Report, installed
+from idp.capability import Actions, Capability, Context, Plan, Report, installed
+from idp.errors import PermanentError
 
 T = TypeVar("T")
 
@@ -48,13 +50,28 @@ def capability_activities(
 ) -> list[Callable[..., Any]]:
     name = capability.name
 
+    def reported(report: Report, plan: Plan) -> Report:
+        """The report with the plan it carried out, its outputs checked against the
+        capability's model here, where a mistake is one clear failure rather than a state the
+        workflow would keep."""
+        if capability.outputs_model is not None and report.outputs is not None:
+            try:
+                capability.outputs_model.model_validate(report.outputs)
+            except ValidationError as error:
+                raise PermanentError(
+                    f"capability {name} reported outputs its outputs model refuses: "
+                    f"{error.error_count()} error(s), the first at "
+                    f"{'.'.join(map(str, error.errors()[0]['loc']))}",
+                    reason="InvalidOutputs",
+                ) from None
+        return report.model_copy(update={"plan": plan.changes})
+
     @activity.defn(name=activity_name(name, "reconcile"))
     async def reconcile(ctx: Context) -> Report:
         async def work() -> Report:
             observation = await actions.observe(ctx)
             plan = capability.plan(ctx, observation)
-            report = await actions.apply(ctx, plan, observation)
-            return report.model_copy(update={"plan": plan.changes})
+            return reported(await actions.apply(ctx, plan, observation), plan)
 
         return await _run(work())
 
@@ -67,8 +84,11 @@ def capability_activities(
     async def apply(ctx: Context, plan: dict[str, Any], observation: dict[str, Any]) -> Report:
         planned = capability.plan_model.model_validate(plan)
         observed = capability.observation_model.model_validate(observation)
-        report = await _run(actions.apply(ctx, planned, observed))
-        return report.model_copy(update={"plan": planned.changes})
+
+        async def work() -> Report:
+            return reported(await actions.apply(ctx, planned, observed), planned)
+
+        return await _run(work())
 
     @activity.defn(name=activity_name(name, "teardown"))
     async def teardown(ctx: Context) -> Report:

@@ -208,6 +208,7 @@ class Capability(ABC, Generic[Obs, P]):
     requires: ClassVar[tuple[str, ...]] = ()
     observation_model: ClassVar[type[BaseModel]]
     plan_model: ClassVar[type[Plan]] = Plan
+    # What its outputs hold; the activity checks every report's outputs against it.
     outputs_model: ClassVar[type[BaseModel] | None] = None
     one_activity: ClassVar[bool] = True
     # The requests it acts on, by operation, each with the sentence that refuses it when this

@@ -23,11 +23,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFail
 from temporalio.service import RPCError
 
 from idp.errors import IdpError
+from workflows.legacy import FIRST_VERSION_OUTPUTS
 
 WORKFLOW_TYPE = "WorkloadWorkflow"
 QUERY = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
-# How 0.2 keys outputs; 0.1 used lowercase fields (registry, nats, ...).
-_CAPABILITIES = {"Registry", "Nats", "Credentials", "Manifests", "Api"}
 
 
 class UpgradeError(IdpError):
@@ -66,7 +65,7 @@ async def restart(client: Client, path: Path) -> list[str]:
     except (OSError, ValueError) as error:
         message = f"{path}: cannot be read as a file `idpctl upgrade save` wrote ({error})"
         raise UpgradeError(message) from None
-    upgraded = [w for w, entry in saved.items() if set(entry["status"]["outputs"]) & _CAPABILITIES]
+    upgraded = [w for w, entry in saved.items() if _keyed_by_capability(entry)]
     if upgraded:
         raise UpgradeError(
             f"{path}: {', '.join(sorted(upgraded))} already ran on 0.2 when saved (their outputs "
@@ -86,6 +85,12 @@ async def restart(client: Client, path: Path) -> list[str]:
         )
         restarted.append(workflow_id)
     return restarted
+
+
+def _keyed_by_capability(entry: dict[str, Any]) -> bool:
+    """Whether a saved status came from 0.2, which keys outputs by capability: 0.1 showed every
+    one of its output fields, set or null."""
+    return not set(FIRST_VERSION_OUTPUTS) <= set(entry["status"]["outputs"])
 
 
 def first_version_state(status: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from support.moto import MOTO_ACCOUNT_ID, moto_server
 from support.secrets import ControllerKeys, assert_nowhere, controller_keys
-from support.stack import bare_repo, git
+from support.stack import bare_repo, commits, git, read
 from support.synadia import connect_refusal, connect_with_creds, write_creds
 
 from activities.capabilities import settings_of
@@ -218,20 +217,6 @@ def total_calls(emulator: SynadiaEmulator) -> dict[str, int]:
     return {k: v for k, v in emulator.counters()["calls"].items() if v}
 
 
-def commit_count(remote: Path) -> int:
-    try:
-        return int(git("--git-dir", str(remote), "rev-list", "--count", "main").strip())
-    except subprocess.CalledProcessError:
-        return 0
-
-
-def show(remote: Path, path: str) -> str | None:
-    try:
-        return git("--git-dir", str(remote), "show", f"main:{path}")
-    except subprocess.CalledProcessError:
-        return None
-
-
 def someone_changes(remote: Path, tmp_path: Path, path: str, text: str | None) -> None:
     """A person edits (or, with None, deletes) a file of the state store and pushes."""
     clone = tmp_path / f"someone-{uuid.uuid4().hex[:6]}"
@@ -246,7 +231,7 @@ def someone_changes(remote: Path, tmp_path: Path, path: str, text: str | None) -
 
 def opened(remote: Path, path: str, keys: ControllerKeys) -> str:
     """The creds a SealedSecret in git holds, opened as the controller would."""
-    manifest = yaml.safe_load(show(remote, path) or "")
+    manifest = yaml.safe_load(read(remote, path) or "")
     return unseal_sealed_secret(manifest, keys.key)["nats.creds"].decode()
 
 
@@ -328,7 +313,7 @@ async def test_the_first_pass_creates_the_user_and_issues_v1_and_the_next_does_n
     assert credentials.capability.deadline(wf.context(credentials.capability, now)) == (
         v1.next_refresh_at
     )
-    assert emulator.creds_issued(user.user_id) == 1 and commit_count(remote) == 1
+    assert emulator.creds_issued(user.user_id) == 1 and len(commits(remote)) == 1
 
     # Nothing due: the plans are empty, nothing is issued or written, and the pass costs one
     # Synadia GET and one git fetch with the reads of the delivered file.
@@ -342,7 +327,7 @@ async def test_the_first_pass_creates_the_user_and_issues_v1_and_the_next_does_n
     assert second[CREDENTIALS].report.message == f"version 1 delivered to {location}"
     assert total_calls(emulator) == {"GET /nats-users/{userId}": 1}
     assert ran == ["fetch", "rev-parse", "ls-tree", "cat-file"]
-    assert emulator.creds_issued(user.user_id) == 0 and commit_count(remote) == 1  # since reset
+    assert emulator.creds_issued(user.user_id) == 0 and len(commits(remote)) == 1  # since reset
     assert wf.credentials() == v1 and wf.nats() == user
 
     # A workflow that lost the user's id (a lost result) finds the same user by its name.
@@ -657,7 +642,7 @@ async def test_issue_seals_creds_that_connect_with_exactly_the_specs_permissions
     issued = await wf.step(credentials.capability, now)
     record = wf.credentials()
 
-    assert commit_count(remote) == 1
+    assert len(commits(remote)) == 1
     assert emulator.creds_issued(user.user_id) == 1
     assert record.public_key == user.public_key and record.version == 1
     assert record.expires_at - record.issued_at == wf.workload.spec.nats.credentials.ttl
@@ -695,10 +680,10 @@ async def test_issue_seals_creds_that_connect_with_exactly_the_specs_permissions
     # The activity is retried after the commit (its result was lost): the same plan, nothing
     # new issued or written, and it reports the credential already delivered.
     wf.outputs[CREDENTIALS] = None
-    commits = commit_count(remote)
+    before = len(commits(remote))
     again = await wf.step(credentials.capability, now)
     assert again.plan == issued.plan and again.report == issued.report
-    assert commit_count(remote) == commits
+    assert len(commits(remote)) == before
     assert emulator.creds_issued(user.user_id) == 1
 
     steady = await wf.step(credentials.capability, now)
@@ -742,7 +727,7 @@ async def test_an_edited_or_deleted_secret_file_is_delivery_drift(
     assert steady.observation.delivered.in_place and not steady.plan
     assert total_calls(emulator) == {}  # a check costs Synadia nothing
 
-    text = show(remote, record.location) or ""
+    text = read(remote, record.location) or ""
     edited = text.replace("credential-version: '1'", "credential-version: '7'")
     someone_changes(remote, tmp_path, record.location, edited)
     ctx = wf.context(credentials.capability, datetime.now(UTC))
@@ -761,7 +746,7 @@ async def test_an_edited_or_deleted_secret_file_is_delivery_drift(
     assert drifted.report.events == [f"delivered secret drifted: {missing}"]
     assert (drifted.report.reason, drifted.report.cause) == ("Issued", "DeliveryDrift")
     assert drifted.report.message == f"version 2 (DeliveryDrift) delivered to {record.location}"
-    assert show(remote, record.location) is not None
+    assert read(remote, record.location) is not None
 
 
 async def test_external_secret_delivery(
@@ -791,12 +776,12 @@ async def test_external_secret_delivery(
     assert jwt_claims(creds_v1)["sub"] == user.public_key
 
     # A retried activity: no second issuance, no second version, no second commit.
-    commits = commit_count(remote)
+    before = len(commits(remote))
     wf.outputs[CREDENTIALS] = None
     assert (await wf.step(credentials.capability, now)).report == issued.report
     assert emulator.creds_issued(user.user_id) == 1
     assert len(secrets.list_secret_version_ids(SecretId=name)["Versions"]) == 1
-    assert commit_count(remote) == commits
+    assert len(commits(remote)) == before
 
     actions = wf.actions[CREDENTIALS]
     assert isinstance(actions, CredentialsActions)
@@ -828,7 +813,7 @@ async def test_external_secret_delivery(
     assert removed[CREDENTIALS].message == f"removed version 2 from {second.location}"
     with pytest.raises(secrets.exceptions.ResourceNotFoundException):
         secrets.describe_secret(SecretId=name)
-    assert show(remote, "dev/shop/cart/externalsecret-nats.yaml") is None
+    assert read(remote, "dev/shop/cart/externalsecret-nats.yaml") is None
     assert_nowhere([creds_v1, creds_v2], repos(remote, tmp_path), caplog)
 
 
@@ -851,7 +836,7 @@ async def test_a_foreign_secret_stops_the_issue_before_anything_is_issued(
         await wf.step(credentials.capability, now)
     assert raised.value.reason == "ForeignResource"
     assert emulator.creds_issued(wf.nats().user_id) == 0
-    assert commit_count(remote) == 0
+    assert len(commits(remote)) == 0
 
 
 # ---- teardown ----------------------------------------------------------------------------------
@@ -887,7 +872,7 @@ async def test_teardown_revokes_deletes_the_user_and_the_sealed_secret(
     assert (
         "authorization violation" in (await connect_refusal(emulator.nats_url, creds_file)).lower()
     )
-    assert show(remote, record.location) is None
+    assert read(remote, record.location) is None
     # Again (a retry after the work was done): nothing left to do, no failure.
     await wf.teardown()
     assert_nowhere([creds], repos(remote, tmp_path), caplog)
@@ -1033,10 +1018,10 @@ async def test_a_download_the_worker_dies_holding_is_revoked_and_the_delivered_o
     # The first issuance is lost; the next try revokes the key it was issued on and delivers on
     # a new one.
     await lose_a_download(wf, emulator, now)
-    commits = commit_count(remote)
+    before = len(commits(remote))
     await wf.step(credentials.capability, now)
     first = wf.credentials()
-    assert commit_count(remote) == commits + 1
+    assert len(commits(remote)) == before + 1
     assert first.public_key != user.public_key
     assert await issuances_by_key(emulator, user.user_id) == {
         user.public_key: ["Revoked"],
@@ -1091,7 +1076,7 @@ async def test_a_download_answered_with_an_error_after_it_issued_is_revoked(
         user.public_key: ["Revoked"],
         wf.credentials().public_key: ["Active"],
     }
-    assert emulator.creds_issued(user.user_id) == 2 and commit_count(remote) == 1
+    assert emulator.creds_issued(user.user_id) == 2 and len(commits(remote)) == 1
 
 
 async def test_a_lost_download_is_revoked_even_when_the_delivered_secret_is_gone(

@@ -25,13 +25,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.capabilities import activity_name
     from activities.heartbeat import HEARTBEAT_TIMEOUT
     from activities.platform import RuntimeSettings
-    from idp.capability import Capability, Context, Report, installed
+    from idp.capability import Capability, Context, Outcome, Report, installed
     from idp.errors import PermanentError
     from workflows import metrics
     from workflows.state import ConditionStatus, Phase, WorkloadState
     from workflows.steps import STEP_RETRY, STEP_TIMEOUT, StepFailed, failure, is_permanent
 
-DELETED = "Deleted"
+DELETED = Outcome.DELETED.value
 MISSING = "CapabilityMissing"
 
 
@@ -188,7 +188,7 @@ class Engine:
         if report.changed:
             state.add_event(name, report.message, now)
             metrics.step_changed(name, report.reason)
-            if report.reason == "Issued" and report.cause:
+            if report.reason == Outcome.ISSUED and report.cause:
                 metrics.credentials_issued(report.cause)
         if report.status == "Ready":
             self._condition(name, ConditionStatus.TRUE, report.reason, report.message)

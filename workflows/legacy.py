@@ -9,7 +9,8 @@ writes has.
 
 from typing import Any
 
-_OUTPUTS = {
+# Where 0.1 kept each output, and the capability that holds it now.
+FIRST_VERSION_OUTPUTS = {
     "registry": "Registry",
     "nats": "Nats",
     "credentials": "Credentials",
@@ -25,7 +26,7 @@ def upgrade_state(data: Any) -> Any:
     old = data.pop("outputs", None) or {}
     outputs: dict[str, Any] = {}
     # Each output kept its JSON shape; only where it lives changed.
-    for key, name in _OUTPUTS.items():
+    for key, name in FIRST_VERSION_OUTPUTS.items():
         if old.get(key) is not None:
             outputs[name] = old[key]
     if old.get("api"):

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from idp.models import disallowed_changes
     from workflows import metrics
     from workflows import search_attributes as sa
-    from workflows.engine import Engine
+    from workflows.engine import DELETED, Engine
     from workflows.messages import (
         ApplyRequest,
         ApplyResult,
@@ -341,7 +341,7 @@ class WorkloadWorkflow:
             return False
         # What `describe` shows of a deleted workload: everything deleted, nothing scheduled.
         for condition in self.state.conditions:
-            if condition.reason != "Deleted":
+            if condition.reason != DELETED:
                 self._engine.deleted(condition.type, "nothing to remove")
         self.state.next_check_at = None
         self.state.add_event(WORKLOAD, "deleted", workflow.now())

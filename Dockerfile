@@ -11,9 +11,11 @@ COPY activities ./activities
 COPY workflows ./workflows
 COPY starter ./starter
 COPY emulators ./emulators
+# The PostgreSQL capability, a plugin package of its own; its server binaries (`local`) stay out.
+COPY plugins/idp-postgres ./plugins/idp-postgres
 # Extras, e.g. --build-arg EXTRAS=[otel] for tracing; constraints.txt pins the default set.
 ARG EXTRAS=""
-RUN pip install --no-cache-dir -c constraints.txt ".${EXTRAS}"
+RUN pip install --no-cache-dir -c constraints.txt ".${EXTRAS}" ./plugins/idp-postgres
 # Owned by the unprivileged user, so named volumes mounted below it start out writable by it.
 RUN mkdir -p /var/lib/idp/worker /var/lib/idp/local /var/lib/idp/synadia \
     && chown -R 65534:65534 /var/lib/idp

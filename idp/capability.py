@@ -232,6 +232,15 @@ class Capability(ABC, Generic[Obs, P]):
     def section(self, workload: Workload) -> Any:
         return workload.spec.section(self.spec_field) if self.spec_field else None
 
+    def check(self, section: Any, settings: Any) -> list[str]:
+        """Problems with a workload's section (already validated by spec_model) that only the
+        platform file can tell (an unknown server name, say), each one sentence starting with
+        the field's path, such as "spec.postgres.server: 'x' is not a server of the platform
+        configuration; allowed: main". `settings` is its validated platform section, None when
+        the platform does not offer it. Run by idpctl and the Port bridge before anything is
+        started; the activity refuses the same input as Blocked when they could not check."""
+        return []
+
     @abstractmethod
     def plan(self, ctx: Context, observation: Obs) -> P:
         """What would change and why: pure and deterministic, from `ctx` and `observation`."""
@@ -335,6 +344,17 @@ def installed() -> tuple[Capability[Any, Any], ...]:
 
 def by_name() -> dict[str, Capability[Any, Any]]:
     return {c.name: c for c in installed()}
+
+
+def check_sections(workload: Workload, settings: Mapping[str, Any]) -> list[str]:
+    """What the `check` of every capability named in `settings` (its platform section, None
+    when not offered) finds wrong with the section of `workload` it owns, when present."""
+    problems: list[str] = []
+    for capability in installed():
+        section = capability.section(workload)
+        if capability.name in settings and section is not None:
+            problems += capability.check(section, settings[capability.name])
+    return problems
 
 
 def plugin_sections(

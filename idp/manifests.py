@@ -34,7 +34,8 @@ ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"
 SYSTEM_LABEL = "idp.dev/system"
 WORKLOAD_LABEL = "idp.dev/workload"
 SERVICE_ACCOUNT_FILE = "serviceaccount.yaml"
-# The delivered credentials, written beside the manifests by the Credentials step.
+# The delivered NATS credentials, written beside the manifests by the Credentials step (the
+# files of idp.delivery.DeliveryTarget of purpose "nats").
 SEALED_FILE = "sealedsecret-nats.yaml"
 EXTERNAL_FILE = "externalsecret-nats.yaml"
 OWNER_RECORDS = ".idp-owners"
@@ -132,17 +133,24 @@ def service_account_owner(name: str) -> Callable[[str], str | None]:
     return holder
 
 
+def workload_file_claim(base: str, workload: Workload, file: str) -> Claim:
+    """The workload's directory as held by one of its labelled files."""
+    spec = workload.spec
+    here = object_subject(spec.destination, spec.namespace, workload.metadata.name)
+    directory = workload_directory(base, workload)
+    return Claim(f"{directory}/{file}", here, WORKLOAD_REMEDY, labelled_owner)
+
+
 def workload_claims(base: str, workload: Workload) -> tuple[Claim, ...]:
     """The names a workload's manifests hold: its directory and its ServiceAccount."""
     destination, namespace = workload.spec.destination, workload.spec.namespace
     name, account = workload.metadata.name, workload.service_account
     here = object_subject(destination, namespace, name)
     account_subject = object_subject(destination, namespace, account, "ServiceAccount")
-    directory = workload_directory(base, workload)
     claims = [
         # The delivered secret is labelled like the manifests and may be written first.
         *(
-            Claim(f"{directory}/{file}", here, WORKLOAD_REMEDY, labelled_owner)
+            workload_file_claim(base, workload, file)
             for file in (SERVICE_ACCOUNT_FILE, SEALED_FILE, EXTERNAL_FILE)
         ),
         # An ApiAggregator named so that its directory `api-<name>` is this one.

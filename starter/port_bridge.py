@@ -32,8 +32,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -50,8 +50,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.capabilities import settings_of
 from activities.port import Target
 from idp import ids, links
+from idp.capability import by_name, check_sections
 from idp.errors import IdpError
 from idp.keyring import KeyRingError
 from idp.loading import YamlLoader, parse_document, yaml_problem
@@ -244,6 +246,9 @@ class BridgeSettings:
     secret: SecretStr
     window: timedelta
     destinations: tuple[str, ...] = ()
+    # Each capability's validated platform section (None: not offered), for its `check`; one
+    # missing here is not checked.
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -386,12 +391,17 @@ class Bridge:
                 f", but the action ran on {current.system}/{current.name}",
             )
         known = self.settings.destinations
-        if known and workload.spec.destination not in known:
-            raise Rejected(
-                400,
+        problems = (
+            [
                 f"spec.destination: {workload.spec.destination!r} is not a destination of the "
-                f"platform configuration; allowed: {', '.join(known)}",
-            )
+                f"platform configuration; allowed: {', '.join(known)}"
+            ]
+            if known and workload.spec.destination not in known
+            else []
+        )
+        problems += check_sections(workload, self.settings.capabilities)
+        if problems:
+            raise Rejected(400, "; ".join(problems))
         try:
             result = await operations.apply_workload(
                 self.temporal, self.settings.task_queue, workload, request_id=body.run_id
@@ -543,6 +553,7 @@ async def serve(args: argparse.Namespace) -> int:
         secret=client_id_and_secret[1],
         window=platform.port.webhook_window,
         destinations=tuple(d.name for d in platform.destinations),
+        capabilities={name: settings_of(c, platform) for name, c in by_name().items()},
     )
     async with client_from_config(platform.port) as port:
         bridge = Bridge(client, port, bridge_settings)

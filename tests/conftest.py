@@ -1,9 +1,13 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from support.postgres import local_postgres
+from support.secrets import ControllerKeys, controller_keys
 from support.stack import start_dev_server
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+
+from idp_postgres.local import LocalPostgres
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +20,17 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def client(dev_env: WorkflowEnvironment) -> Client:
     return dev_env.client
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> ControllerKeys:
+    """The sealed-secrets controller's key pair: tests seal to its certificate and open what was
+    delivered with its private key, as the cluster's controller would."""
+    return controller_keys(tmp_path_factory.mktemp("sealing"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the session; each test uses its own database and roles."""
+    with local_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server

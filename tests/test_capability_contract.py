@@ -1,14 +1,19 @@
-"""The capability contract itself: the order every worker walks, and what the activity layer
-holds every capability to. The capabilities here are stand-ins that touch nothing outside: the
-contract's own machinery is what is under test."""
+"""The capability contract itself: the order every worker walks, what the activity layer
+holds every capability to, and the entry points that run a capability's `check`. The
+capabilities here are stand-ins that touch nothing outside: the contract's own machinery is what
+is under test."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+import idp.capability
 from activities.capabilities import capability_activities
 from idp.capability import (
     Actions,
@@ -21,6 +26,8 @@ from idp.capability import (
     order,
 )
 from idp.models import Model, Workload
+from starter import idpctl
+from starter.port_bridge import Bridge, BridgeSettings, Rejected, WebhookBody
 
 
 class Seen(Model):
@@ -62,8 +69,9 @@ def test_the_walk_is_by_depth_then_name_whatever_the_install_order() -> None:
     names = ["Nats", "Registry", "Credentials", "Manifests", "Api"]
     assert [c.name for c in order(found)] == names
     assert [c.name for c in order(list(reversed(found)))] == names
-    # The built-in ones are installed the same way, through their entry points.
-    assert [c.name for c in installed()] == names
+    # The built-in ones are installed the same way, through their entry points, and walked in
+    # the same order beside the plugins installed here (Postgres).
+    assert [c.name for c in installed() if c.name in names] == names
 
 
 @pytest.mark.parametrize(
@@ -99,4 +107,128 @@ async def test_outputs_the_outputs_model_refuses_fail_the_activity_not_the_workf
     # No id, and a field the model does not have.
     assert refused.value.message == (
         "capability Bad reported outputs its outputs model refuses: 2 error(s), the first at id"
+    )
+
+
+# ---- check: what only the platform file can tell, refused before anything starts --------------
+
+
+class WidgetSpec(Model):
+    server: str
+
+
+class WidgetSettings(Model):
+    servers: list[str]
+
+
+class Widget(Capability[Seen, Plan]):
+    """A capability whose section names a server the platform file lists."""
+
+    name = "Widget"
+    spec_field = "widget"
+    spec_model = WidgetSpec
+    settings_field = "widgets"
+    settings_model = WidgetSettings
+    observation_model = Seen
+
+    def check(self, section: WidgetSpec, settings: WidgetSettings | None) -> list[str]:
+        servers = settings.servers if settings else []
+        if section.server in servers:
+            return []
+        return [
+            f"spec.widget.server: {section.server!r} is not a server of the platform "
+            f"configuration; allowed: {', '.join(servers) or 'none'}"
+        ]
+
+    def plan(self, ctx: Context, observation: Seen) -> Plan:
+        return Plan()
+
+    def actions(self, platform: Any, settings: Any, cache_dir: Path) -> Actions[Seen, Plan]:
+        raise AssertionError("no worker runs here")
+
+
+@pytest.fixture
+def widget(monkeypatch: pytest.MonkeyPatch) -> Widget:
+    """Widget installed beside the built-in capabilities, for this test only."""
+    found = (*installed(), Widget())
+    monkeypatch.setattr(idp.capability, "installed", lambda: found)
+    return found[-1]
+
+
+def widget_workload(name: str, server: str, destination: str = "dev") -> dict[str, Any]:
+    return {
+        "apiVersion": "idp.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name, "system": "shop"},
+        "spec": {
+            "owner": "team",
+            "destination": destination,
+            "namespace": "shop",
+            "widget": {"server": server},
+        },
+    }
+
+
+async def test_idpctl_apply_refuses_what_a_check_finds_and_starts_nothing(
+    widget: Widget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform = tmp_path / "platform.yaml"
+    document = {
+        "apiVersion": "idp.dev/v1alpha1",
+        "kind": "Platform",
+        "destinations": [{"name": "dev", "stateStore": {"url": "state"}}],
+        "widgets": {"servers": ["main"]},
+    }
+    platform.write_text(yaml.safe_dump(document))
+    file = tmp_path / "workloads.yaml"
+    documents = [
+        widget_workload("fine", "main"),
+        widget_workload("lost", "other"),
+        widget_workload("astray", "other", destination="nowhere"),
+    ]
+    file.write_text(yaml.safe_dump_all(documents))
+
+    async def connect(*args: Any) -> Any:
+        raise AssertionError("idpctl reached Temporal")
+
+    monkeypatch.setattr(idpctl, "_connect", connect)
+    args = idpctl.parser().parse_args(["--platform", str(platform), "apply", "-f", str(file)])
+    with pytest.raises(idpctl.UsageError) as refused:
+        await args.run(args)
+    assert str(refused.value).splitlines() == [
+        f"{file}: document 2: spec.widget.server: 'other' is not a server of the platform "
+        "configuration; allowed: main",
+        f"{file}: document 3: spec.destination: 'nowhere' is not a destination of the platform "
+        "configuration; allowed: dev",
+        f"{file}: document 3: spec.widget.server: 'other' is not a server of the platform "
+        "configuration; allowed: main",
+    ]
+
+
+async def test_the_port_bridge_refuses_what_a_check_finds_before_temporal(
+    widget: Widget,
+) -> None:
+    settings = BridgeSettings(
+        task_queue="q",
+        namespace="default",
+        ui_url="http://ui",
+        secret=SecretStr("s"),
+        window=timedelta(minutes=5),
+        destinations=("dev",),
+        # Not offered: the platform file has no widgets section.
+        capabilities={widget.name: None},
+    )
+    bridge = Bridge(temporal=None, port=None, settings=settings)  # type: ignore[arg-type]
+    body = WebhookBody.model_validate(
+        {
+            "action": "idp_create_workload",
+            "runId": "r_1",
+            "inputs": {"spec": yaml.safe_dump(widget_workload("lost", "main"))},
+        }
+    )
+    with pytest.raises(Rejected) as refused:
+        await bridge._apply(body, "create")
+    assert (refused.value.status, refused.value.message) == (
+        400,
+        "spec.widget.server: 'main' is not a server of the platform configuration; allowed: none",
     )

@@ -14,10 +14,17 @@ from typing import Any
 import pytest
 import yaml
 from support.cli import Cli, Result, eventually, write_platform
-from support.stack import bare_repo, commits, platform_for, read, running_worker, task_queue
+from support.stack import (
+    bare_repo,
+    commits,
+    platform_for,
+    read,
+    running_worker,
+    task_queue,
+    workflow_exists,
+)
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from workflows.workload import WorkloadWorkflow
@@ -43,16 +50,6 @@ def write_yaml(path: Path, *documents: dict[str, Any]) -> str:
 def stderr_lines(result: Result) -> list[str]:
     lines = result.stderr.strip().splitlines()
     return [lines[0].removeprefix("error: "), *lines[1:]] if lines else []
-
-
-async def workflow_exists(client: Client, workflow_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 @pytest.fixture

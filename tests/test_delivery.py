@@ -8,11 +8,14 @@ no API server runs here, see the tests at the end.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 import boto3
@@ -27,10 +30,14 @@ from support.secrets import ControllerKeys, assert_nowhere, controller_keys, min
 from support.stack import bare_repo, git
 
 from idp.delivery import (
+    SECRET_KEY,
     VERSION_ANNOTATION,
+    CredentialDelivery,
     CredentialMetadata,
+    Delivered,
     DeliveryTarget,
     credential_metadata,
+    nats_target,
 )
 from idp.delivery.external import ExternalSecretDelivery, go_duration, request_token, secret_id
 from idp.delivery.kubernetes import KubernetesDelivery, render_kubernetes_secret
@@ -52,11 +59,6 @@ from idp.synadia import NatsCreds
 
 REGION = "eu-west-1"
 TTL = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> ControllerKeys:
-    return controller_keys(tmp_path_factory.mktemp("sealing"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def workload(name: str = "cart", system: str = "shop", **credentials: object) ->
 
 def target_for(remote: Path, w: Workload | None = None) -> DeliveryTarget:
     destination = Destination(name="dev", state_store=StateStoreConfig(url=str(remote)))
-    return DeliveryTarget.of(w or workload(), destination)
+    return nats_target(w or workload(), destination)
 
 
 def commit_count(remote: Path) -> int:
@@ -162,7 +164,9 @@ async def test_sealed_delivery_is_one_commit_that_unseals_and_fits_the_crd(
     creds = mint_creds()
     target = target_for(remote)
     credential = metadata(creds, 3)
-    delivered = await sealed(store, keys).deliver(target, creds.text, credential, "deliver v3")
+    delivered = await sealed(store, keys).deliver(
+        target, {SECRET_KEY: creds.text}, credential, "deliver v3"
+    )
 
     assert commit_count(remote) == 1
     assert delivered.location == "dev/shop/cart/sealedsecret-nats.yaml"
@@ -191,12 +195,16 @@ async def test_a_workload_of_another_system_cannot_overwrite_a_delivered_secret(
     # The Credentials step writes before the Manifests step, so it holds the directory too.
     delivery = sealed(store, keys)
     held = target_for(remote, workload(system="a"))
-    await delivery.deliver(held, SecretStr(mint_creds().reveal()), metadata(mint_creds()), "a")
+    await delivery.deliver(
+        held, {SECRET_KEY: SecretStr(mint_creds().reveal())}, metadata(mint_creds()), "a"
+    )
     before = (commit_count(remote), show(remote, held.path(SEALED_FILE)))
 
     other = target_for(remote, workload(system="b"))
     with pytest.raises(OwnedByAnother) as refused:
-        await delivery.deliver(other, SecretStr(mint_creds().reveal()), metadata(mint_creds()), "b")
+        await delivery.deliver(
+            other, {SECRET_KEY: SecretStr(mint_creds().reveal())}, metadata(mint_creds()), "b"
+        )
     assert str(refused.value).startswith(
         "shop/cart on destination dev is already written by workload a/cart"
     )
@@ -211,7 +219,7 @@ async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
     delivery = sealed(store, keys)
     target = target_for(remote)
     first = metadata(mint_creds(), 1)
-    await delivery.deliver(target, SecretStr(mint_creds().reveal()), first, "v1")
+    await delivery.deliver(target, {SECRET_KEY: SecretStr(mint_creds().reveal())}, first, "v1")
     assert (await delivery.check(target, first)).in_place
 
     path = target.path(SEALED_FILE)
@@ -232,7 +240,7 @@ async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
     assert state.problem == "dev/shop/cart/sealedsecret-nats.yaml is missing from the state store"
 
     second = metadata(mint_creds(), 2)
-    await delivery.deliver(target, SecretStr(mint_creds().reveal()), second, "v2")
+    await delivery.deliver(target, {SECRET_KEY: SecretStr(mint_creds().reveal())}, second, "v2")
     assert (await delivery.check(target, second)).in_place
     state = await delivery.check(target, first)
     assert (
@@ -252,7 +260,7 @@ async def test_a_rotated_controller_certificate_keeps_old_secrets_and_seals_new_
     delivery = SealedSecretDelivery(store, source, cache)
     target = target_for(remote)
     first = metadata(mint_creds(), 1)
-    await delivery.deliver(target, SecretStr(mint_creds().reveal()), first, "v1")
+    await delivery.deliver(target, {SECRET_KEY: SecretStr(mint_creds().reveal())}, first, "v1")
     old_fingerprint = yaml.safe_load(show(remote, target.path(SEALED_FILE)) or "")["metadata"][
         "annotations"
     ]["idp.dev/sealing-certificate"]
@@ -265,7 +273,7 @@ async def test_a_rotated_controller_certificate_keeps_old_secrets_and_seals_new_
 
     secret = mint_creds()
     second = metadata(secret, 2)
-    await delivery.deliver(target, SecretStr(secret.reveal()), second, "v2")
+    await delivery.deliver(target, {SECRET_KEY: SecretStr(secret.reveal())}, second, "v2")
     manifest = yaml.safe_load(show(remote, target.path(SEALED_FILE)) or "")
     assert manifest["metadata"]["annotations"]["idp.dev/sealing-certificate"] != old_fingerprint
     assert unseal_sealed_secret(manifest, new.key) == {"nats.creds": secret.reveal().encode()}
@@ -279,7 +287,7 @@ async def test_sealed_resume_returns_what_an_earlier_attempt_delivered(
     creds = mint_creds()
     credential = metadata(creds, 4)
     assert await delivery.resume(target, 4, creds.user_public_key, "retry") is None
-    await delivery.deliver(target, creds.text, credential, "v4")
+    await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, "v4")
     commits = commit_count(remote)
 
     resumed = await delivery.resume(target, 4, creds.user_public_key, "retry")
@@ -298,7 +306,7 @@ async def test_remove_deletes_only_the_delivery_files(
     await store.apply(Change(target.directory, {"serviceaccount.yaml": "sa\n"}, "manifests"))
     delivery = sealed(store, keys)
     creds = mint_creds()
-    await delivery.deliver(target, creds.text, metadata(creds), "v1")
+    await delivery.deliver(target, {SECRET_KEY: creds.text}, metadata(creds), "v1")
     assert await delivery.remove(target, "remove") == [target.path(SEALED_FILE)]
     assert await store.read(target.directory) == {"serviceaccount.yaml": "sa\n"}
     assert await delivery.remove(target, "remove again") == []
@@ -311,7 +319,7 @@ async def test_a_missing_certificate_fails_before_anything_is_written(
     delivery = SealedSecretDelivery(store, source, CertificateCache())
     creds = mint_creds()
     with pytest.raises(PermanentError, match=r"nope\.pem does not exist"):
-        await delivery.deliver(target_for(remote), creds.text, metadata(creds), "v1")
+        await delivery.deliver(target_for(remote), {SECRET_KEY: creds.text}, metadata(creds), "v1")
     assert commit_count(remote) == 0
 
 
@@ -342,8 +350,8 @@ async def test_external_secret_versions_are_keyed_by_workflow_and_version(
     first_creds = mint_creds()
     first = metadata(first_creds, 1)
 
-    delivered = await delivery.deliver(target, first_creds.text, first, "v1")
-    token = request_token(w.workflow_id, 1)
+    delivered = await delivery.deliver(target, {SECRET_KEY: first_creds.text}, first, "v1")
+    token = request_token(w.workflow_id, "nats", 1)
     assert delivered.detail == token
     assert versions(secrets, name) == {token: ["AWSCURRENT"]}
     stored = secrets.get_secret_value(SecretId=name)
@@ -366,7 +374,7 @@ async def test_external_secret_versions_are_keyed_by_workflow_and_version(
     assert (await delivery.check(target, first)).in_place
 
     # The same token with the same value again (a retried put): no new version, no commit.
-    again = await delivery.deliver(target, first_creds.text, first, "v1 again")
+    again = await delivery.deliver(target, {SECRET_KEY: first_creds.text}, first, "v1 again")
     assert again.commit is None
     assert versions(secrets, name) == {token: ["AWSCURRENT"]}
     assert commit_count(remote) == commits
@@ -378,8 +386,8 @@ async def test_external_secret_versions_are_keyed_by_workflow_and_version(
 
     second_creds = mint_creds()
     second = metadata(second_creds, 2)
-    await delivery.deliver(target, second_creds.text, second, "v2")
-    new_token = request_token(w.workflow_id, 2)
+    await delivery.deliver(target, {SECRET_KEY: second_creds.text}, second, "v2")
+    new_token = request_token(w.workflow_id, "nats", 2)
     assert versions(secrets, name) == {token: ["AWSPREVIOUS"], new_token: ["AWSCURRENT"]}
     assert (await delivery.check(target, second)).in_place
     state = await delivery.check(target, first)
@@ -396,7 +404,7 @@ async def test_external_check_sees_manifest_and_secret_drift(
     delivery = external(store, secrets, force_delete=True)
     creds = mint_creds()
     credential = metadata(creds)
-    await delivery.deliver(target, creds.text, credential, "v1")
+    await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, "v1")
     path = target.path(EXTERNAL_FILE)
     text = show(remote, path) or ""
 
@@ -433,7 +441,7 @@ async def test_external_remove_with_a_recovery_window_and_a_workload_made_again(
     target = target_for(remote, w)
     delivery = external(store, secrets, recovery_window_days=7)
     creds = mint_creds()
-    await delivery.deliver(target, creds.text, metadata(creds), "v1")
+    await delivery.deliver(target, {SECRET_KEY: creds.text}, metadata(creds), "v1")
 
     removed = await delivery.remove(target, "remove")
     assert removed == [secret_id(target), target.path(EXTERNAL_FILE)]
@@ -448,9 +456,9 @@ async def test_external_remove_with_a_recovery_window_and_a_workload_made_again(
     # request token the old secret already used; the old secret goes and a new one is made.
     fresh = mint_creds()
     assert await delivery.resume(target, 1, fresh.user_public_key, "v1") is None
-    await delivery.deliver(target, fresh.text, metadata(fresh), "v1")
+    await delivery.deliver(target, {SECRET_KEY: fresh.text}, metadata(fresh), "v1")
     assert secrets.get_secret_value(SecretId=secret_id(target))["SecretString"] == fresh.reveal()
-    assert list(versions(secrets, secret_id(target))) == [request_token(w.workflow_id, 1)]
+    assert list(versions(secrets, secret_id(target))) == [request_token(w.workflow_id, "nats", 1)]
 
 
 async def test_a_stale_version_under_our_token_is_replaced(
@@ -460,11 +468,11 @@ async def test_a_stale_version_under_our_token_is_replaced(
     target = target_for(remote, workload(system="ext-d"))
     delivery = external(store, secrets, force_delete=True)
     old = mint_creds()
-    await delivery.deliver(target, old.text, metadata(old), "v1 of the old workload")
+    await delivery.deliver(target, {SECRET_KEY: old.text}, metadata(old), "v1 of the old workload")
 
     new = mint_creds()
     assert await delivery.resume(target, 1, new.user_public_key, "v1") is None
-    await delivery.deliver(target, new.text, metadata(new), "v1")
+    await delivery.deliver(target, {SECRET_KEY: new.text}, metadata(new), "v1")
     assert secrets.get_secret_value(SecretId=secret_id(target))["SecretString"] == new.reveal()
 
 
@@ -476,7 +484,7 @@ async def test_a_foreign_secret_is_refused_and_left_alone(
     delivery = external(store, secrets, force_delete=True)
     creds = mint_creds()
     with pytest.raises(PermanentError, match="not managed by idp") as raised:
-        await delivery.deliver(target, creds.text, metadata(creds), "v1")
+        await delivery.deliver(target, {SECRET_KEY: creds.text}, metadata(creds), "v1")
     assert raised.value.reason == "ForeignResource"
     assert await delivery.remove(target, "remove") == []
     assert secrets.get_secret_value(SecretId=secret_id(target))["SecretString"] == "theirs"
@@ -487,10 +495,12 @@ async def test_switching_delivery_replaces_the_file_in_one_commit(
 ) -> None:
     target = target_for(remote, workload(system="ext-f"))
     creds = mint_creds()
-    await sealed(store, keys).deliver(target, creds.text, metadata(creds, 1), "v1 sealed")
+    await sealed(store, keys).deliver(
+        target, {SECRET_KEY: creds.text}, metadata(creds, 1), "v1 sealed"
+    )
     second = mint_creds()
     delivered = await external(store, secrets, force_delete=True).deliver(
-        target, second.text, metadata(second, 2), "v2 external"
+        target, {SECRET_KEY: second.text}, metadata(second, 2), "v2 external"
     )
     changed = git(
         "--git-dir", str(remote), "diff-tree", "--name-status", "-r", "--no-commit-id",
@@ -503,10 +513,17 @@ async def test_switching_delivery_replaces_the_file_in_one_commit(
 
 
 def test_secrets_manager_request_tokens_are_stable_and_distinct() -> None:
-    token = request_token("workload/shop/cart", 1)
-    assert token == request_token("workload/shop/cart", 1)
+    token = request_token("workload/shop/cart", "nats", 1)
+    assert token == request_token("workload/shop/cart", "nats", 1)
     assert (
-        len({token, request_token("workload/shop/cart", 2), request_token("workload/x/y", 1)}) == 3
+        len(
+            {
+                token,
+                request_token("workload/shop/cart", "nats", 2),
+                request_token("workload/x/y", "nats", 1),
+            }
+        )
+        == 3
     )
 
 
@@ -552,7 +569,7 @@ class InMemorySecrets:
 def test_kubernetes_secret_body(remote: Path) -> None:
     creds = mint_creds()
     credential = metadata(creds, 2)
-    body = render_kubernetes_secret(target_for(remote), creds.text, credential)
+    body = render_kubernetes_secret(target_for(remote), {SECRET_KEY: creds.text}, credential)
     assert body == {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -586,7 +603,7 @@ async def test_kubernetes_delivery_logic_around_the_api_call(remote: Path) -> No
     target = target_for(remote, workload(secret_name="nats-creds"))
     creds = mint_creds()
     credential = metadata(creds, 1)
-    delivered = await delivery.deliver(target, creds.text, credential, "v1")
+    delivered = await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, "v1")
     assert delivered.location == "Secret shop/nats-creds (kubernetes kind-dev)"
     assert (await delivery.check(target, credential)).in_place
     resumed = await delivery.resume(target, 1, creds.user_public_key, "retry")
@@ -598,6 +615,189 @@ async def test_kubernetes_delivery_logic_around_the_api_call(remote: Path) -> No
     assert (await delivery.check(target, credential)).problem == (
         "Secret shop/nats-creds (kubernetes kind-dev) does not exist"
     )
+
+
+# ---- credentials of another purpose: a database login, several keys ---------------------------
+# What NATS renders is pinned by the tests above; these show a target of seven keys beside it.
+
+POSTGRES_KEYS = ("host", "port", "dbname", "user", "password", "sslmode", "uri")
+
+
+def postgres_target(remote: Path, w: Workload | None = None) -> DeliveryTarget:
+    destination = Destination(name="dev", state_store=StateStoreConfig(url=str(remote)))
+    return DeliveryTarget.of(
+        w or workload(), destination, purpose="postgres", secret_name=None, keys=POSTGRES_KEYS
+    )
+
+
+def login() -> dict[str, str]:
+    password = token_urlsafe(24)
+    return {
+        "host": "db.internal",
+        "port": "5432",
+        "dbname": "shop_cart",
+        "user": "shop_cart",
+        "password": password,
+        "sslmode": "require",
+        "uri": f"postgresql://shop_cart:{password}@db.internal:5432/shop_cart?sslmode=require",
+    }
+
+
+def secret_data(values: dict[str, str]) -> dict[str, SecretStr]:
+    return {key: SecretStr(value) for key, value in values.items()}
+
+
+def login_metadata(values: dict[str, str], version: int = 1) -> CredentialMetadata:
+    # Whole seconds: the annotations keep no more, and resume returns what they say.
+    now = datetime.now(UTC).replace(microsecond=0)
+    return CredentialMetadata(
+        version=version,
+        public_key=values["user"],
+        issued_at=now,
+        expires_at=now + timedelta(days=30),
+        fingerprint=hashlib.sha256(values["password"].encode()).hexdigest(),
+    )
+
+
+async def round_trip(
+    delivery: CredentialDelivery, target: DeliveryTarget, values: dict[str, str]
+) -> Delivered:
+    """Deliver version 1 and see it in place, as current, resumed; what deliver returned."""
+    credential = login_metadata(values)
+    assert await delivery.resume(target, 1, values["user"], "retry") is None
+    delivered = await delivery.deliver(target, secret_data(values), credential, "v1")
+    assert (await delivery.check(target, credential)).in_place
+    assert await delivery.current(target) == credential
+    resumed = await delivery.resume(target, 1, values["user"], "retry")
+    assert resumed is not None and resumed.resumed and resumed.credential == credential
+    return delivered
+
+
+def test_a_postgres_target_names_its_own_files_secret_and_claims(remote: Path) -> None:
+    target = postgres_target(remote)
+    assert (target.secret_name, target.keys) == ("cart-postgres", POSTGRES_KEYS)
+    assert target.files == {"sealedsecret-postgres.yaml", "externalsecret-postgres.yaml"}
+    assert target.files.isdisjoint(target_for(remote).files)
+    claimed = {claim.path for claim in target.claims}
+    assert {target.path(file) for file in target.files} <= claimed
+    assert claimed >= {claim.path for claim in target_for(remote).claims}
+
+
+@pytest.mark.parametrize("kind", ["sealed", "external", "kubernetes"])
+async def test_data_must_hold_exactly_the_targets_keys(
+    kind: str, store: StateStore, remote: Path, keys: ControllerKeys, secrets: Any
+) -> None:
+    target = postgres_target(remote, workload(system=f"pg-keys-{kind}"))
+    delivery: CredentialDelivery = {
+        "sealed": lambda: sealed(store, keys),
+        "external": lambda: external(store, secrets, force_delete=True),
+        "kubernetes": lambda: KubernetesDelivery(InMemorySecrets(), "kind-dev"),
+    }[kind]()
+    values = login()
+    del values["uri"]
+    with pytest.raises(ValueError) as refused:
+        await delivery.deliver(target, secret_data(values), login_metadata(login()), "v1")
+    assert str(refused.value) == (
+        f"the postgres credentials of pg-keys-{kind}/cart have the keys dbname, host, password, "
+        "port, sslmode, user, but the delivery expects host, port, dbname, user, password, "
+        "sslmode, uri"
+    )
+    assert values["password"] not in str(refused.value)
+    assert commit_count(remote) == 0
+
+
+async def test_a_postgres_sealed_secret_holds_every_key_beside_the_nats_one(
+    store: StateStore, remote: Path, keys: ControllerKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = sealed(store, keys)
+    nats, postgres = target_for(remote), postgres_target(remote)
+    creds = mint_creds()
+    await delivery.deliver(nats, {SECRET_KEY: creds.text}, metadata(creds), "nats v1")
+    nats_file = show(remote, nats.path(SEALED_FILE))
+
+    values = login()
+    delivered = await round_trip(delivery, postgres, values)
+    assert delivered.location == "dev/shop/cart/sealedsecret-postgres.yaml"
+    assert last_commit(remote) == [("A", delivered.location)]
+    manifest = yaml.safe_load(show(remote, delivered.location) or "")
+    jsonschema.Draft7Validator(
+        load_crd_schema("sealed-secrets/sealedsecrets-crd.yaml", "v1alpha1")
+    ).validate(manifest)
+    assert manifest["spec"]["template"]["metadata"]["name"] == "cart-postgres"
+    assert unseal_sealed_secret(manifest, keys.key) == {k: v.encode() for k, v in values.items()}
+
+    assert await delivery.remove(postgres, "remove postgres") == [delivered.location]
+    assert show(remote, nats.path(SEALED_FILE)) == nats_file
+    assert (await delivery.check(nats, metadata(creds))).in_place
+    assert await delivery.remove(nats, "remove nats") == [nats.path(SEALED_FILE)]
+    assert_nowhere([values["password"], values["uri"], creds.reveal()], [remote], caplog)
+
+
+async def test_a_postgres_sealed_secret_with_a_key_too_few_is_not_in_place(
+    store: StateStore, remote: Path, tmp_path: Path, keys: ControllerKeys
+) -> None:
+    delivery = sealed(store, keys)
+    target = postgres_target(remote)
+    values = login()
+    credential = login_metadata(values)
+    await delivery.deliver(target, secret_data(values), credential, "v1")
+    path = target.path(target.sealed_file)
+    manifest = yaml.safe_load(show(remote, path) or "")
+    del manifest["spec"]["encryptedData"]["uri"]
+    push_edit(remote, tmp_path, path, yaml.safe_dump(manifest))
+    assert (await delivery.check(target, credential)).problem == (
+        f"{path} does not hold exactly the keys host, port, dbname, user, password, sslmode, uri"
+    )
+
+
+async def test_a_postgres_external_secret_is_one_json_secret_read_key_by_key(
+    store: StateStore, remote: Path, secrets: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = workload(system="pg-ext")
+    nats, postgres = target_for(remote, w), postgres_target(remote, w)
+    delivery = external(store, secrets, force_delete=True)
+    creds = mint_creds()
+    await delivery.deliver(nats, {SECRET_KEY: creds.text}, metadata(creds), "nats v1")
+
+    values = login()
+    delivered = await round_trip(delivery, postgres, values)
+    name = secret_id(postgres)
+    assert name == "idp/pg-ext/cart/postgres"
+    token = request_token(w.workflow_id, "postgres", 1)
+    assert token != request_token(w.workflow_id, "nats", 1)
+    assert delivered.detail == token
+    assert versions(secrets, name) == {token: ["AWSCURRENT"]}
+    assert json.loads(secrets.get_secret_value(SecretId=name)["SecretString"]) == values
+    manifest = yaml.safe_load(show(remote, postgres.path("externalsecret-postgres.yaml")) or "")
+    jsonschema.Draft7Validator(
+        load_crd_schema("external-secrets/externalsecrets.yaml", "v1")
+    ).validate(manifest)
+    assert manifest["spec"]["target"] == {"creationPolicy": "Owner", "name": "cart-postgres"}
+    assert manifest["spec"]["data"] == [
+        {"secretKey": key, "remoteRef": {"key": name, "property": key}} for key in POSTGRES_KEYS
+    ]
+
+    removed = await delivery.remove(postgres, "remove postgres")
+    assert removed == [name, postgres.path(postgres.external_file)]
+    assert (await delivery.check(nats, metadata(creds))).in_place
+    assert secrets.get_secret_value(SecretId=secret_id(nats))["SecretString"] == creds.reveal()
+    assert_nowhere([values["password"], values["uri"], creds.reveal()], [remote], caplog)
+
+
+async def test_postgres_and_nats_kubernetes_secrets_live_side_by_side(remote: Path) -> None:
+    api = InMemorySecrets()
+    delivery = KubernetesDelivery(api, "kind-dev")
+    nats, postgres = target_for(remote), postgres_target(remote)
+    creds = mint_creds()
+    await delivery.deliver(nats, {SECRET_KEY: creds.text}, metadata(creds), "nats v1")
+
+    values = login()
+    delivered = await round_trip(delivery, postgres, values)
+    assert delivered.location == "Secret shop/cart-postgres (kubernetes kind-dev)"
+    assert api.secrets[("shop", "cart-postgres")]["stringData"] == values
+    assert await delivery.remove(postgres, "remove") == [delivered.location]
+    assert list(api.secrets) == [("shop", "cart-nats")]
+    assert (await delivery.check(nats, metadata(creds))).in_place
 
 
 # ---- the platform configuration the deliveries read --------------------------------------------
@@ -680,7 +880,7 @@ async def test_the_manifests_step_keeps_the_delivered_secret(
     target = target_for(remote, w)
     creds = mint_creds()
     store = StateStore(str(remote), "main", tmp_path / "clone")
-    await sealed(store, keys).deliver(target, creds.text, metadata(creds), "v1")
+    await sealed(store, keys).deliver(target, {SECRET_KEY: creds.text}, metadata(creds), "v1")
 
     written = await manifests.reconcile(w)
     assert [(c.action, c.subject) for c in written.plan] == [

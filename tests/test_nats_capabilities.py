@@ -22,7 +22,7 @@ import boto3
 import pytest
 import yaml
 from support.moto import MOTO_ACCOUNT_ID, moto_server
-from support.secrets import ControllerKeys, assert_nowhere, controller_keys
+from support.secrets import ControllerKeys, assert_nowhere
 from support.stack import bare_repo, commits, git, read
 from support.synadia import connect_refusal, connect_with_creds, write_creds
 
@@ -75,11 +75,6 @@ async def emulator(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sy
 def aws_url() -> Iterator[str]:
     with moto_server() as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> ControllerKeys:
-    return controller_keys(tmp_path_factory.mktemp("sealing"))
 
 
 @pytest.fixture(autouse=True)
@@ -771,7 +766,7 @@ async def test_external_secret_delivery(
     assert first.delivery == Delivery.EXTERNAL_SECRET
     assert first.location == f"{name} (Secrets Manager) via dev/shop/cart/externalsecret-nats.yaml"
     stored = secrets.get_secret_value(SecretId=name)
-    assert stored["VersionId"] == request_token(wf.workload.workflow_id, 1)
+    assert stored["VersionId"] == request_token(wf.workload.workflow_id, "nats", 1)
     creds_v1 = stored["SecretString"]
     assert jwt_claims(creds_v1)["sub"] == user.public_key
 
@@ -786,7 +781,7 @@ async def test_external_secret_delivery(
     actions = wf.actions[CREDENTIALS]
     assert isinstance(actions, CredentialsActions)
     calls: list[str] = []
-    actions._secrets_client().meta.events.register(
+    actions.deliveries.secrets_client().meta.events.register(
         "before-call", lambda model, **_: calls.append(model.name)
     )
     steady = await wf.step(credentials.capability, now)
@@ -798,8 +793,8 @@ async def test_external_secret_delivery(
     listed = secrets.list_secret_version_ids(SecretId=name)["Versions"]
     stages = {v["VersionId"]: v["VersionStages"] for v in listed}
     assert stages == {
-        request_token(wf.workload.workflow_id, 1): ["AWSPREVIOUS"],
-        request_token(wf.workload.workflow_id, 2): ["AWSCURRENT"],
+        request_token(wf.workload.workflow_id, "nats", 1): ["AWSPREVIOUS"],
+        request_token(wf.workload.workflow_id, "nats", 2): ["AWSCURRENT"],
     }
     assert second.version == 2 and second.public_key != first.public_key
     async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as client:

@@ -42,10 +42,9 @@ from botocore.exceptions import ClientError
 from support.cli import ROOT, Result, clean_env, run
 from support.moto import moto_server
 from support.processes import WorkerProcess
-from support.stack import bare_repo, start_dev_server, task_queue
+from support.stack import bare_repo, start_dev_server, task_queue, workflow_exists
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from emulators.port import PortEmulator
@@ -340,16 +339,6 @@ def passes(events: WorkflowHistory) -> int:
     return len(readings) - 1
 
 
-async def exists(client: Client, workflow_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
-
-
 async def deleted(world: World, name: str, worker: Worker) -> dict[str, Any]:
     """`idpctl delete --wait`, then the Bucket condition of the workflow's final status."""
     result = await world.idpctl(
@@ -414,7 +403,7 @@ async def test_an_installed_plugin_is_picked_up_by_every_part(
     unknown = await world.idpctl("apply", "-f", str(good), plugin=False)
     assert unknown.code == 2, unknown
     assert f"{good}: document 1: spec.bucket: unknown field" in unknown.stderr
-    assert not await exists(world.client, web)
+    assert not await workflow_exists(world.client, web)
     # The platform file's `buckets` section likewise, by the plugin's settings model.
     platform = yaml.safe_load(world.platform_file(buckets=True).read_text())
     bad_platform = world.root / "bad-platform.yaml"

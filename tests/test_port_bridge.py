@@ -3,7 +3,6 @@ starter/port/actions), the bridge drives a real worker on the session's Temporal
 PortRunWorkflow reports back to the emulator."""
 
 import asyncio
-import base64
 import logging
 import re
 import uuid
@@ -15,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 from support.port import PortStack, port_stack
-from support.stack import bare_repo, commits
-from temporalio.client import Client, WorkflowExecutionStatus
+from support.secrets import history_text
+from support.stack import bare_repo, commits, workflow_exists
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.port import Target, judge, port_errors
 from emulators.port.store import Run
@@ -69,15 +68,6 @@ async def finished(stack: PortStack, run_id: str, timeout: float = 30.0) -> Run:
         return run if run is not None and run.status != "IN_PROGRESS" else None
 
     return await stack.emulator.until(done, timeout)
-
-
-async def exists(client: Client, workflow_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND
-        return False
-    return True
 
 
 async def created(stack: PortStack, system: str) -> Run:
@@ -180,8 +170,8 @@ async def test_an_untrusted_webhook_is_refused_and_nothing_happens(stack, mode):
     )
     assert answer.status_code == 401
     assert answer.response["ok"] is False and answer.response["error"] == "unauthorized"
-    assert not await exists(stack.client, f"workload/{system}/hello")
-    assert not await exists(stack.client, f"port-run/{run.id}")
+    assert not await workflow_exists(stack.client, f"workload/{system}/hello")
+    assert not await workflow_exists(stack.client, f"port-run/{run.id}")
     assert (run.status, run.logs) == ("IN_PROGRESS", [])
 
 
@@ -195,7 +185,7 @@ async def test_an_unknown_action_is_refused_and_its_run_fails(stack):
     failed = await finished(stack, run.id)
     assert failed.status == "FAILURE" and failed.terminations == ["FAILURE"]
     assert failed.logs[-1].message == f"Rejected: {answer.response['message']}"
-    assert not await exists(stack.client, f"port-run/{run.id}")
+    assert not await workflow_exists(stack.client, f"port-run/{run.id}")
 
 
 async def test_a_malformed_body_is_refused_and_fails_the_run_when_it_names_one(stack):
@@ -240,8 +230,8 @@ async def test_an_invalid_spec_fails_the_run_with_the_loader_message(stack, tmp_
     assert invocation.response["message"] == message
     run = await finished(stack, invocation.run_id)
     assert (run.status, run.status_label, run.summary) == ("FAILURE", "Rejected", message)
-    assert not await exists(stack.client, f"workload/{system}/hello")
-    assert not await exists(stack.client, f"port-run/{run.id}")
+    assert not await workflow_exists(stack.client, f"workload/{system}/hello")
+    assert not await workflow_exists(stack.client, f"port-run/{run.id}")
 
 
 async def test_a_change_the_validator_refuses_fails_the_run(stack):
@@ -346,7 +336,7 @@ async def test_no_port_secret_reaches_a_history_or_a_log(stack, caplog):
     histories = []
     async for execution in stack.client.list_workflows(f"TaskQueue = '{stack.queue}'"):
         handle = stack.client.get_workflow_handle(execution.id, run_id=execution.run_id)
-        histories.append(decoded((await handle.fetch_history()).to_json()))
+        histories.append(history_text(await handle.fetch_history()))
     text = "\n".join(histories)
     assert reconcile.run_id in text, "the scan must see the payloads"
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
@@ -356,13 +346,6 @@ async def test_no_port_secret_reaches_a_history_or_a_log(stack, caplog):
     for secret in secrets:
         assert secret not in text, "a Port secret reached a workflow history"
         assert secret not in logged, "a Port secret reached a log record"
-
-
-def decoded(history_json: str) -> str:
-    """The history with every base64 payload decoded next to it: payload data is base64 in the
-    history's JSON, so a secret inside one would not show as plain text."""
-    blobs = re.findall(r'"data":\s*"([A-Za-z0-9+/=]+)"', history_json)
-    return history_json + "\n".join(base64.b64decode(b).decode(errors="replace") for b in blobs)
 
 
 # ---- the rules PortRunWorkflow reports by (pure functions, no servers)

@@ -16,7 +16,6 @@ from temporalio.client import Client
 from test_nats_workflow import (  # noqa: F401 (fixtures)
     TOKEN_ENV,
     emulator,
-    keys,
     nats_platform,
     ready,
     until,
@@ -79,7 +78,7 @@ def as_first_version(status: dict[str, Any]) -> dict[str, Any]:
 async def test_a_workload_started_before_the_upgrade_carries_on_after_it(
     client: Client,
     emulator: SynadiaEmulator,  # noqa: F811 (the fixture imported above)
-    keys: ControllerKeys,  # noqa: F811
+    keys: ControllerKeys,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

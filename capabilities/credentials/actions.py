@@ -21,11 +21,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import boto3
-from botocore.client import BaseClient
-from botocore.config import Config
-
-from activities.statestore import destination_store
+from activities.deliveries import Deliveries
 from capabilities.credentials import (
     CredentialsObservation,
     CredentialsOutputs,
@@ -38,24 +34,25 @@ from capabilities.nats.actions import Synadia
 from idp.capability import Actions, Context, Outcome, Report, dump
 from idp.credentials import IssueReason, delivery_digest, next_refresh, permissions_digest
 from idp.delivery import (
-    DELIVERY_FILES,
+    SECRET_KEY,
     CredentialDelivery,
     Delivered,
     DeliveryTarget,
     credential_metadata,
     delivery_kind,
+    nats_target,
 )
-from idp.delivery.external import ExternalSecretDelivery
-from idp.delivery.kubernetes import KubeApi, KubernetesDelivery, KubernetesSecrets
-from idp.delivery.sealed import SealedSecretDelivery
+from idp.delivery.kubernetes import KubeApi, KubernetesSecrets
 from idp.errors import PermanentError
 from idp.models import Delivery, Workload
 from idp.natsusers import DeliveredKey, download_on_unused_key, nats_spec
 from idp.platform import Destination, Platform
 from idp.sealing import CertificateCache
-from idp.statestore import Change, StateStore
 
 log = logging.getLogger(__name__)
+
+
+DELIVERY_FIELD = "spec.nats.credentials.delivery"
 
 
 class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
@@ -71,61 +68,18 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
         kubernetes: Callable[[str | None], KubernetesSecrets] = KubeApi,
     ) -> None:
         self._platform = platform
-        self._cache_dir = cache_dir
-        self._certificates = certificates or CertificateCache()
-        self._kubernetes = kubernetes
+        self.deliveries = Deliveries(
+            platform, cache_dir, certificates=certificates, kubernetes=kubernetes
+        )
         self._synadia = Synadia(platform.synadia)
-        self._secrets: BaseClient | None = None
 
     # -- configuration
 
     def _destination(self, workload: Workload) -> Destination:
         return self._platform.require_destination(workload.spec.destination)
 
-    def _store(self, destination: Destination) -> StateStore:
-        return destination_store(destination, self._cache_dir)
-
-    def _secrets_client(self) -> BaseClient:
-        aws = self._platform.aws
-        assert aws is not None
-        if self._secrets is None:
-            config = Config(
-                region_name=aws.region,
-                retries={"mode": "standard", "max_attempts": 4},
-                connect_timeout=5,
-                read_timeout=30,
-            )
-            self._secrets = boto3.session.Session().client(
-                "secretsmanager", endpoint_url=aws.endpoint_url, config=config
-            )
-        return self._secrets
-
     def _delivery(self, destination: Destination, kind: Delivery) -> CredentialDelivery:
-        if kind == Delivery.SEALED_SECRET:
-            if destination.sealing is None:
-                raise PermanentError(
-                    f"delivery sealed-secret needs the sealing certificate of destination "
-                    f"{destination.name} (destinations[].sealing in the platform configuration); "
-                    "set it or choose another spec.nats.credentials.delivery",
-                    reason="NoSealingCertificate",
-                )
-            return SealedSecretDelivery(
-                self._store(destination), destination.sealing, self._certificates
-            )
-        if kind == Delivery.EXTERNAL_SECRET:
-            if destination.secret_store is None or self._platform.aws is None:
-                raise PermanentError(
-                    f"delivery external-secret needs destinations[].secretStore for "
-                    f"{destination.name} and the aws section in the platform configuration; set "
-                    "them or choose another spec.nats.credentials.delivery",
-                    reason="NoSecretStore",
-                )
-            return ExternalSecretDelivery(
-                self._store(destination), self._secrets_client(), destination.secret_store
-            )
-        return KubernetesDelivery(
-            self._kubernetes(destination.kube_context), destination.kube_context
-        )
+        return self.deliveries.of(destination, kind, DELIVERY_FIELD)
 
     # -- the contract
 
@@ -139,7 +93,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
         # Where this version was delivered, even if the spec now names another delivery: the
         # policy decides whether that change calls for a new issuance.
         delivery = self._delivery(destination, current.delivery)
-        target = DeliveryTarget.of(ctx.workload, destination)
+        target = nats_target(ctx.workload, destination)
         return CredentialsObservation(delivered=await delivery.check(target, current))
 
     async def apply(
@@ -182,7 +136,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
         # Resolved before anything is issued: a delivery that cannot work must cost no issuance.
         kind = delivery_kind(workload, destination)
         delivery = self._delivery(destination, kind)
-        target = DeliveryTarget.of(workload, destination)
+        target = nats_target(workload, destination)
         who = f"Workload {workload.metadata.system}/{workload.metadata.name}"
         message = (
             f"deliver NATS credentials v{issue.version} of {who}\n\n"
@@ -231,7 +185,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             ", ".join(download.kept) or "none",
             ", ".join(download.revoked) or "none",
         )
-        return await delivery.deliver(target, creds.text, credential, message)
+        return await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, message)
 
     async def _delivered_key(
         self, destination: Destination, kind: Delivery, target: DeliveryTarget
@@ -256,21 +210,13 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
         workload = ctx.workload
         current = ctx.own(CredentialsOutputs)
         destination = self._destination(workload)
-        target = DeliveryTarget.of(workload, destination)
+        target = nats_target(workload, destination)
         commit = (
             f"remove NATS credentials of Workload {workload.metadata.system}/"
             f"{workload.metadata.name}\n\nWorkflow: {workload.workflow_id}"
         )
-        removed: list[str] = []
-        if destination.secret_store is not None and self._platform.aws is not None:
-            external = self._delivery(destination, Delivery.EXTERNAL_SECRET)
-            removed += await external.remove(target, commit)
-        else:
-            change = Change(target.directory, {}, commit, DELIVERY_FILES)
-            removed += (await self._store(destination).apply(change)).removed
-        if current is not None and current.delivery == Delivery.KUBERNETES:
-            kubernetes = self._delivery(destination, Delivery.KUBERNETES)
-            removed += await kubernetes.remove(target, commit)
+        recorded = current.delivery if current else None
+        removed = await self.deliveries.remove(destination, target, recorded, commit)
         if removed:
             log.info("removed NATS credentials of %s: %s", workload.workflow_id, ", ".join(removed))
         if current is None:

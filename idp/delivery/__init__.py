@@ -1,10 +1,14 @@
-"""Delivering a workload's NATS credentials to its cluster: one interface, three deliveries.
+"""Delivering a workload's credentials to its cluster: one interface, three deliveries.
+
+A workload may hold several credentials (its NATS credentials, a database login), each a
+`DeliveryTarget` with a `purpose` ("nats", "postgres") that names its files and its Secrets
+Manager secret, and the keys of the Secret it becomes:
 
 - `sealed-secret` (sealed.py): a Bitnami SealedSecret in the workload's state-store directory,
-  sealed to the destination controller's certificate (`sealedsecret-nats.yaml`).
+  sealed to the destination controller's certificate (`sealedsecret-<purpose>.yaml`).
 - `external-secret` (external.py): the credentials in AWS Secrets Manager
-  (`idp/<system>/<workload>/nats`) and an External Secrets Operator `ExternalSecret` that copies
-  them into the cluster (`externalsecret-nats.yaml`).
+  (`idp/<system>/<workload>/<purpose>`) and an External Secrets Operator `ExternalSecret` that
+  copies them into the cluster (`externalsecret-<purpose>.yaml`).
 - `kubernetes` (kubernetes.py): a Secret applied straight to the cluster's API server
   (server-side apply).
 
@@ -16,7 +20,7 @@ every time, so ciphertext is never compared with a new sealing. `resume` finds a
 earlier attempt of the same activity already delivered, so a retry neither issues nor delivers
 twice.
 
-The credentials are a `SecretStr` and leave it only to be sealed, stored or applied. Nothing here
+The credentials are `SecretStr`s and leave them only to be sealed, stored or applied. Nothing here
 logs, returns or raises them. Free of Temporal; the boto3 and kubernetes calls are synchronous
 and run in a thread.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -33,10 +37,9 @@ import yaml
 from pydantic import SecretStr
 
 from idp.manifests import (
-    EXTERNAL_FILE,
-    SEALED_FILE,
     workload_claims,
     workload_directory,
+    workload_file_claim,
     workload_labels,
 )
 from idp.models import Delivery, Model, Workload
@@ -44,10 +47,8 @@ from idp.platform import Destination
 from idp.statestore import Change, Claim
 from idp.synadia import NatsCreds
 
+NATS = "nats"
 SECRET_KEY = "nats.creds"
-# Both file names belong to the delivery step, so a change of delivery removes the other file
-# in the same commit: two objects must never claim the same Secret.
-DELIVERY_FILES = frozenset({SEALED_FILE, EXTERNAL_FILE})
 
 VERSION_ANNOTATION = "idp.dev/credential-version"
 FINGERPRINT_ANNOTATION = "idp.dev/credential-fingerprint"
@@ -103,7 +104,8 @@ def credential_metadata(creds: NatsCreds, version: int, ttl: timedelta) -> Crede
 
 @dataclass(frozen=True)
 class DeliveryTarget:
-    """Where one workload's credentials go; everything derived from the workload and platform."""
+    """Where one of a workload's credentials goes; everything derived from the workload and
+    platform."""
 
     owner: str  # the workflow id: idempotency keys derive from it, never from a run id
     system: str
@@ -116,35 +118,92 @@ class DeliveryTarget:
     # not own the directory is refused like its manifests would be (the Credentials step runs
     # before the Manifests step).
     claims: tuple[Claim, ...] = ()
+    # Which of the workload's credentials this is: names its files and its Secrets Manager
+    # secret, so credentials of several purposes live side by side.
+    purpose: str = NATS
+    keys: tuple[str, ...] = (SECRET_KEY,)  # the keys of the Secret it delivers, in order
 
     @classmethod
-    def of(cls, workload: Workload, destination: Destination) -> DeliveryTarget:
-        nats = workload.spec.nats
-        name = (nats.credentials.secret_name if nats else None) or f"{workload.metadata.name}-nats"
-        return cls(
+    def of(
+        cls,
+        workload: Workload,
+        destination: Destination,
+        *,
+        purpose: str,
+        secret_name: str | None,
+        keys: tuple[str, ...],
+    ) -> DeliveryTarget:
+        base = destination.state_store.path
+        target = cls(
             owner=workload.workflow_id,
             system=workload.metadata.system,
             workload=workload.metadata.name,
             namespace=workload.spec.namespace,
-            secret_name=name,
-            directory=workload_directory(destination.state_store.path, workload),
+            secret_name=secret_name or f"{workload.metadata.name}-{purpose}",
+            directory=workload_directory(base, workload),
             labels=workload_labels(workload),
-            claims=workload_claims(destination.state_store.path, workload),
+            purpose=purpose,
+            keys=keys,
         )
+        claims = workload_claims(base, workload)
+        held = {claim.path for claim in claims}
+        # workload_claims names the NATS files; those of any other purpose hold the directory
+        # just the same.
+        own = (workload_file_claim(base, workload, file) for file in sorted(target.files))
+        return replace(target, claims=claims + tuple(c for c in own if c.path not in held))
+
+    @property
+    def sealed_file(self) -> str:
+        return f"sealedsecret-{self.purpose}.yaml"
+
+    @property
+    def external_file(self) -> str:
+        return f"externalsecret-{self.purpose}.yaml"
+
+    @property
+    def files(self) -> frozenset[str]:
+        """Both belong to the delivery step, so a change of delivery removes the other file in
+        the same commit: two objects must never claim the same Secret."""
+        return frozenset({self.sealed_file, self.external_file})
 
     def change(self, files: Mapping[str, str], message: str) -> Change:
-        """Write (or, with no files, remove) the delivery's files beside the manifests."""
+        """Write (or, with no files, remove) the delivery's files beside the manifests; the
+        files of other purposes stay as they are."""
         return Change(
             self.directory,
             files,
             message,
-            DELIVERY_FILES,
+            self.files,
             owner=self.owner,
             claims=self.claims,
         )
 
     def path(self, file: str) -> str:
         return f"{self.directory}/{file}"
+
+
+def nats_target(workload: Workload, destination: Destination) -> DeliveryTarget:
+    """Where a workload's NATS credentials go."""
+    nats = workload.spec.nats
+    return DeliveryTarget.of(
+        workload,
+        destination,
+        purpose=NATS,
+        secret_name=nats.credentials.secret_name if nats else None,
+        keys=(SECRET_KEY,),
+    )
+
+
+def revealed(target: DeliveryTarget, data: Mapping[str, SecretStr]) -> dict[str, str]:
+    """The values to deliver, in the target's key order; ValueError (naming keys, never values)
+    unless `data` holds exactly the target's keys."""
+    if set(data) != set(target.keys):
+        raise ValueError(
+            f"the {target.purpose} credentials of {target.system}/{target.workload} have the keys "
+            f"{', '.join(sorted(data)) or 'none'}, but the delivery expects "
+            f"{', '.join(target.keys)}"
+        )
+    return {key: data[key].get_secret_value() for key in target.keys}
 
 
 def delivery_kind(workload: Workload, destination: Destination) -> Delivery:
@@ -165,10 +224,12 @@ class CredentialDelivery(Protocol):
     async def deliver(
         self,
         target: DeliveryTarget,
-        secret: SecretStr,
+        data: Mapping[str, SecretStr],
         credential: CredentialMetadata,
         message: str,
-    ) -> Delivered: ...
+    ) -> Delivered:
+        """Deliver `data`, which must hold exactly `target.keys` (ValueError otherwise)."""
+        ...
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:
         """Is this version still delivered, unaltered? Reads metadata only."""

@@ -5,6 +5,7 @@ cluster."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from pydantic import SecretStr
 from idp.aws.client import invoke_aws
 from idp.aws.tags import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG
 from idp.delivery import (
-    SECRET_KEY,
+    NATS,
     CredentialMetadata,
     Delivered,
     DeliveryState,
@@ -28,9 +29,10 @@ from idp.delivery import (
     credential_metadata,
     metadata_from,
     parse_manifest,
+    revealed,
 )
 from idp.errors import PermanentError, TransientError
-from idp.manifests import EXTERNAL_FILE, dump
+from idp.manifests import dump
 from idp.models import Delivery
 from idp.platform import SecretStoreConfig
 from idp.statestore import StateStore
@@ -50,13 +52,22 @@ _TOKEN_NAMESPACE = uuid.UUID("5b0f8a4e-2f49-4c1e-9d8e-6a1c1d1e0b7a")
 
 
 def secret_id(target: DeliveryTarget) -> str:
-    return f"idp/{target.system}/{target.workload}/nats"
+    return f"idp/{target.system}/{target.workload}/{target.purpose}"
 
 
-def request_token(owner: str, version: int) -> str:
+def request_token(owner: str, purpose: str, version: int) -> str:
     """Secrets Manager's ClientRequestToken (and so the VersionId) of one credential version:
     the same for every retry of the activity, so a retry never makes a second version."""
-    return str(uuid.uuid5(_TOKEN_NAMESPACE, f"{owner}/nats-credentials/{version}"))
+    return str(uuid.uuid5(_TOKEN_NAMESPACE, f"{owner}/{purpose}-credentials/{version}"))
+
+
+def secret_string(target: DeliveryTarget, data: Mapping[str, SecretStr]) -> str:
+    """What Secrets Manager holds: a single key's value as it is, several as a JSON object
+    whose properties the ExternalSecret reads one by one."""
+    values = revealed(target, data)
+    if len(values) == 1:
+        return next(iter(values.values()))
+    return json.dumps(values)
 
 
 def go_duration(value: timedelta) -> str:
@@ -76,6 +87,14 @@ def render_external_secret(
 ) -> dict[str, Any]:
     """The ExternalSecret; its annotations change with every version, and an annotation change
     makes the operator re-read the secret at once rather than at the next refresh."""
+    several = len(target.keys) > 1
+    data = [
+        {
+            "secretKey": key,
+            "remoteRef": {"key": secret_id(target), **({"property": key} if several else {})},
+        }
+        for key in target.keys
+    ]
     return {
         "apiVersion": EXTERNAL_SECRETS_API,
         "kind": "ExternalSecret",
@@ -89,7 +108,7 @@ def render_external_secret(
             "refreshInterval": go_duration(store.refresh_interval),
             "secretStoreRef": {"kind": "ClusterSecretStore", "name": store.name},
             "target": {"name": target.secret_name, "creationPolicy": "Owner"},
-            "data": [{"secretKey": SECRET_KEY, "remoteRef": {"key": secret_id(target)}}],
+            "data": data,
         },
     }
 
@@ -161,7 +180,7 @@ class ExternalSecretDelivery:
         if described.get("DeletedDate"):
             await self._discard(target, "it was scheduled for deletion by an earlier workload")
             return None
-        token = request_token(target.owner, version)
+        token = request_token(target.owner, target.purpose, version)
         if token not in (described.get("VersionIdsToStages") or {}):
             return None
         found = await self._stored_metadata(target, token, version)
@@ -176,6 +195,11 @@ class ExternalSecretDelivery:
     async def _stored_metadata(
         self, target: DeliveryTarget, token: str, version: int
     ) -> CredentialMetadata | None:
+        if target.purpose != NATS:
+            # Only NATS credentials describe themselves. Of any other, the ExternalSecret's
+            # annotations tell, written once the secret is stored: a version stored by an attempt
+            # that wrote no manifest is issued again.
+            return await self.current(target)
         # Read back only to describe it: the text goes no further than this function.
         stored = await self._call("get_secret_value", SecretId=secret_id(target), VersionId=token)
         try:
@@ -187,12 +211,13 @@ class ExternalSecretDelivery:
     async def deliver(
         self,
         target: DeliveryTarget,
-        secret: SecretStr,
+        data: Mapping[str, SecretStr],
         credential: CredentialMetadata,
         message: str,
     ) -> Delivered:
+        value = secret_string(target, data)
         name = secret_id(target)
-        token = request_token(target.owner, credential.version)
+        token = request_token(target.owner, target.purpose, credential.version)
         described = await self._describe(target)
         # Put makes the new version AWSCURRENT; a put repeating an earlier one changes nothing.
         stages = {token: ["AWSCURRENT"]}
@@ -210,7 +235,7 @@ class ExternalSecretDelivery:
                     "put_secret_value",
                     secret_bearing=True,
                     SecretId=name,
-                    SecretString=secret.get_secret_value(),
+                    SecretString=value,
                     ClientRequestToken=token,
                 )
             except PermanentError as error:
@@ -226,9 +251,9 @@ class ExternalSecretDelivery:
                 "create_secret",
                 secret_bearing=True,
                 Name=name,
-                Description=f"NATS credentials of workload {target.system}/{target.workload} "
-                "(managed by idp)",
-                SecretString=secret.get_secret_value(),
+                Description=f"{target.purpose.upper()} credentials of workload "
+                f"{target.system}/{target.workload} (managed by idp)",
+                SecretString=value,
                 ClientRequestToken=token,
                 Tags=tags,
             )
@@ -243,7 +268,7 @@ class ExternalSecretDelivery:
     ) -> Delivered:
         """Make our version AWSCURRENT (unless it is) and write the ExternalSecret that points
         the cluster at the secret."""
-        token = request_token(target.owner, credential.version)
+        token = request_token(target.owner, target.purpose, credential.version)
         if "AWSCURRENT" not in stages.get(token, []):
             current = next((v for v, s in stages.items() if "AWSCURRENT" in s), None)
             params: dict[str, Any] = {"RemoveFromVersionId": current} if current else {}
@@ -255,12 +280,13 @@ class ExternalSecretDelivery:
                 **params,
             )
         manifest = dump(render_external_secret(target, credential, self._config))
-        change = target.change({EXTERNAL_FILE: manifest}, message)
+        change = target.change({target.external_file: manifest}, message)
         result = await self._store.apply(change)
         return Delivered(
             credential=credential,
             delivery=self.kind,
-            location=f"{secret_id(target)} (Secrets Manager) via {target.path(EXTERNAL_FILE)}",
+            location=f"{secret_id(target)} (Secrets Manager) via "
+            f"{target.path(target.external_file)}",
             commit=result.commit,
             detail=token,
         )
@@ -274,7 +300,7 @@ class ExternalSecretDelivery:
         elif described.get("DeletedDate"):
             problem = f"Secrets Manager secret {name} is scheduled for deletion"
         else:
-            token = request_token(target.owner, credential.version)
+            token = request_token(target.owner, target.purpose, credential.version)
             if "AWSCURRENT" not in (described.get("VersionIdsToStages") or {}).get(token, []):
                 problem = (
                     f"the current version of Secrets Manager secret {name} is not credential "
@@ -282,20 +308,20 @@ class ExternalSecretDelivery:
                 )
         if problem is None:
             files = await self._store.read(target.directory)
-            problem = self._manifest_problem(target, credential, files.get(EXTERNAL_FILE))
+            problem = self._manifest_problem(target, credential, files.get(target.external_file))
         return DeliveryState(in_place=problem is None, problem=problem)
 
     async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
         files = await self._store.read(target.directory)
         manifest, _ = parse_manifest(
-            files.get(EXTERNAL_FILE), target.path(EXTERNAL_FILE), "ExternalSecret"
+            files.get(target.external_file), target.path(target.external_file), "ExternalSecret"
         )
         return metadata_from(((manifest or {}).get("metadata") or {}).get("annotations") or {})
 
     def _manifest_problem(
         self, target: DeliveryTarget, credential: CredentialMetadata, text: str | None
     ) -> str | None:
-        path = target.path(EXTERNAL_FILE)
+        path = target.path(target.external_file)
         manifest, problem = parse_manifest(text, path, "ExternalSecret")
         if manifest is None:
             return problem

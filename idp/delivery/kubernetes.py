@@ -4,13 +4,12 @@ apply)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from pydantic import SecretStr
 
 from idp.delivery import (
-    SECRET_KEY,
     CredentialMetadata,
     Delivered,
     DeliveryState,
@@ -19,6 +18,7 @@ from idp.delivery import (
     check_annotations,
     credential_annotations,
     metadata_from,
+    revealed,
 )
 from idp.errors import PermanentError, TransientError
 from idp.models import Delivery
@@ -28,7 +28,7 @@ FIELD_MANAGER = "idp"
 
 
 def render_kubernetes_secret(
-    target: DeliveryTarget, secret: SecretStr, credential: CredentialMetadata
+    target: DeliveryTarget, data: Mapping[str, SecretStr], credential: CredentialMetadata
 ) -> dict[str, Any]:
     """The Secret applied to the cluster (stringData: the API server encodes it)."""
     return {
@@ -41,7 +41,7 @@ def render_kubernetes_secret(
             "annotations": credential_annotations(credential),
         },
         "type": "Opaque",
-        "stringData": {SECRET_KEY: secret.get_secret_value()},
+        "stringData": revealed(target, data),
     }
 
 
@@ -118,7 +118,7 @@ def _kube(call: Callable[[], T], verb: str) -> T | None:
         status = exc.status or 0
         if status == 404 and verb != "apply":
             return None
-        text = f"Kubernetes refused to {verb} the NATS credentials Secret (HTTP {status})."
+        text = f"Kubernetes refused to {verb} a credentials Secret (HTTP {status})."
         if status >= 500 or status in (408, 429):
             raise TransientError(text, reason=f"KubernetesHTTP{status}") from None
         raise PermanentError(text, reason=f"KubernetesHTTP{status}") from None
@@ -154,11 +154,11 @@ class KubernetesDelivery:
     async def deliver(
         self,
         target: DeliveryTarget,
-        secret: SecretStr,
+        data: Mapping[str, SecretStr],
         credential: CredentialMetadata,
         message: str,
     ) -> Delivered:
-        body = render_kubernetes_secret(target, secret, credential)
+        body = render_kubernetes_secret(target, data, credential)
         await asyncio.to_thread(self._api.apply, body)
         return Delivered(credential=credential, delivery=self.kind, location=self._location(target))
 

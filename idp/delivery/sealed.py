@@ -13,7 +13,6 @@ from pydantic import SecretStr
 
 from idp.delivery import (
     FINGERPRINT_ANNOTATION,
-    SECRET_KEY,
     VERSION_ANNOTATION,
     CredentialMetadata,
     Delivered,
@@ -24,8 +23,9 @@ from idp.delivery import (
     credential_annotations,
     metadata_from,
     parse_manifest,
+    revealed,
 )
-from idp.manifests import SEALED_FILE, dump
+from idp.manifests import dump
 from idp.models import Delivery
 from idp.sealing import CertificateCache, CertificateSource, SealingScope, render_sealed_secret
 from idp.statestore import StateStore
@@ -42,7 +42,7 @@ def sealed_digest(encrypted: Mapping[str, Any]) -> str:
 
 def render_sealed(
     target: DeliveryTarget,
-    secret: SecretStr,
+    data: Mapping[str, SecretStr],
     credential: CredentialMetadata,
     certificate: x509.Certificate,
     certificate_fingerprint: str,
@@ -55,7 +55,7 @@ def render_sealed(
     manifest = render_sealed_secret(
         target.secret_name,
         target.namespace,
-        {SECRET_KEY: secret.get_secret_value().encode()},
+        {key: value.encode() for key, value in revealed(target, data).items()},
         certificate,
         SealingScope.STRICT,
         labels=target.labels,
@@ -86,8 +86,8 @@ class SealedSecretDelivery:
         self, target: DeliveryTarget, files: Mapping[str, str]
     ) -> tuple[dict[str, Any], str | None]:
         """The file's annotations, and what is wrong with it apart from the credential."""
-        path = target.path(SEALED_FILE)
-        manifest, problem = parse_manifest(files.get(SEALED_FILE), path, "SealedSecret")
+        path = target.path(target.sealed_file)
+        manifest, problem = parse_manifest(files.get(target.sealed_file), path, "SealedSecret")
         if manifest is None:
             return {}, problem
         metadata = manifest.get("metadata") or {}
@@ -99,8 +99,9 @@ class SealedSecretDelivery:
         names.add((template.get("name"), template.get("namespace")))
         if names != {(target.secret_name, target.namespace)}:
             return annotations, f"{path} names another secret than {target.secret_name}"
-        if set(encrypted) != {SECRET_KEY}:
-            return annotations, f"{path} does not hold exactly the key {SECRET_KEY}"
+        if set(encrypted) != set(target.keys):
+            keys = f"key{'s' if len(target.keys) > 1 else ''} {', '.join(target.keys)}"
+            return annotations, f"{path} does not hold exactly the {keys}"
         if annotations.get(SEALED_DIGEST_ANNOTATION) != sealed_digest(encrypted):
             return annotations, f"{path} has sealed data that was edited after sealing"
         return annotations, None
@@ -116,7 +117,7 @@ class SealedSecretDelivery:
         return Delivered(
             credential=found,
             delivery=self.kind,
-            location=target.path(SEALED_FILE),
+            location=target.path(target.sealed_file),
             detail=annotations.get(CERTIFICATE_ANNOTATION),
             resumed=True,
         )
@@ -124,27 +125,29 @@ class SealedSecretDelivery:
     async def deliver(
         self,
         target: DeliveryTarget,
-        secret: SecretStr,
+        data: Mapping[str, SecretStr],
         credential: CredentialMetadata,
         message: str,
     ) -> Delivered:
         certificate = await self._certificates.aget(self._source)
         manifest = render_sealed(
-            target, secret, credential, certificate.certificate, certificate.fingerprint
+            target, data, credential, certificate.certificate, certificate.fingerprint
         )
-        change = target.change({SEALED_FILE: dump(manifest)}, message)
+        change = target.change({target.sealed_file: dump(manifest)}, message)
         result = await self._store.apply(change)
         return Delivered(
             credential=credential,
             delivery=self.kind,
-            location=target.path(SEALED_FILE),
+            location=target.path(target.sealed_file),
             commit=result.commit,
             detail=certificate.fingerprint,
         )
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:
         annotations, problem = self._inspect(target, await self._store.read(target.directory))
-        problem = problem or check_annotations(annotations, credential, target.path(SEALED_FILE))
+        problem = problem or check_annotations(
+            annotations, credential, target.path(target.sealed_file)
+        )
         return DeliveryState(in_place=problem is None, problem=problem)
 
     async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:

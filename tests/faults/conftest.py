@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.moto import moto_server
-from support.secrets import ControllerKeys, controller_keys
+from support.secrets import ControllerKeys
 
 from emulators.synadia import SynadiaEmulator
 
@@ -28,14 +28,10 @@ async def synadia(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Syn
 
 
 @pytest.fixture(scope="module")
-def sealing_keys(tmp_path_factory: pytest.TempPathFactory) -> ControllerKeys:
-    """The controller's key pair: its private half opens what was delivered."""
-    return controller_keys(tmp_path_factory.mktemp("sealing"))
-
-
-@pytest.fixture(scope="module")
-def sealing_cert(sealing_keys: ControllerKeys) -> Path:
-    return sealing_keys.cert_file
+def sealing_cert(keys: ControllerKeys) -> Path:
+    """The certificate of tests/conftest.py's controller key pair, whose private half opens
+    what was delivered."""
+    return keys.cert_file
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
     moto_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
-    sealing_keys: ControllerKeys,
+    keys: ControllerKeys,
     tmp_path: Path,
 ) -> None:
     run = fleet.onboarding(
@@ -83,7 +83,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
             path = f"{workload_directory('', workload)}/{SEALED_FILE}"
             manifest = yaml.safe_load(git("show", f"main:{path}", cwd=run.repo))
             annotations = manifest["metadata"]["annotations"]
-            creds = unseal_sealed_secret(manifest, sealing_keys.key)["nats.creds"].decode()
+            creds = unseal_sealed_secret(manifest, keys.key)["nats.creds"].decode()
             claims = decode(next(line for line in creds.splitlines() if line.startswith("eyJ")))
             # The sealed creds are the ones the workflow and the annotations describe.
             assert claims["sub"] == record.public_key == annotations[PUBLIC_KEY_ANNOTATION]

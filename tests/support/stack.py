@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -110,3 +111,14 @@ async def running_worker(
     worker = build_worker(client, platform, queue, cache_dir)
     async with worker:
         yield worker
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    """Whether the server knows the workflow: how tests show that refused input started none."""
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

@@ -14,7 +14,7 @@ from temporalio import activity
 
 from activities.errors import as_activity_errors
 from activities.heartbeat import heartbeating
-from idp.capability import Actions, Capability, Context, Plan, Report, installed
+from idp.capability import Actions, Capability, Context, Plan, Preview, Report, installed
 from idp.errors import PermanentError
 
 T = TypeVar("T")
@@ -94,7 +94,26 @@ def capability_activities(
     async def teardown(ctx: Context) -> Report:
         return await _run(actions.teardown(ctx))
 
-    return [reconcile, observe, apply, teardown]
+    @activity.defn(name=activity_name(name, "preview"))
+    async def preview(ctx: Context) -> Preview:
+        """Observe and plan as a pass would, and no more: what `idpctl diff` runs, as a
+        standalone activity that no workflow schedules."""
+
+        async def work() -> Preview:
+            try:
+                observation = await actions.observe(ctx)
+                plan = capability.plan(ctx, observation)
+            except PermanentError as error:
+                return Preview(refused=str(error))
+            return Preview(
+                changes=plan.changes,
+                details=await actions.explain(ctx, plan, observation),
+                expected=capability.expect(ctx, plan, observation),
+            )
+
+        return await _run(work())
+
+    return [reconcile, observe, apply, teardown, preview]
 
 
 def all_activities(platform: Any, cache_dir: Path) -> list[Callable[..., Any]]:

@@ -162,6 +162,24 @@ class Report(Model):
     plan: list[Change] = Field([], description="The plan it carried out (empty: in sync).")
 
 
+class Preview(Model):
+    """What `idpctl diff` shows of one capability: the plan a pass would carry out now, computed
+    by the same observe and plan, with no apply."""
+
+    changes: list[Change] = []
+    details: list[str] = Field(
+        [], description="What a person reads beneath the plan: a unified diff of files, say."
+    )
+    expected: dict[str, Any] | None = Field(
+        None,
+        description="Its outputs once the plan is applied, for planning the capabilities that "
+        "build on it; None when only the apply can tell.",
+    )
+    refused: str | None = Field(
+        None, description="The sentence a pass would stop at (a foreign resource, say)."
+    )
+
+
 class Related(Model):
     """Entities a capability relates the workload's Port entity to (an API hostname, say)."""
 
@@ -191,6 +209,12 @@ class Actions(ABC, Generic[Obs, P]):
     @abstractmethod
     async def teardown(self, ctx: Context) -> Report:
         """Remove what this capability made, as `deletionPolicy` says; idempotent too."""
+
+    async def explain(self, ctx: Context, plan: P, observation: Obs) -> list[str]:
+        """What `idpctl diff` shows beneath the plan's lines, such as a unified diff of the
+        files it would write, or "no issuance" where people want to hear it; read-only, like
+        observe. Never a secret."""
+        return []
 
 
 class Capability(ABC, Generic[Obs, P]):
@@ -255,6 +279,12 @@ class Capability(ABC, Generic[Obs, P]):
         """The report of a pass whose plan is empty, when plan runs in the workflow (with
         `one_activity`, apply reports every pass itself)."""
         return Report(message="in sync", outputs=ctx.outputs, memory=ctx.memory)
+
+    def expect(self, ctx: Context, plan: P, observation: Obs) -> dict[str, Any] | None:
+        """The outputs it will report once `plan` is applied, so that `idpctl diff` can plan the
+        capabilities that build on it; None when only the apply can tell (those are then shown
+        as waiting for it). By default: what it has, when the plan changes nothing."""
+        return None if plan else ctx.outputs
 
     def deadline(self, ctx: Context) -> datetime | None:
         """When the loop must wake for this capability even without drift (a refresh, say)."""

@@ -24,6 +24,8 @@ their reply subjects even where publish is denied; false sends no `resp`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -216,6 +218,14 @@ def drift(user: UserView, workload: Workload) -> list[str]:
     if user.name != user_name(workload):
         drifted.append("name")
     return drifted
+
+
+def asked_digest(workload: Workload) -> str:
+    """Of what the spec asks of the user (what `drift` compares): so a pass can tell a spec
+    change from someone else's edit."""
+    nats = nats_spec(workload)
+    asked = [desired_settings(nats.permissions), _ttl(nats), user_name(workload)]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_account(user: UserView, ref: str) -> None:

@@ -1,6 +1,7 @@
 """idpctl: declare platform resources and watch the workflows that keep them right.
 
-Exit codes: 0 success, 1 failure (one sentence on stderr), 2 bad usage or invalid input.
+Exit codes: 0 success, 1 failure (one sentence on stderr), 2 bad usage or invalid input; `diff`
+exits 0 when nothing would change, 1 when something would, 2 on invalid input or any failure.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +33,16 @@ from idp.models import (
 )
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from idp.sections import add_to_schema
-from starter import codec_server, dev, operations, port_setup, replay, temporal, upgrade
+from starter import (
+    codec_server,
+    dev,
+    operations,
+    port_setup,
+    preview,
+    replay,
+    temporal,
+    upgrade,
+)
 from workflows import search_attributes
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.routetable import AggregatorStatus, TargetState
@@ -53,7 +64,22 @@ def _out(line: str = "") -> None:
 # ---- apply ---------------------------------------------------------------------------------
 
 
-async def cmd_apply(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class Checked:
+    """Resources that `apply` would accept, and where they would go."""
+
+    client: Client
+    settings: temporal.TemporalSettings
+    workloads: list[Workload]
+    aggregators: list[ApiAggregator]
+    existing: set[str]  # workloads already running
+    live: set[str]  # aggregators whose spec is already applied
+
+
+async def _checked(args: argparse.Namespace) -> Checked:
+    """Load `args.filename` and refuse, all at once and before anything starts, what apply
+    would refuse (UsageError): invalid files, what the platform file tells is wrong, and what
+    the live workflows' validators would reject."""
     try:
         loaded = load([Path(p) for p in args.filename])
     except InputError as error:
@@ -69,31 +95,57 @@ async def cmd_apply(args: argparse.Namespace) -> None:
     problems += aggregator_problems
     if problems:
         raise UsageError("\n".join(problems))
+    return Checked(client, settings, workloads, aggregators, existing, live)
+
+
+async def cmd_apply(args: argparse.Namespace) -> None:
+    checked = await _checked(args)
+    client, task_queue = checked.client, checked.settings.task_queue
     # Aggregators first: the workloads' targets then find their hostname's spec in place.
-    for aggregator in aggregators:
+    for aggregator in checked.aggregators:
         try:
-            result = await operations.apply_aggregator(client, settings.task_queue, aggregator)
+            result = await operations.apply_aggregator(client, task_queue, aggregator)
         except WorkflowUpdateFailedError as error:
             raise Failure(
                 f"{aggregator.workflow_id}: rejected: {operations.cause(error)}"
             ) from None
         verb = "configured" if result.changed else "unchanged"
-        if aggregator.workflow_id not in live:
+        if aggregator.workflow_id not in checked.live:
             verb = "created"
         _out(f"{aggregator.workflow_id} {verb} (generation {result.generation})")
     generations: dict[str, int] = {}
-    for workload in workloads:
+    for workload in checked.workloads:
         try:
-            result = await operations.apply_workload(client, settings.task_queue, workload)
+            result = await operations.apply_workload(client, task_queue, workload)
         except WorkflowUpdateFailedError as error:
             raise Failure(f"{workload.workflow_id}: rejected: {operations.cause(error)}") from None
         generations[workload.workflow_id] = result.generation
         verb = "configured" if result.changed else "unchanged"
-        if workload.workflow_id not in existing:
+        if workload.workflow_id not in checked.existing:
             verb = "created"
         _out(f"{workload.workflow_id} {verb} (generation {result.generation})")
     if args.wait:
         await _wait_ready(client, generations, args.timeout)
+
+
+async def cmd_diff(args: argparse.Namespace) -> int:
+    """What apply would change, 0 when nothing and 1 when something would (as kubectl diff);
+    nothing is started, signalled or written."""
+    checked = await _checked(args)
+    try:
+        found = await preview.diff(
+            checked.client, checked.settings.task_queue, checked.workloads, checked.aggregators
+        )
+    except preview.PreviewError as error:
+        raise Failure(str(error)) from None
+    if args.output == "json":
+        _out(found.model_dump_json(indent=2))
+    else:
+        for line in found.lines():
+            _out(line)
+    if found.problems:
+        raise Failure("; ".join(found.problems))
+    return 1 if found.changed else 0
 
 
 async def _check_aggregators(
@@ -546,6 +598,25 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (300)")
     apply.set_defaults(run=cmd_apply)
 
+    diff = commands.add_parser(
+        "diff",
+        help="show what apply would change, changing nothing",
+        description="Show what `apply` would change: each resource's spec as a diff against the "
+        "live one, and each capability's plan, from its observe run on the worker as a "
+        "standalone activity. Nothing is started, signalled or written. Exit 0: nothing would "
+        "change; 1: something would; 2: invalid input or an error.",
+    )
+    diff.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="a YAML file or a directory of them (repeatable)",
+    )
+    diff.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    # Its 1 means "would change", as kubectl diff's does, so its failures exit 2.
+    diff.set_defaults(run=cmd_diff, failure_code=2)
+
     get = commands.add_parser("get", help="list resources")
     get.add_argument("kind", choices=["workloads", "workload", "apiaggregators", "apiaggregator"])
     get.add_argument("--system", help="only this system")
@@ -634,9 +705,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    failure_code = getattr(args, "failure_code", 1)
     code = 0
     try:
-        asyncio.run(args.run(args))
+        code = asyncio.run(args.run(args)) or 0
     except BrokenPipeError:
         # `idpctl ... | head`: the reader is gone, which is not an error worth a traceback. As
         # Python's "Note on SIGPIPE" advises, point stdout at devnull so that the flush on exit
@@ -648,10 +720,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 2
     except Failure as error:
         print(f"error: {error}", file=sys.stderr)
-        code = 1
+        code = failure_code
     except RPCError as error:
         print(f"error: the Temporal server refused the request: {error.message}", file=sys.stderr)
-        code = 1
+        code = failure_code
     except KeyboardInterrupt:
         code = 130
     except SystemExit as error:

@@ -1,8 +1,10 @@
 """What entry points do to workflows: shared by idpctl and the Port bridge so both behave alike."""
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio.client import (
     Client,
@@ -23,6 +25,7 @@ from workflows.messages import (
     ApplyRequest,
     ApplyResult,
     SignalRequest,
+    WorkloadBooks,
     WorkloadInput,
     WorkloadStatus,
 )
@@ -34,6 +37,8 @@ from workflows.routetable import (
     AggregatorStatus,
 )
 from workflows.workload import WorkloadWorkflow
+
+T = TypeVar("T")
 
 # The capability whose outputs show that a workload wrote its manifests (the names it holds).
 MANIFESTS = "Manifests"
@@ -145,9 +150,19 @@ async def _written_spec(client: Client, workflow_id: str) -> Workload | None:
 
 
 async def workload_status(client: Client, workflow_id: str) -> WorkloadStatus:
-    handle = client.get_workflow_handle(workflow_id)
+    return await _query_workload(client, workflow_id, WorkloadWorkflow.status)
+
+
+async def workload_books(client: Client, workflow_id: str) -> WorkloadBooks:
+    """What the workload's next pass would plan from; a query, so nothing reaches history."""
+    return await _query_workload(client, workflow_id, WorkloadWorkflow.books)
+
+
+async def _query_workload(
+    client: Client, workflow_id: str, query: Callable[[WorkloadWorkflow], T]
+) -> T:
     try:
-        return await handle.query(WorkloadWorkflow.status)
+        return await client.get_workflow_handle(workflow_id).query(query)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise NotFound(f"no workload {ids.workload_reference(workflow_id)} found") from None

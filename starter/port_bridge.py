@@ -9,6 +9,9 @@ x-port-signature) is checked on the raw body first; then the action becomes upda
 `apply` (create, update) or the update of the same name (reconcile, rotate credentials, pause,
 resume, delete), with the Port run id as request id, and PortRunWorkflow (`port-run/<run id>`)
 is started to report the outcome. The answer is 202 as soon as Temporal has accepted both.
+Preview changes (idp_preview_workload) is checked as a create is, answered 202, then diffed
+(starter/preview.py, what `idpctl diff` shows) and reported by the bridge itself: no workflow is
+started, and the diff's lines become the run's logs.
 
 Answers: 202 accepted (also for a re-delivery of an accepted run, with `duplicate: true`;
 PortRunWorkflow reports the outcome); 401 for a missing, wrong, stale or future signature (the
@@ -62,7 +65,7 @@ from idp.names import dns1123_label
 from idp.platform import PlatformError, load_platform, platform_path
 from idp.port import PortClient, client_from_config, port_credentials
 from idp.portwebhook import SignatureError, verify
-from starter import operations, temporal
+from starter import operations, preview, temporal
 from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
 from workflows.portrun import PortRunInput, PortRunWorkflow
 
@@ -72,6 +75,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WEBHOOK_PATH = "/port/webhook"
 DEFAULT_PORT = 8235
 MAX_BODY_BYTES = 1024 * 1024  # Port's own request limit
+# A preview's diff goes to Port in log lines of at most this many characters: Port refuses a
+# request body over 1 MiB, and JSON may spell one character in up to six bytes.
+LOG_CHARS = 128 * 1024
+BRIDGE_FAILED = "the bridge failed on this request; see its log"
+PREVIEW_FAILED = "Preview failed"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 # Action identifier (starter/port/actions/*.json) → what it does to the workload.
@@ -83,6 +91,7 @@ ACTIONS = {
     "idp_pause_workload": "pause",
     "idp_resume_workload": "resume",
     "idp_delete_workload": "delete",
+    "idp_preview_workload": "preview",
 }
 
 
@@ -263,6 +272,8 @@ class Bridge:
         self.temporal = temporal
         self.port = port
         self.settings = settings
+        # Runs whose preview is under way: a delivery of the same run meanwhile adds nothing.
+        self._previewing: set[str] = set()
 
     def app(self) -> Starlette:
         return Starlette(
@@ -305,32 +316,45 @@ class Bridge:
             if payload is None:
                 raise Rejected(400, "the body is not JSON")
             body: WebhookBody = _parse(WebhookBody, payload, "body.")
-            answer = await self._accept(body)
+            answer, task = await self._accept(body)
         except Rejected as rejected:
             log.warning("run %s refused (%d): %s", run_id or "-", rejected.status, rejected.message)
-            task = BackgroundTask(self._report_rejection, run_id, rejected) if run_id else None
-            return _error(rejected.status, "rejected", rejected.message, task)
+            return _error(
+                rejected.status, "rejected", rejected.message, self._rejection(run_id, rejected)
+            )
         except Exception:
             # A bug here must still end the run, or Port shows it in progress forever.
             log.exception("run %s: the bridge failed", run_id or "-")
-            failed = Rejected(500, "the bridge failed on this request; see its log")
-            task = BackgroundTask(self._report_rejection, run_id, failed) if run_id else None
-            return _error(500, "internal_error", failed.message, task)
-        return JSONResponse({"ok": True, **answer}, status_code=202)
+            failed = Rejected(500, BRIDGE_FAILED)
+            return _error(500, "internal_error", failed.message, self._rejection(run_id, failed))
+        return JSONResponse({"ok": True, **answer}, status_code=202, background=task)
 
-    async def _accept(self, body: WebhookBody) -> dict[str, Any]:
+    def _rejection(self, run_id: str | None, rejected: Rejected) -> BackgroundTask | None:
+        if run_id is None:
+            return None
+        return BackgroundTask(self._report_failure, run_id, "Rejected", rejected.message)
+
+    async def _accept(self, body: WebhookBody) -> tuple[dict[str, Any], BackgroundTask | None]:
+        """The 202 answer's fields, and the work that follows it (a preview's diff)."""
         operation = ACTIONS.get(body.action)
         if operation is None:
             raise Rejected(
                 400,
                 f"unknown action {body.action!r}; this bridge runs {', '.join(sorted(ACTIONS))}",
             )
+        if operation == "preview":
+            # Nothing to look up first: a preview changes nothing, so a delivery of the same run
+            # again can only repeat the report, which _preview prevents.
+            workload = await self._workload(body, "create")
+            log.info("run %s (%s): previewing %s", body.run_id, body.action, workload.workflow_id)
+            answer = {"runId": body.run_id, "workflowId": workload.workflow_id}
+            return answer, BackgroundTask(self._preview, body.run_id, workload)
         report_id = ids.port_run_id(body.run_id)
         # Checked first: re-applying a create whose workload was deleted since would bring it
         # back (update-with-start starts a new workflow), so an accepted run is never redone.
         if await self._exists(report_id):
             log.info("run %s (%s): accepted before, nothing to do", body.run_id, body.action)
-            return {"runId": body.run_id, "duplicate": True}
+            return {"runId": body.run_id, "duplicate": True}, None
         accepted_at = datetime.now(UTC)
         if operation in ("create", "update"):
             accepted = await self._apply(body, operation)
@@ -364,14 +388,37 @@ class Bridge:
         except RPCError as error:
             raise _unavailable(error) from None
         log.info("run %s (%s): accepted, %s", body.run_id, body.action, accepted.request)
-        return {
+        answer = {
             "runId": body.run_id,
             "workflowId": accepted.workflow_id,
             "reportWorkflowId": report_id,
             "duplicate": duplicate,
         }
+        return answer, None
 
     async def _apply(self, body: WebhookBody, operation: str) -> Accepted:
+        workload = await self._workload(body, operation)
+        try:
+            result = await operations.apply_workload(
+                self.temporal, self.settings.task_queue, workload, request_id=body.run_id
+            )
+        except WorkflowUpdateFailedError as error:
+            raise Rejected(
+                409, f"{workload.workflow_id}: rejected: {operations.cause(error)}"
+            ) from None
+        except RPCError as error:
+            raise _unavailable(error) from None
+        # `changed` cannot tell a no-op from a first start: the start records the request id,
+        # so the update of the same request reports no change.
+        return Accepted(
+            workflow_id=workload.workflow_id,
+            request=f"apply generation {result.generation}",
+            target=Target(kind="generation", generation=result.generation),
+        )
+
+    async def _workload(self, body: WebhookBody, operation: str) -> Workload:
+        """The Workload a create or update run's inputs describe, checked as an apply is:
+        the loader, the platform's destinations and each capability's `check`."""
         inputs: WorkloadInputs = _parse(WorkloadInputs, _given(body.inputs), "inputs.")
         current: WorkloadStatus | None = None
         if operation == "update":
@@ -402,23 +449,7 @@ class Bridge:
         problems += check_sections(workload, self.settings.capabilities)
         if problems:
             raise Rejected(400, "; ".join(problems))
-        try:
-            result = await operations.apply_workload(
-                self.temporal, self.settings.task_queue, workload, request_id=body.run_id
-            )
-        except WorkflowUpdateFailedError as error:
-            raise Rejected(
-                409, f"{workload.workflow_id}: rejected: {operations.cause(error)}"
-            ) from None
-        except RPCError as error:
-            raise _unavailable(error) from None
-        # `changed` cannot tell a no-op from a first start: the start records the request id,
-        # so the update of the same request reports no change.
-        return Accepted(
-            workflow_id=workload.workflow_id,
-            request=f"apply generation {result.generation}",
-            target=Target(kind="generation", generation=result.generation),
-        )
+        return workload
 
     async def _signal(self, body: WebhookBody, operation: str) -> Accepted:
         system, name = entity_reference(body.entity)
@@ -440,6 +471,52 @@ class Bridge:
             raise _unavailable(error) from None
         return Accepted(workflow_id, operation.replace("_", " "), _target(operation, status))
 
+    async def _preview(self, run_id: str, workload: Workload) -> None:
+        """Diff `workload` and report the run, after the webhook's answer (the diff runs
+        activities, which can take seconds). uvicorn lets these tasks finish before it stops.
+
+        Reported from here, with the Port client's retries, not through PortRunWorkflow: a
+        preview starts no workflow, not even a report workflow, and a diff is true only when it
+        is taken, so a report that waited days for Port would show a stale one. When Port
+        stays down the run stays in progress, and running the preview again costs nothing.
+        """
+        if run_id in self._previewing:
+            return
+        self._previewing.add(run_id)
+        try:
+            await self._report_preview(run_id, workload)
+        except IdpError as error:
+            log.warning("run %s: could not report the preview to Port: %s", run_id, error)
+        except Exception:
+            log.exception("run %s: the preview failed", run_id)
+            await self._report_failure(run_id, PREVIEW_FAILED, BRIDGE_FAILED)
+        finally:
+            self._previewing.discard(run_id)
+
+    async def _report_preview(self, run_id: str, workload: Workload) -> None:
+        run = await self.port.get_run(run_id)
+        if run is None or run.finished:
+            # A webhook delivered again after its run ended: reported already.
+            log.info("run %s is not in progress in Port; nothing to preview", run_id)
+            return
+        try:
+            found = await preview.diff(self.temporal, self.settings.task_queue, [workload], [])
+        except preview.PreviewError as error:
+            await self._report_failure(run_id, PREVIEW_FAILED, str(error))
+            return
+        for message in log_messages(found.lines()):
+            await self.port.add_run_log(run_id, message)
+        if found.problems:
+            # The lines show what could be previewed; the run fails because the rest could not.
+            await self._report_failure(run_id, PREVIEW_FAILED, "; ".join(found.problems))
+            return
+        summary = preview_summary(found)
+        label = "Changes" if found.changed else "No changes"
+        await self.port.finish_run(
+            run_id, "SUCCESS", f"Preview: {summary}.", status_label=label, summary=summary
+        )
+        log.info("run %s: preview of %s reported: %s", run_id, workload.workflow_id, summary)
+
     async def _status(self, workflow_id: str) -> WorkloadStatus:
         try:
             return await operations.workload_status(self.temporal, workflow_id)
@@ -457,17 +534,13 @@ class Bridge:
             raise _unavailable(error) from None
         return True
 
-    async def _report_rejection(self, run_id: str, rejected: Rejected) -> None:
+    async def _report_failure(self, run_id: str, label: str, reason: str) -> None:
         try:
             await self.port.finish_run(
-                run_id,
-                "FAILURE",
-                f"Rejected: {rejected.message}",
-                status_label="Rejected",
-                summary=rejected.message,
+                run_id, "FAILURE", f"{label}: {reason}", status_label=label, summary=reason
             )
         except IdpError as error:
-            log.warning("run %s: could not report the rejection to Port: %s", run_id, error)
+            log.warning("run %s: could not report the failure to Port: %s", run_id, error)
 
     def workflow_link(self, workflow_id: str) -> str:
         return links.workflow_link(self.settings.ui_url, self.settings.namespace, workflow_id)
@@ -490,6 +563,41 @@ _TARGET_KINDS = {
     "resume": "resumed",
     "delete": "deleted",
 }
+
+
+def preview_summary(found: preview.Diff) -> str:
+    """One line for the run: how many changes applying would make, and what would stop it."""
+    capabilities = [c for w in found.workloads for c in w.capabilities]
+    count = sum(len(c.changes) + c.release for c in capabilities)
+    parts = [f"{count} change{'' if count == 1 else 's'} would be made"] if count else []
+    parts += [
+        f"{ids.workload_reference(w.workflow_id)} is being deleted, so apply would be refused"
+        for w in found.workloads
+        if w.deleting
+    ]
+    parts += [f"{c.name} would be refused" for c in capabilities if c.refused]
+    parts += [
+        f"{c.name} is planned once {' and '.join(c.waiting_for)} applied"
+        for c in capabilities
+        if c.waiting_for
+    ]
+    if parts:
+        return "; ".join(parts)
+    # A paused workload, or a change no capability acts on (its owner, say).
+    return "only the spec would change" if found.changed else "nothing would change"
+
+
+def log_messages(lines: list[str]) -> list[str]:
+    """`lines` joined into as few run log messages as Port takes, each within LOG_CHARS."""
+    messages: list[list[str]] = []
+    size = 0
+    for line in lines:
+        if not messages or size + len(line) > LOG_CHARS:
+            messages.append([])
+            size = 0
+        messages[-1].append(line)
+        size += len(line) + 1
+    return ["\n".join(message) for message in messages]
 
 
 def _target(operation: str, status: WorkloadStatus) -> Target:

@@ -38,7 +38,7 @@ from idp.credentials import IssueReason
 from idp.delivery.external import request_token
 from idp.errors import PermanentError
 from idp.models import Delivery, Workload
-from idp.natsusers import desired_settings
+from idp.natsusers import asked_digest, desired_settings
 from idp.platform import (
     AwsConfig,
     ClusterIdentity,
@@ -287,7 +287,7 @@ async def test_the_first_pass_creates_the_user_and_issues_v1_and_the_next_does_n
     assert first[NATS].report.message == f"user {w.metadata.system}-cart ({user.public_key})"
     assert user.name == f"{w.metadata.system}-cart" and user.account_id == emulator.account_id
     assert user.key_reason is None
-    assert wf.remembered() == NatsMemory(key_rotated_at=now)
+    assert wf.remembered() == NatsMemory(asked=asked_digest(w), key_rotated_at=now)
     assert nats.capability.deadline(wf.context(nats.capability, now)) is None
 
     issued = first[CREDENTIALS]
@@ -395,6 +395,7 @@ def test_plans_are_deterministic() -> None:
         ],
         "user": "recreate",
         "repair": [],
+        "drifted": False,
         "rotation": {
             "reason": "Requested",
             "why": "requested: leak",
@@ -438,9 +439,10 @@ async def test_permission_and_ttl_changes_are_patched_onto_the_same_user(
         "permissions.allowResponses",
         "credentials.ttl",
     ]
-    assert patched[NATS].report.reason == "DriftRepaired"
+    # The spec changed them, not someone else: applied, not put back.
+    assert patched[NATS].report.reason == "Applied"
     assert patched[NATS].report.message == (
-        "put back permissions.subscribe, permissions.allowResponses, credentials.ttl"
+        "applied permissions.subscribe, permissions.allowResponses, credentials.ttl"
     )
     assert (wf.nats().user_id, wf.nats().public_key) == (user.user_id, user.public_key)
     # New permissions need a new JWT; a new ttl waits for the refresh.

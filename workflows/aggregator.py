@@ -106,20 +106,9 @@ class ApiAggregatorWorkflow:
         """Take a workload's complete set of targets on this hostname (empty: unregister)."""
         holder = request.holder
         others = [e for e in self.state.entries if e.target.holder != holder]
-        accepted = [e.target for e in others if e.state == TargetState.ACCEPTED]
-        mine = []
-        for target in request.route_targets():
-            found = conflicts(target, accepted)
-            reason = "; ".join(c.message(self.state.hostname) for c in found) or None
-            entry = TableEntry(
-                target=target,
-                destination=request.destination,
-                state=TargetState.PATH_CONFLICT if reason else TargetState.ACCEPTED,
-                reason=reason,
-            )
-            mine.append(self._checked_destination(entry))
-        before = [e for e in self.state.entries if e.target.holder == holder]
-        if mine != [e.model_copy(update={"generation": 0}) for e in before]:
+        mine = self._decide(request)
+        before = self._entries_of(holder)
+        if _differs(mine, before):
             self._changed(_registration_event(holder, mine))
             generation = self.state.generation
             self.state.entries = others + [
@@ -166,12 +155,25 @@ class ApiAggregatorWorkflow:
         """What this hostname holds for `holder`, and the answer `register` would give it: how
         a workload observes its routes without an update (which costs a workflow task and two
         history events here, however idle the workload)."""
-        mine = [e for e in self.state.entries if e.target.holder == holder]
+        mine = self._entries_of(holder)
         return Held(
             registration=self._registration(holder),
             targets=[e.target for e in mine],
             destination=mine[0].destination if mine else None,
         )
+
+    @workflow.query
+    def would_register(self, request: RegisterTargets) -> Registration:
+        """The answer `register` would give `request`, by the same decisions, changing nothing
+        (a query adds nothing to the history): how `idpctl diff` shows a workload's routes, a
+        refused path with the workload that holds it. Refused as the update would be."""
+        self._validate_register(request)
+        mine = self._decide(request)
+        if not _differs(mine, self._entries_of(request.holder)):
+            return self._registration(request.holder)
+        # As `register` records them: changed in the next generation, which is not written yet.
+        generation = self.state.generation + 1
+        return self._answer([e.model_copy(update={"generation": generation}) for e in mine])
 
     @workflow.query
     def status(self) -> AggregatorStatus:
@@ -329,6 +331,30 @@ class ApiAggregatorWorkflow:
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
+    def _decide(self, request: RegisterTargets) -> list[TableEntry]:
+        """The entries `request` would give its holder: each target accepted, or refused for
+        a path another workload holds or for the destination it runs on. Decides only."""
+        accepted = [
+            e.target
+            for e in self.state.entries
+            if e.target.holder != request.holder and e.state == TargetState.ACCEPTED
+        ]
+        mine = []
+        for target in request.route_targets():
+            found = conflicts(target, accepted)
+            reason = "; ".join(c.message(self.state.hostname) for c in found) or None
+            entry = TableEntry(
+                target=target,
+                destination=request.destination,
+                state=TargetState.PATH_CONFLICT if reason else TargetState.ACCEPTED,
+                reason=reason,
+            )
+            mine.append(self._checked_destination(entry))
+        return mine
+
+    def _entries_of(self, holder: str) -> list[TableEntry]:
+        return [e for e in self.state.entries if e.target.holder == holder]
+
     def _checked_destination(self, entry: TableEntry) -> TableEntry:
         aggregator = self.state.aggregator
         if aggregator is None or entry.destination == aggregator.spec.destination:
@@ -342,11 +368,14 @@ class ApiAggregatorWorkflow:
         return entry.model_copy(update={"state": TargetState.WRONG_DESTINATION, "reason": reason})
 
     def _registration(self, holder: str) -> Registration:
-        """The answer to `holder`: written once the write covering its entries' last change
-        landed (later changes by others waiting for a newer write are not its concern)."""
+        return self._answer(self._entries_of(holder))
+
+    def _answer(self, mine: list[TableEntry]) -> Registration:
+        """The answer to the holder of the entries `mine`: written once the write covering
+        their last change landed (later changes by others waiting for a newer write are not
+        its concern)."""
         state = self.state
         aggregator = state.aggregator
-        mine = [e for e in state.entries if e.target.holder == holder]
         needed = max((e.generation for e in mine), default=0)
         written = aggregator is not None and state.written_generation >= needed
         condition = state.condition(ROUTES)
@@ -358,9 +387,7 @@ class ApiAggregatorWorkflow:
             hostname=state.hostname,
             aggregator=aggregator.metadata.name if aggregator else None,
             targets=[
-                TargetResult(paths=e.target.paths, state=e.state, reason=e.reason)
-                for e in state.entries
-                if e.target.holder == holder
+                TargetResult(paths=e.target.paths, state=e.state, reason=e.reason) for e in mine
             ],
             written=written,
             directory=state.output.directory if state.output else None,
@@ -430,6 +457,12 @@ class ApiAggregatorWorkflow:
         if self.state.aggregator is not None:
             desired.append(sa.DESTINATION.value_set(self.state.aggregator.spec.destination))
         sa.upsert_changed(desired)
+
+
+def _differs(mine: list[TableEntry], before: list[TableEntry]) -> bool:
+    """Whether a registration's entries change the holder's: generations aside, which only
+    say when an entry last changed."""
+    return mine != [e.model_copy(update={"generation": 0}) for e in before]
 
 
 def _paths(entries: list[TableEntry], state: TargetState) -> set[str]:

@@ -28,6 +28,22 @@ class WorkloadStatus(State):
     requests: list[str] = Field([], description="Requests not acted on yet, by operation.")
 
 
+class WorkloadBooks(State):
+    """What the next pass would plan from (the `books` query): `idpctl diff` runs each
+    capability's preview on it as the engine would run its reconcile (starter/preview.py)."""
+
+    workload: Workload
+    generation: int
+    phase: Phase
+    paused: bool = False
+    deleting: bool = False
+    outputs: dict[str, Any] = Field({}, description="Each capability's outputs, by its name.")
+    memory: dict[str, dict[str, Any]] = Field({}, description="Each capability's bookkeeping.")
+    requests: dict[str, dict[str, Any]] = Field(
+        {}, description="Requests the next pass acts on, by operation."
+    )
+
+
 class WorkloadInput(Model):
     """Start input: the Workload document, and the state when continuing as new."""
 

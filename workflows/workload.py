@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         RotateRequest,
         SignalRequest,
         WaitReadyRequest,
+        WorkloadBooks,
         WorkloadInput,
         WorkloadStatus,
     )
@@ -265,6 +266,20 @@ class WorkloadWorkflow:
             events=state.events,
             next_check_at=state.next_check_at,
             requests=sorted(state.requests),
+        )
+
+    @workflow.query
+    def books(self) -> WorkloadBooks:
+        state = self.state
+        return WorkloadBooks(
+            workload=state.workload,
+            generation=state.generation,
+            phase=state.phase,
+            paused=state.paused,
+            deleting=state.deleting,
+            outputs=state.outputs,
+            memory=state.memory,
+            requests=state.requests,
         )
 
     # ---- the loop --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from idp.capability import (
     dump,
 )
 from idp.models import ApiTarget, Model, Workload
-from idp.routes import Held, RegisterTargets, Registration, TargetState
+from idp.routes import Held, RegisterTargets, Registration, TargetResult, TargetState
 
 # The Api states besides the aggregator's TargetState: waiting for the ApiAggregator to be
 # applied, and accepted but not yet in the state store. Both resolve without anyone acting (the
@@ -94,6 +94,13 @@ class Api(Capability[ApiObservation, ApiPlan]):
         return registrations(
             ctx, observation, by_hostname(ctx.workload.spec.api), "spec.api no longer names it"
         )
+
+    def expect(
+        self, ctx: Context, plan: ApiPlan, observation: ApiObservation
+    ) -> dict[str, Any] | None:
+        # What a registration brings is the aggregator's to answer; without one, the pass
+        # reports what the aggregators hold now.
+        return None if plan else report(ctx, answers_of(observation, {})).outputs
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         return [
@@ -179,6 +186,60 @@ def _why(registration: RegisterTargets, held: Held | None, gone: str) -> str | N
         # when a path it wanted is released, and only registering again claims it.
         return f"{refused[0].state.value} is decided anew at each registration"
     return None
+
+
+def answers_of(
+    observation: ApiObservation, registered: Mapping[str, Registration]
+) -> list[Registration]:
+    """Each hostname's answer, by hostname: the one a registration of this pass got, else
+    the one its aggregator holds (none where no aggregator runs)."""
+    return [
+        registered[hostname] if hostname in registered else held.registration
+        for hostname, held in sorted(observation.held.items())
+        if hostname in registered or held is not None
+    ]
+
+
+def explain_routes(
+    plan: ApiPlan, observation: ApiObservation, would: Mapping[str, Registration | str]
+) -> list[str]:
+    """What `idpctl diff` shows beneath the plan: the paths an unregistration releases, and
+    each registered path with the state the aggregator's answer gives it (`would`, by
+    hostname; the sentence refusing the registration itself where it would be refused), a
+    refused path naming the workload that holds it."""
+    lines = []
+    for registering in plan.registrations:
+        hostname = registering.hostname
+        if not registering.request.targets:
+            held = observation.held[hostname]
+            assert held is not None  # only what an aggregator holds is unregistered
+            released = [path for target in held.targets for path in target.paths]
+            lines.append(f"{', '.join(released)} on {hostname}: released")
+            continue
+        answer = would[hostname]
+        if isinstance(answer, str):
+            lines.append(f"{hostname}: refused: {answer}")
+            continue
+        lines += [
+            f"{', '.join(route.paths)} on {hostname}: {route.state}"
+            + (f" ({route.reason})" if route.reason else "")
+            for route in routes_of(answer)
+        ]
+    return lines
+
+
+def unheld(registering: Registering) -> Registration:
+    """The answer of the aggregator a registration starts where none runs: it holds nothing
+    else, so every target is accepted, and held until its ApiAggregator is applied."""
+    return Registration(
+        hostname=registering.hostname,
+        aggregator=None,
+        targets=[
+            TargetResult(paths=target.paths, state=TargetState.ACCEPTED)
+            for target in registering.request.targets
+        ],
+        written=False,
+    )
 
 
 def report(ctx: Context, answers: list[Registration]) -> Report:

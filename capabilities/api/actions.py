@@ -3,16 +3,33 @@ hostname through the activity's Temporal client, all hostnames of a pass at once
 
 import asyncio
 import collections
+from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation, WorkflowQueryRejectedError
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from capabilities.api import ApiObservation, ApiPlan, Registering, hostnames, registrations, report
+from capabilities.api import (
+    ApiObservation,
+    ApiPlan,
+    Registering,
+    answers_of,
+    explain_routes,
+    hostnames,
+    registrations,
+    report,
+    unheld,
+)
 from idp import ids
 from idp.capability import Actions, Context, Outcome, Report
 from idp.routes import Held, Registration, holder
+
+T = TypeVar("T")
 
 # The workflow and its messages are named, not imported: activities sit below workflows.
 AGGREGATOR_WORKFLOW = "ApiAggregatorWorkflow"
@@ -36,12 +53,15 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
 
     async def apply(self, ctx: Context, plan: ApiPlan, observation: ApiObservation) -> Report:
         registered = await self._register_all(plan)
-        answers = [
-            registered[hostname] if hostname in registered else held.registration
-            for hostname, held in sorted(observation.held.items())
-            if hostname in registered or held is not None
-        ]
-        return report(ctx, answers)
+        return report(ctx, answers_of(observation, registered))
+
+    async def explain(self, ctx: Context, plan: ApiPlan, observation: ApiObservation) -> list[str]:
+        """The routes as the aggregators would answer the plan's registrations now, by their
+        own decisions (`would_register`, a query: nothing changes)."""
+        registering = [r for r in plan.registrations if r.request.targets]
+        would = await asyncio.gather(*(self._would_register(r) for r in registering))
+        answered = {r.hostname: a for r, a in zip(registering, would, strict=True)}
+        return explain_routes(plan, observation, answered)
 
     async def teardown(self, ctx: Context) -> Report:
         # Every hostname the spec names as well as the known ones: a pass that failed after
@@ -53,12 +73,26 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
         return Report(reason=Outcome.DELETED, message=message, changed=bool(gone))
 
     async def _held(self, hostname: str, me: str) -> Held | None:
+        return await self._ask(hostname, "held", me, Held)
+
+    async def _would_register(self, registering: Registering) -> Registration | str:
+        """The answer `register` would give, or the sentence that refuses it."""
+        try:
+            answer = await self._ask(
+                registering.hostname, "would_register", registering.request, Registration
+            )
+        except WorkflowQueryFailedError as error:
+            return error.message
+        return unheld(registering) if answer is None else answer
+
+    async def _ask(self, hostname: str, query: str, arg: Any, result_type: type[T]) -> T | None:
+        """A query to the aggregator of `hostname`; None where no aggregator workflow runs."""
         handle = activity.client().get_workflow_handle(ids.aggregator_id(hostname))
         try:
             return await handle.query(
-                "held",
-                me,
-                result_type=Held,
+                query,
+                arg,
+                result_type=result_type,
                 # A run that has ended holds nothing: registering would start a new one.
                 reject_condition=QueryRejectCondition.NOT_OPEN,
             )

@@ -139,6 +139,27 @@ class Credentials(Capability[CredentialsObservation, CredentialsPlan]):
         return CredentialsActions(platform, cache_dir)
 
 
+def explain_credentials(ctx: Context, plan: CredentialsPlan) -> list[str]:
+    """What `idpctl diff` says of the credentials, issued or not, since an issuance is what
+    people fear most: by version, reason and fingerprint, never the credentials."""
+    current = ctx.own(CredentialsOutputs)
+    issue = plan.issue
+    if issue is None:
+        assert current is not None  # the policy issues the first version
+        return [
+            f"credentials: no issuance (version {current.version} stays, expires "
+            f"{current.expires_at.isoformat()}, next refresh {current.next_refresh_at.isoformat()})"
+        ]
+    (issuance,) = plan.changes
+    line = f"credentials: would issue v{issue.version} ({issuance.why})"
+    if current is not None:
+        line += (
+            f", replacing v{current.version} (fingerprint {current.fingerprint[:16]}, expires "
+            f"{current.expires_at.isoformat()})"
+        )
+    return [line]
+
+
 def nats_user(ctx: Context) -> NatsOutputs:
     user = ctx.input(NATS, NatsOutputs)
     if user is None:

@@ -27,6 +27,7 @@ from capabilities.credentials import (
     CredentialsOutputs,
     CredentialsPlan,
     Issue,
+    explain_credentials,
     nats_user,
     policy_reason,
 )
@@ -125,6 +126,11 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             outputs=dump(outputs),
             events=[f"delivered secret drifted: {issue.problem}"] if drifted else [],
         )
+
+    async def explain(
+        self, ctx: Context, plan: CredentialsPlan, observation: CredentialsObservation
+    ) -> list[str]:
+        return explain_credentials(ctx, plan)
 
     async def _issue(
         self, ctx: Context, issue: Issue, current: CredentialsOutputs | None

@@ -3,6 +3,7 @@ state store, and the report of a pass."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from activities.statestore import destination_store
@@ -10,10 +11,11 @@ from capabilities.manifests.capability import (
     ManifestsObservation,
     ManifestsOutput,
     manifests_change,
+    recorded,
     write,
 )
+from idp import statestore
 from idp.capability import Actions, Context, Outcome, Plan, Report, dump
-from idp.manifests import digest
 from idp.platform import Destination, Platform
 from idp.statestore import ChangeResult, StateStore
 
@@ -43,7 +45,42 @@ class ManifestsActions(Actions[ManifestsObservation, Plan]):
         # what the plan would say now.
         if plan:
             result = await self._store(self._destination(ctx)).apply(change)
-        return report(change.directory, digest(change.files), result, ctx.own(ManifestsOutput))
+        output = recorded(ctx, change, result.commit if result else None)
+        return report(output, result, ctx.own(ManifestsOutput))
+
+    async def explain(
+        self, ctx: Context, plan: Plan, observation: ManifestsObservation
+    ) -> list[str]:
+        """A unified diff, git's way, of each file the plan writes or deletes, from its text at
+        the state store's head to the text the store would commit."""
+        if not plan:
+            return []
+        change = write(ctx, observation.base)
+        written, removed = statestore.preview(change, observation.files)
+        # The bytes the store writes, ownership records included, from its own rendering.
+        wanted = statestore._desired(change) | statestore._records(change)
+        current = await self._texts(self._store(self._destination(ctx)), [*written, *removed])
+        lines: list[str] = []
+        for path in sorted([*written, *removed]):
+            before = current.get(path)
+            after = wanted[path].decode() if path in written else None
+            lines += difflib.unified_diff(
+                [] if before is None else before.splitlines(),
+                [] if after is None else after.splitlines(),
+                "/dev/null" if before is None else f"a/{path}",
+                "/dev/null" if after is None else f"b/{path}",
+                lineterm="",
+            )
+        return lines
+
+    @staticmethod
+    async def _texts(store: StateStore, paths: list[str]) -> dict[str, str]:
+        """The text of each of `paths` that exists at the head, read directory by directory."""
+        found: dict[str, str] = {}
+        for directory in sorted({path.rsplit("/", 1)[0] for path in paths}):
+            files = await store.read(directory)
+            found |= {f"{directory}/{name}": text for name, text in files.items()}
+        return {path: found[path] for path in paths if path in found}
 
     async def teardown(self, ctx: Context) -> Report:
         destination = self._destination(ctx)
@@ -56,26 +93,16 @@ class ManifestsActions(Actions[ManifestsObservation, Plan]):
 
 
 def report(
-    directory: str,
-    rendered: str,
-    result: ChangeResult | None,
-    previous: ManifestsOutput | None,
+    output: ManifestsOutput, result: ChangeResult | None, previous: ManifestsOutput | None
 ) -> Report:
     """A pass as the condition and the events say it. A commit of the same rendering as last
     time can only have put back what someone changed; a new rendering is the spec applied."""
-    commit = result.commit if result else None
-    outputs = dump(
-        ManifestsOutput(
-            directory=directory,
-            digest=rendered,
-            commit=commit or (previous.commit if previous else None),
-        )
-    )
+    outputs = dump(output)
     if result is None or result.commit is None:
-        message = f"{directory} in sync"
+        message = f"{output.directory} in sync"
         return Report(reason=Outcome.IN_SYNC, message=message, outputs=outputs)
     files = _files(result)
-    if previous is not None and previous.digest == rendered:
+    if previous is not None and previous.digest == output.digest:
         message = f"restored files changed outside the reconciler: {files}"
         return Report(reason=Outcome.DRIFT_REPAIRED, changed=True, message=message, outputs=outputs)
     message = f"committed {files} at {result.commit[:12]}"

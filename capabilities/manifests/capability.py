@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from capabilities import ASSIGNED_ON_APPLY
 from capabilities.registry import RegistryOutput
 from idp import statestore
-from idp.capability import Capability, Change, Context, Plan
+from idp.capability import Capability, Change, Context, Plan, dump
 from idp.manifests import (
     SERVICE_ACCOUNT_FILE,
+    digest,
     owner_records,
     render_workload,
     workload_claims,
@@ -84,6 +86,17 @@ def write(ctx: Context, base: str) -> statestore.Change:
     return manifests_change(base, ctx, files, "apply")
 
 
+def recorded(ctx: Context, change: statestore.Change, commit: str | None) -> ManifestsOutput:
+    """The outputs of a pass that made `commit` (None: it committed nothing, so the files are
+    still the last commit's)."""
+    previous = ctx.own(ManifestsOutput)
+    return ManifestsOutput(
+        directory=change.directory,
+        digest=digest(change.files),
+        commit=commit or (previous.commit if previous else None),
+    )
+
+
 def plan_manifests(ctx: Context, observation: ManifestsObservation) -> Plan:
     change = write(ctx, observation.base)
     written, removed = statestore.preview(change, observation.files)
@@ -120,6 +133,11 @@ class Manifests(Capability[ManifestsObservation, Plan]):
 
     def plan(self, ctx: Context, observation: ManifestsObservation) -> Plan:
         return plan_manifests(ctx, observation)
+
+    def expect(self, ctx: Context, plan: Plan, observation: ManifestsObservation) -> dict[str, Any]:
+        # Only the commit a write makes is not known before it is made.
+        commit = ASSIGNED_ON_APPLY if plan else None
+        return dump(recorded(ctx, write(ctx, observation.base), commit))
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         output = ManifestsOutput.model_validate(outputs)

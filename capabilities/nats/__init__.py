@@ -23,11 +23,23 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from idp.capability import Actions, Capability, Change, Context, Plan
+from capabilities import ASSIGNED_ON_APPLY
+from idp.capability import Actions, Capability, Change, Context, Plan, dump
 from idp.credentials import IssueReason, key_rotation_due
-from idp.models import Model, NatsSpec
-from idp.natsusers import UserView, check_account, drift, nats_spec, user_name
+from idp.durations import format_duration
+from idp.models import Model, NatsSpec, Workload
+from idp.natsusers import (
+    EVERYTHING,
+    UserView,
+    asked_digest,
+    check_account,
+    desired_settings,
+    drift,
+    nats_spec,
+    user_name,
+)
 from idp.platform import SynadiaConfig
+from idp.synadia import Permission, ResponsePermission
 
 ROTATE = "rotate_credentials"
 
@@ -47,6 +59,9 @@ class Revocation(Model):
 
 
 class NatsMemory(Model):
+    asked: str | None = Field(
+        None, description="idp.natsusers.asked_digest of the spec the user was last made to match."
+    )
     key_rotated_at: datetime | None = Field(
         None, description="When the key was last rotated; the first pass's time before that."
     )
@@ -81,7 +96,10 @@ class Rotation(Model):
 
 class NatsPlan(Plan):
     user: Literal["create", "recreate"] | None = None
-    repair: list[str] = Field([], description="What drifted, as idp.natsusers.drift names it.")
+    repair: list[str] = Field(
+        [], description="What differs from the spec, as idp.natsusers.drift names it."
+    )
+    drifted: bool = Field(False, description="Whether someone else made it differ.")
     rotation: Rotation | None = None
     revoke: list[str] = Field([], description="Replaced keys whose grace is over.")
     key_reason: IssueReason | None = Field(
@@ -109,6 +127,7 @@ class Nats(Capability[NatsObservation, NatsPlan]):
         user = observation.user
         create: Literal["create", "recreate"] | None = None
         repair: list[str] = []
+        drifted = False
         if user is None:
             create = "create" if ctx.outputs is None else "recreate"
             why = "it does not exist" if create == "create" else "it vanished"
@@ -117,7 +136,14 @@ class Nats(Capability[NatsObservation, NatsPlan]):
             check_account(user, observation.account)
             repair = drift(user, workload)
             if repair:
-                why = f"{', '.join(repair)} drifted"
+                asked = ctx.remembered(NatsMemory).asked
+                drifted = asked in (None, asked_digest(workload))
+                if asked is None:
+                    why = f"{', '.join(repair)} differ from the spec"
+                elif drifted:
+                    why = f"{', '.join(repair)} drifted"
+                else:
+                    why = f"the spec changed {', '.join(repair)}"
                 changes.append(Change(action="update", subject=subject, why=why))
         rotation = _rotation(ctx, nats_spec(workload))
         if rotation is not None:
@@ -134,10 +160,31 @@ class Nats(Capability[NatsObservation, NatsPlan]):
             changes=changes,
             user=create,
             repair=repair,
+            drifted=drifted,
             rotation=rotation,
             revoke=revoke,
             key_reason=_key_reason(ctx.own(NatsOutputs), user, create, rotation),
         )
+
+    def expect(self, ctx: Context, plan: NatsPlan, observation: NatsObservation) -> dict[str, Any]:
+        """The user as the apply will report it. What Synadia draws, a new user's id and
+        account id and any new key, is ASSIGNED_ON_APPLY: Credentials needs only to see that
+        the key changes, and why (`key_reason`), to plan the issuance that follows."""
+        user = observation.user
+        if plan.user is not None or user is None:
+            user_id = account_id = public_key = ASSIGNED_ON_APPLY
+        else:
+            user_id, account_id = user.id, user.account_id
+            public_key = ASSIGNED_ON_APPLY if plan.rotation else user.public_key
+        outputs = NatsOutputs(
+            user_id=user_id,
+            account_id=account_id,
+            # Its name is the one a repair puts back, when it drifted.
+            name=user_name(ctx.workload),
+            public_key=public_key,
+            key_reason=plan.key_reason,
+        )
+        return dump(outputs)
 
     def deadline(self, ctx: Context) -> datetime | None:
         """The next revocation or scheduled rotation."""
@@ -181,6 +228,53 @@ def _rotation(ctx: Context, spec: NatsSpec) -> Rotation | None:
         why = "scheduled key rotation"
         return Rotation(reason=IssueReason.KEY_ROTATION, why=why, revoke_at=ctx.now + grace)
     return None
+
+
+def explain_nats(workload: Workload, plan: NatsPlan, observation: NatsObservation) -> list[str]:
+    """What `idpctl diff` shows beneath the plan: what a new user gets, each part a repair
+    puts back as it is → as the spec says, and the key a rotation replaces."""
+    nats = nats_spec(workload)
+    wanted = desired_settings(nats.permissions)
+    ttl = format_duration(nats.credentials.ttl)
+    user = observation.user
+    if plan.user is not None or user is None:
+        return [
+            f"publish: {_subjects(wanted.pub)}",
+            f"subscribe: {_subjects(wanted.sub)}",
+            f"allow responses: {_responses(wanted.resp)}",
+            f"JWT lifetime: {ttl}",
+        ]
+    shown: dict[str, tuple[str, str]] = {
+        "permissions.publish": (_subjects(user.jwt_settings.pub), _subjects(wanted.pub)),
+        "permissions.subscribe": (_subjects(user.jwt_settings.sub), _subjects(wanted.sub)),
+        "permissions.allowResponses": (
+            _responses(user.jwt_settings.resp),
+            _responses(wanted.resp),
+        ),
+        "credentials.ttl": (format_duration(timedelta(seconds=user.jwt_expires_in_secs)), ttl),
+        "name": (user.name, user_name(workload)),
+    }
+    lines = [f"{part}: {shown[part][0]} → {shown[part][1]}" for part in plan.repair]
+    if plan.rotation is not None:
+        lines.append(f"key: {user.public_key} → a new key, drawn by Synadia")
+    return lines
+
+
+def _subjects(permission: Permission | None) -> str:
+    """One direction of a user JWT's permissions, as a person reads it: an empty allow list
+    lets everything through, so the spec's "nothing" is a deny of everything."""
+    allow = sorted(set(permission.allow or [])) if permission else []
+    deny = sorted(set(permission.deny or [])) if permission else []
+    if EVERYTHING in deny:
+        return "nothing"
+    allowed = ", ".join(allow) or "everything"
+    return f"{allowed} except {', '.join(deny)}" if deny else allowed
+
+
+def _responses(permission: ResponsePermission | None) -> str:
+    if permission is None:
+        return "false"
+    return "true" if permission == ResponsePermission() else permission.model_dump_json()
 
 
 def _key_reason(

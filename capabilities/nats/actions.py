@@ -16,6 +16,7 @@ from capabilities.nats import (
     NatsOutputs,
     NatsPlan,
     Revocation,
+    explain_nats,
 )
 from idp.capability import Actions, Context, Outcome, Report, dump
 from idp.credentials import IssueReason
@@ -24,6 +25,7 @@ from idp.natsusers import (
     Directory,
     UserView,
     account_ref,
+    asked_digest,
     create_user,
     find_user,
     live_keys,
@@ -150,10 +152,21 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
             message=message,
             changed=reason != Outcome.IN_SYNC,
             outputs=dump(outputs),
-            memory=dump(NatsMemory(key_rotated_at=rotated_at, revocations=pending)),
+            memory=dump(
+                NatsMemory(
+                    asked=asked_digest(workload),
+                    key_rotated_at=rotated_at,
+                    revocations=pending,
+                )
+            ),
             events=events,
             handled=[ROTATE] if requested else [],
         )
+
+    async def explain(
+        self, ctx: Context, plan: NatsPlan, observation: NatsObservation
+    ) -> list[str]:
+        return explain_nats(ctx.workload, plan, observation)
 
     async def teardown(self, ctx: Context) -> Report:
         """Revoke every key of the user, then delete it; without Synadia configured any more,
@@ -196,6 +209,8 @@ def _outcome(plan: NatsPlan, user: UserView) -> tuple[str, str]:
         return Outcome.CREATED, f"user {user.name} ({user.public_key})"
     if plan.user == "recreate":
         return "Recreated", f"user {user.name} had vanished and was recreated"
-    if plan.repair:
+    if plan.repair and plan.drifted:
         return Outcome.DRIFT_REPAIRED, f"put back {', '.join(plan.repair)}"
+    if plan.repair:
+        return Outcome.APPLIED, f"applied {', '.join(plan.repair)}"
     return Outcome.IN_SYNC, f"user {user.name}"

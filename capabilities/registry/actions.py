@@ -11,6 +11,7 @@ from capabilities.registry.capability import (
     RegistryObservation,
     RegistryOutput,
     RegistryPlan,
+    explain_registry,
 )
 from capabilities.registry.target import RegistryTarget
 from idp.aws.client import AwsClients
@@ -74,6 +75,11 @@ class RegistryActions(Actions[RegistryObservation, RegistryPlan]):
     ) -> Report:
         output = await asyncio.to_thread(aws.apply, plan, observation, self.clients())
         return report(plan, output)
+
+    async def explain(
+        self, ctx: Context, plan: RegistryPlan, observation: RegistryObservation
+    ) -> list[str]:
+        return explain_registry(ctx.workload.spec.registry, plan, observation)
 
     async def teardown(self, ctx: Context) -> Report:
         removed = await self._run(ctx, aws.teardown)

@@ -13,6 +13,7 @@ what is not ours are refused by the plan, before anything is written.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from idp.aws.iam import (
     validate_role_name,
 )
 from idp.aws.tags import POLICY_TAG_PREFIX, foreign_reason, ownership_tags, policy_tag, tag_list
-from idp.capability import Capability, Change, Context, Plan
+from idp.capability import Capability, Change, Context, Plan, dump
 from idp.errors import PermanentError
 from idp.models import Model, RegistrySpec
 from idp.platform import AwsConfig, Platform
@@ -380,6 +381,106 @@ def _plan_managed(
         steps.add(changes, calls, repaired="role.managedPolicies")
 
 
+def explain_registry(
+    spec: RegistrySpec, plan: RegistryPlan, observed: RegistryObservation
+) -> list[str]:
+    """What `idpctl diff` shows beneath the plan: each part it puts back, as it is and as it
+    will be (a create and the managed policies are named in full by the plan's changes)."""
+    target, repo, role = observed.target, observed.repository, observed.role
+    lines: list[str] = []
+    if repo is not None:
+        repository = f"ECR repository {target.repository_name}"
+        if "repository.imageTagMutability" in plan.repaired:
+            lines.append(
+                f"image tag mutability of {repository}: {repo.image_tag_mutability} → "
+                f"{spec.image_tag_mutability}"
+            )
+        if "repository.scanOnPush" in plan.repaired:
+            # As the spec writes it (true, false), and null when ECR gave none.
+            before, after = json.dumps(repo.scan_on_push), json.dumps(spec.scan_on_push)
+            lines.append(f"scan on push of {repository}: {before} → {after}")
+        if "repository.tags" in plan.repaired:
+            lines += _tag_lines(repository, repo.tags, target)
+        if "repository.lifecyclePolicy" in plan.repaired:
+            lines += _lifecycle_lines(repository, repo.lifecycle_policy, lifecycle_policy(spec))
+    if role is not None:
+        subject = f"IAM role {target.role_name}"
+        if "role.trustPolicy" in plan.repaired:
+            lines += _policy_diff(
+                f"trust policy of {subject}", role.trust_policy, trust_policy(target)
+            )
+        if "role.tags" in plan.repaired:
+            lines += _tag_lines(subject, role.tags, target)
+        if "role.inlinePolicy" in plan.repaired:
+            lines += _policy_diff(
+                f"inline policy {INLINE_POLICY_NAME} of {subject}",
+                role.inline_policy,
+                registry_policy(target),
+            )
+    return lines
+
+
+def _tag_lines(subject: str, tags: Mapping[str, str], target: RegistryTarget) -> list[str]:
+    return [
+        f"tag {key} of {subject}: {tags.get(key, '(none)')} → {value}"
+        for key, value in sorted(_missing_tags(tags, target).items())
+    ]
+
+
+def _lifecycle_lines(subject: str, observed: str | None, wanted: dict[str, Any]) -> list[str]:
+    """Rule by rule, by priority: what a rule's fields were and will be (its description is
+    shown, not compared: it follows the fields)."""
+    after = {rule["rulePriority"]: rule for rule in normalize_lifecycle(wanted)["rules"]}
+    if observed is None:
+        rules = "; ".join(f"rule {p}: {rule['description']}" for p, rule in after.items())
+        return [f"lifecycle policy of {subject}: none → {rules}"]
+    before = {rule.get("rulePriority"): rule for rule in normalize_lifecycle(observed)["rules"]}
+    lines = []
+    for priority in sorted(before.keys() | after.keys()):
+        old, new = _flat(before.get(priority, {})), _flat(after.get(priority, {}))
+        where = f"lifecycle policy of {subject}, rule {priority}"
+        if not old:
+            lines.append(f"{where}: added ({new['description']})")
+        elif not new:
+            lines.append(f"{where}: removed ({old.get('description', 'no description')})")
+        else:
+            lines += [
+                f"{where} ({new['description']}): {key} {old.get(key, '(none)')} → "
+                f"{new.get(key, '(none)')}"
+                for key in sorted(old.keys() | new.keys())
+                if key != "description" and old.get(key) != new.get(key)
+            ]
+    return lines
+
+
+def _flat(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"selection": {"countNumber": 30}} -> {"selection.countNumber": 30}."""
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _policy_diff(
+    subject: str, observed: Mapping[str, Any] | str | None, wanted: Mapping[str, Any]
+) -> list[str]:
+    """A unified diff of the policy as IAM has it and as it will be, both in the canonical
+    form the plan compares, so only real differences show."""
+
+    def text(document: Mapping[str, Any] | str | None) -> list[str]:
+        if document is None:
+            return []
+        return json.dumps(normalize_policy(document), indent=2, sort_keys=True).splitlines()
+
+    diff = difflib.unified_diff(
+        text(observed), text(wanted), "as it is", "as it will be", lineterm=""
+    )
+    return [f"{subject}:", *diff]
+
+
 def _refuse(kind: str, name: str, target: RegistryTarget, why: str) -> PermanentError:
     return PermanentError(
         f"{kind} {name} already exists but is not managed by idp for workload "
@@ -405,6 +506,19 @@ class Registry(Capability[RegistryObservation, RegistryPlan]):
 
     def plan(self, ctx: Context, observation: RegistryObservation) -> RegistryPlan:
         return plan_registry(ctx.workload.spec.registry, observation)
+
+    def expect(
+        self, ctx: Context, plan: RegistryPlan, observation: RegistryObservation
+    ) -> dict[str, Any]:
+        """Known even before a create: ECR and IAM name what they make after the account,
+        region and names the platform file gives, as the role's policy already relies on."""
+        target, repo, role = observation.target, observation.repository, observation.role
+        return dump(
+            RegistryOutput(
+                repository_uri=repo.uri if repo else target.repository_uri,
+                role_arn=role.arn if role else target.role_arn,
+            )
+        )
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         output = RegistryOutput.model_validate(outputs)

@@ -70,6 +70,17 @@ class RegistryTarget(Model):
         )
 
     @property
+    def repository_uri(self) -> str:
+        """The URI ECR gives the repository: its registry is the account's in the region."""
+        domain = "amazonaws.com.cn" if self.partition == "aws-cn" else "amazonaws.com"
+        return f"{self.account_id}.dkr.ecr.{self.region}.{domain}/{self.repository_name}"
+
+    @property
+    def role_arn(self) -> str:
+        # The role is created without a path, so it sits at the root one.
+        return f"arn:{self.partition}:iam::{self.account_id}:role/{self.role_name}"
+
+    @property
     def oidc_host_path(self) -> str:
         """The issuer without its scheme, e.g. oidc.eks.eu-west-1.amazonaws.com/id/ABC."""
         if self.oidc_issuer_url:

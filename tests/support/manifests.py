@@ -39,7 +39,7 @@ class ManifestsWorker:
 
     def __init__(self, platform: Platform, cache_dir: Path) -> None:
         actions = MANIFESTS.actions(platform, None, cache_dir)
-        self._reconcile, _observe, _apply, self._teardown = capability_activities(
+        self._reconcile, _observe, _apply, self._teardown, _preview = capability_activities(
             MANIFESTS, actions
         )
         self._outputs: dict[str, dict[str, Any] | None] = {}

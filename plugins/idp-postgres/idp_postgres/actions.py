@@ -32,7 +32,15 @@ from idp.delivery import CredentialDelivery, CredentialMetadata, Delivered, Deli
 from idp.errors import PermanentError
 from idp.models import DeletionPolicy, Delivery, Workload
 from idp.platform import Destination, Platform
-from idp_postgres.capability import ROTATE, Postgres, claim, connection, problems, spec_of
+from idp_postgres.capability import (
+    ROTATE,
+    Postgres,
+    claim,
+    connection,
+    explain_postgres,
+    problems,
+    spec_of,
+)
 from idp_postgres.client import Admin, admin_session, database_view
 from idp_postgres.models import (
     Connection,
@@ -197,6 +205,11 @@ class PostgresActions(Actions[PostgresObservation, PostgresPlan]):
                 "handled": [ROTATE] if issue and issue.reason == IssueReason.REQUESTED else [],
             }
         )
+
+    async def explain(
+        self, ctx: Context, plan: PostgresPlan, observation: PostgresObservation
+    ) -> list[str]:
+        return explain_postgres(ctx, plan, observation)
 
     async def _issue(
         self, ctx: Context, admin: Admin, issue: Issue, observation: PostgresObservation

@@ -178,6 +178,12 @@ class Postgres(Capability[PostgresObservation, PostgresPlan]):
             drift=drift,
         )
 
+    def expect(
+        self, ctx: Context, plan: PostgresPlan, observation: PostgresObservation
+    ) -> dict[str, Any] | None:
+        # Only an issuance changes the outputs; repairs, extensions and retirements keep them.
+        return None if plan.issue else ctx.outputs
+
     def holds(self, ctx: Context) -> bool:
         # A first pass that failed after creating the database (before it recorded anything)
         # must still be cleaned up.
@@ -227,6 +233,58 @@ class Postgres(Capability[PostgresObservation, PostgresPlan]):
         from idp_postgres.actions import PostgresActions
 
         return PostgresActions(platform, settings, cache_dir)
+
+
+def explain_postgres(
+    ctx: Context, plan: PostgresPlan, observation: PostgresObservation
+) -> list[str]:
+    """What `idpctl diff` shows beneath the plan: the database's settings a repair or the spec
+    changes, as they are → as they will be, and the password, issued or not (by version,
+    reason and fingerprint, never the password)."""
+    spec = spec_of(ctx.workload)
+    want = names(ctx.workload, spec)
+    db = observation.database
+    lines = []
+    if db is not None and plan.database == "repair":
+        if db.owner != want.owner:
+            lines.append(f"owner of database {want.database}: {db.owner} → {want.owner}")
+        if db.connection_limit != spec.connection_limit:
+            lines.append(
+                f"connection limit of database {want.database}: {db.connection_limit} → "
+                f"{spec.connection_limit}"
+            )
+    if plan.extensions:
+        # Of those the spec names: the others are left as they are.
+        installed = [e for e in spec.extensions if e not in plan.extensions]
+        lines.append(
+            f"extensions of database {want.database}: {', '.join(installed) or 'none'} → "
+            f"{', '.join(spec.extensions)}"
+        )
+    return [*lines, _password_line(ctx, plan)]
+
+
+def _password_line(ctx: Context, plan: PostgresPlan) -> str:
+    current = ctx.own(PostgresOutputs)
+    issue = plan.issue
+    if issue is None:
+        assert current is not None  # the policy issues the first version
+        return (
+            f"database password: no issuance (version {current.version} of login "
+            f"{current.login} stays, expires {current.expires_at.isoformat()}, next refresh "
+            f"{current.next_refresh_at.isoformat()})"
+        )
+    why = next(change.why for change in plan.changes if change.action == "issue")
+    line = f"database password: would issue v{issue.version} ({why}) on login {issue.login}"
+    if current is not None:
+        line += (
+            f", replacing v{current.version} on {current.login} (fingerprint "
+            f"{current.fingerprint[:16]}, expires {current.expires_at.isoformat()})"
+        )
+    retire = issue.retire
+    if retire is not None:
+        until = "at once" if retire.at <= ctx.now else f"at {retire.at.isoformat()}"
+        line += f"; {retire.login} stops working {until}"
+    return line
 
 
 def problems(spec: PostgresSpec, settings: PostgresSettings | None) -> list[str]:

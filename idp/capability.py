@@ -349,6 +349,20 @@ def order(capabilities: list[Capability[Any, Any]]) -> list[Capability[Any, Any]
     return sorted(by_name.values(), key=lambda c: (depth(c.name, ()), c.name))
 
 
+def waves(capabilities: list[Capability[Any, Any]]) -> list[list[Capability[Any, Any]]]:
+    """The waves a pass runs `capabilities` in (given in dependency order): each holds those
+    whose required ones, among `capabilities`, are in earlier waves. The engine runs a wave's
+    side by side; `idpctl diff` previews them the same way."""
+    found: list[list[Capability[Any, Any]]] = []
+    pending = list(capabilities)
+    while pending:
+        blocked = {c.name for c in pending}
+        wave = [c for c in pending if not blocked & set(c.requires)]
+        pending = [c for c in pending if c not in wave]
+        found.append(wave)
+    return found
+
+
 @functools.cache
 def installed() -> tuple[Capability[Any, Any], ...]:
     """Every capability installed in this Python environment, in dependency order.

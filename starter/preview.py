@@ -29,7 +29,7 @@ from activities.capabilities import activity_name
 from activities.heartbeat import HEARTBEAT_TIMEOUT
 from activities.platform import RuntimeSettings
 from idp import ids
-from idp.capability import Capability, Change, Context, Preview, installed
+from idp.capability import Capability, Change, Context, Preview, installed, waves
 from idp.models import API_VERSION, ApiAggregator, Model, Workload
 from starter import operations
 from workflows.messages import WorkloadBooks
@@ -358,10 +358,7 @@ class _Previewer:
                 outputs.pop(name, None)  # torn down before the pass: what dependents see
         # Those whose outputs only their apply can tell: what builds on them waits.
         unknown: set[str] = set()
-        while pending:
-            blocked = {c.name for c in pending}
-            wave = [c for c in pending if not blocked & set(c.requires)]
-            pending = [c for c in pending if c not in wave]
+        for wave in waves(pending):
             seen = books.model_copy(update={"outputs": dict(outputs)})
             results = await asyncio.gather(
                 *(self._capability(c, workload, generation, seen, unknown) for c in wave)

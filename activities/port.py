@@ -164,7 +164,7 @@ class PortActivities:
             if input.target.kind == "deleted" and status.phase == Phase.DELETED:
                 description = await handle.describe()
                 if description.status != WorkflowExecutionStatus.COMPLETED:
-                    await asyncio.sleep(delay)  # the last workflow task is still running
+                    await _pause(delay)  # the last workflow task is still running
                     continue
             verdict = judge(input.target, status)
             if verdict is not None:
@@ -178,8 +178,21 @@ class PortActivities:
                     input.since,
                 )
             activity.heartbeat(status.phase.value)
-            await asyncio.sleep(delay)
+            await _pause(delay)
             delay = min(delay * 2, _POLL_MAX)
+
+
+async def _pause(seconds: float) -> None:
+    """Sleep between polls, unless the worker is shutting down: the wait then fails at once and
+    is retried on another worker, instead of holding the shutdown that lets steps finish."""
+    shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+    try:
+        await asyncio.wait_for(asyncio.shield(shutdown), seconds)
+    except TimeoutError:
+        return
+    finally:
+        shutdown.cancel()
+    raise ApplicationError("the worker is shutting down; another worker goes on waiting")
 
 
 def judge(target: Target, status: WorkloadStatus) -> tuple[RunStatus, str, str] | None:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey
 
+from idp.aws.grants import AwsGrant
 from idp.models import Model, Workload
 from idp.sections import field_names
 
@@ -310,6 +311,12 @@ class Capability(ABC, Generic[Obs, P]):
     def attributes(self, outputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """Values of its `search_attributes`, by name, from its outputs."""
         return {}
+
+    def aws_grants(self, platform: Any, settings: Any) -> list[AwsGrant]:
+        """The IAM statements its worker half needs for `platform` (the whole platform file;
+        `settings` its own section, None when absent), on the resources its own naming gives,
+        for `idpctl platform iam-policy`. None by default: most capabilities call no AWS API."""
+        return []
 
     @abstractmethod
     def actions(self, platform: Any, settings: Any, cache_dir: Path) -> Actions[Obs, P]:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from activities.capabilities import settings_of
-from idp import ids, links
+from idp import argocd, ids, links
 from idp.capability import by_name, check_sections, plugin_sections
 from idp.loading import InputError, load
+from idp.manifests import dump
 from idp.models import (
     KINDS,
     ApiAggregator,
@@ -31,7 +32,7 @@ from idp.models import (
     WorkloadSpec,
     disallowed_aggregator_changes,
 )
-from idp.platform import Platform, PlatformError, load_platform, platform_path
+from idp.platform import Destination, Platform, PlatformError, load_platform, platform_path
 from idp.sections import add_to_schema
 from starter import (
     codec_server,
@@ -512,6 +513,110 @@ async def cmd_platform_init(args: argparse.Namespace) -> None:
     _out(f"search attributes registered in namespace {settings.namespace}: {what}")
 
 
+# ---- platform argocd / iam-policy -------------------------------------------------------------
+
+ARGOCD_FLAGS = {
+    "repo_url": "--repo-url",
+    "revision": "--revision",
+    "path": "--repo-path",
+    "namespace": "--argocd-namespace",
+}
+
+
+def _platform_file(args: argparse.Namespace) -> tuple[Path, Platform]:
+    path = Path(args.filename) if args.filename else platform_path(args.platform)
+    if path is None:
+        raise UsageError("no platform file: pass -f FILE (or --platform FILE, IDP_PLATFORM_CONFIG)")
+    try:
+        return path, load_platform(path)
+    except PlatformError as error:
+        raise UsageError(str(error)) from None
+
+
+def _argocd_options(
+    args: argparse.Namespace, destinations: list[Destination]
+) -> argocd.BootstrapOptions:
+    # By default the objects are committed beside the trees: to the one state store, on the
+    # branch Argo CD already reads.
+    urls = sorted({d.state_store.url for d in destinations})
+    url = args.repo_url or urls[0]
+    if args.repo_url is None and len(urls) > 1:
+        raise UsageError(
+            f"the destinations keep their trees in {len(urls)} repositories ({', '.join(urls)}); "
+            "pass --repo-url with the one the Argo CD objects are committed to"
+        )
+    branches = sorted({d.state_store.branch for d in destinations if d.state_store.url == url})
+    if args.revision is None and len(branches) > 1:
+        raise UsageError(
+            f"the destinations keep their trees on {len(branches)} branches of {url} "
+            f"({', '.join(branches)}); pass --revision with the one the Argo CD objects are "
+            "committed to"
+        )
+    revision = args.revision or (branches[0] if branches else "HEAD")
+    try:
+        return argocd.BootstrapOptions(
+            repo_url=url,
+            revision=revision,
+            path=args.repo_path,
+            namespace=args.argocd_namespace,
+        )
+    except ValidationError as error:
+        problem = error.errors()[0]
+        flag = ARGOCD_FLAGS[str(problem["loc"][0])]
+        raise UsageError(f"{flag}: {problem['msg'].removeprefix('Value error, ')}") from None
+
+
+async def cmd_platform_argocd(args: argparse.Namespace) -> None:
+    path, platform = _platform_file(args)
+    names = [d.name for d in platform.destinations]
+    unknown = [n for n in args.destination or [] if n not in names]
+    if unknown:
+        raise UsageError(
+            f"--destination: {unknown[0]!r} is not a destination of {path}; "
+            f"allowed: {', '.join(names)}"
+        )
+    chosen = [
+        d for d in platform.destinations if not args.destination or d.name in args.destination
+    ]
+    options = _argocd_options(args, chosen)
+    try:
+        bootstrap = argocd.render(platform, options, chosen)
+    except argocd.ArgoCdError as error:
+        where = f"{path}: {error.field}" if error.field else "--repo-path"
+        raise UsageError(f"{where}: {error}") from None
+    for warning in bootstrap.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.output is None:
+        _out("---\n".join(dump(obj) for obj in bootstrap.files.values()).rstrip("\n"))
+        return
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, obj in bootstrap.files.items():
+            (out / name).write_text(dump(obj), encoding="utf-8")
+            _out(f"wrote {out / name}: {obj['kind']} {obj['metadata']['name']}")
+    except OSError as error:
+        raise Failure(f"{error.filename}: cannot be written ({error.strerror})") from None
+    _out(
+        f"commit {out}/ to {options.repo_url} at {options.revision} as {options.path}/, then "
+        f"apply {out / argocd.ROOT_FILE} by hand (kubectl apply -f {out / argocd.ROOT_FILE}); "
+        "it syncs the rest"
+    )
+
+
+async def cmd_platform_iam_policy(args: argparse.Namespace) -> None:
+    _, platform = _platform_file(args)
+    # Imported on use: no other command needs the AWS policy code.
+    from idp.aws.policy import PolicyError, render_policy
+
+    try:
+        policy = render_policy(platform)
+    except PolicyError as error:
+        raise UsageError(str(error)) from None
+    # As rendered, ending in its one newline: the checked-in file is compared byte for byte.
+    sys.stdout.write(policy)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -692,10 +797,47 @@ def parser() -> argparse.ArgumentParser:
             )
         step.set_defaults(run=cmd_upgrade)
 
-    platform = commands.add_parser("platform", help="set up a Temporal namespace for idp")
+    platform = commands.add_parser(
+        "platform", help="set up idp's surroundings: the Temporal namespace, Argo CD, IAM"
+    )
     platform_commands = platform.add_subparsers(dest="platform_command", required=True)
     init = platform_commands.add_parser("init", help="register the Idp* search attributes")
     init.set_defaults(run=cmd_platform_init)
+    bootstrap = platform_commands.add_parser(
+        "argocd",
+        help="the Argo CD objects that sync each destination's state-store tree",
+        description="Render the Argo CD bootstrap: a root Application to apply by hand, an "
+        "AppProject, and per destination an ApplicationSet with one Application per namespace "
+        "of its tree (docs/architecture.md, Argo CD). Prints them, or writes one file each "
+        "with -o.",
+    )
+    iam_policy = platform_commands.add_parser(
+        "iam-policy", help="the IAM policy the worker needs for the platform file's aws section"
+    )
+    for command in (bootstrap, iam_policy):
+        command.add_argument(
+            "-f", "--filename", help="the platform file (else --platform, IDP_PLATFORM_CONFIG)"
+        )
+    bootstrap.add_argument("-o", "--output", metavar="DIR", help="write one file per object")
+    bootstrap.add_argument(
+        "--destination",
+        action="append",
+        help="only this destination (repeatable), e.g. for an Argo CD on that cluster itself",
+    )
+    bootstrap.add_argument(
+        "--repo-url", help="repository the objects are committed to (default: the state store)"
+    )
+    bootstrap.add_argument(
+        "--revision", help="its branch (default: the state store's branch, else HEAD)"
+    )
+    bootstrap.add_argument(
+        "--repo-path", default="argocd", help="the directory in it holding them (argocd)"
+    )
+    bootstrap.add_argument(
+        "--argocd-namespace", default="argocd", help="the namespace Argo CD runs in (argocd)"
+    )
+    bootstrap.set_defaults(run=cmd_platform_argocd)
+    iam_policy.set_defaults(run=cmd_platform_iam_policy)
 
     codec_server.add_parser(commands)
     dev.add_parser(commands)

@@ -1,12 +1,14 @@
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from support.moto import moto_server
 from support.postgres import local_postgres
 from support.secrets import ControllerKeys, controller_keys
 from support.stack import start_dev_server
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from emulators.synadia import SynadiaEmulator
 from idp_postgres.local import LocalPostgres
 
 
@@ -34,3 +36,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalP
     """One real PostgreSQL server for the session; each test uses its own database and roles."""
     with local_postgres(tmp_path_factory.mktemp("postgres")) as server:
         yield server
+
+
+# moto's server and the Synadia emulator (with its nats-server), for a module's tests to share.
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def synadia(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynadiaEmulator]:
+    async with SynadiaEmulator.running(tmp_path_factory.mktemp("synadia")) as emulator:
+        yield emulator

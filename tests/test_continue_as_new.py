@@ -5,7 +5,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support.stack import bare_repo, commits, platform_for, running_worker, start_dev_server
+from support.stack import (
+    bare_repo,
+    commits,
+    platform_for,
+    running_worker,
+    start_small_history_server,
+)
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -21,10 +27,7 @@ SUGGEST_AFTER_EVENTS = 40
 
 @pytest.fixture(scope="module")
 async def small_history_env() -> AsyncIterator[WorkflowEnvironment]:
-    async with await start_dev_server(
-        "--dynamic-config-value",
-        f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}",
-    ) as env:
+    async with await start_small_history_server(SUGGEST_AFTER_EVENTS) as env:
         yield env
 
 

@@ -311,6 +311,15 @@ async def events_since(client: Client, workflow_id: str, since: Mark) -> list[Hi
         skip = 0
 
 
+def after_accepted(events: list[HistoryEvent]) -> list[HistoryEvent]:
+    """The events after the apply was accepted: a retry pass of the old spec (a Degraded
+    workload backs off and tries again) may run between the mark and the apply."""
+    for index, event in enumerate(events):
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            return events[index + 1 :]
+    return events
+
+
 @dataclass
 class Pass:
     outcomes: dict[str, Outcome]
@@ -320,13 +329,14 @@ class Pass:
 async def first_pass(client: Client, events: list[HistoryEvent]) -> Pass | None:
     """What the first pass among `events` did, by capability; None when none ran. A pass
     starts by reading the platform settings, the workflow's only local activity: the
-    aggregator asks for a second pass once it has written routes, which must not count."""
+    aggregator asks for a second pass once it has written routes, which must not count. The
+    tail of a pass already under way when `events` begin is not a pass of its own."""
     passes: list[list[HistoryEvent]] = [[]]
     for event in events:
         if event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
             passes.append([])
         passes[-1].append(event)
-    ran = [p for p in passes if any(_scheduled(e) for e in p)]
+    ran = [p for p in passes[1:] if any(_scheduled(e) for e in p)]
     if not ran:
         return None
     scheduled: dict[int, tuple[str, str]] = {}
@@ -496,7 +506,7 @@ async def diffed_and_applied(client: Client, queue: str, change: str, workload: 
     )
     assert status.observed_generation >= result.generation, status
     assert status.phase in (Phase.READY, Phase.DEGRADED), status
-    done = await first_pass(client, await events_since(client, workflow_id, before))
+    done = await first_pass(client, after_accepted(await events_since(client, workflow_id, before)))
     notes = []
     if result.generation != found.next_generation:
         notes.append(f" generation {result.generation}, predicted {found.next_generation}")

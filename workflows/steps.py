@@ -30,6 +30,11 @@ STEP_TIMEOUT = timedelta(minutes=2)
 # The aggregator's phase is derived from every condition (refused targets are Degraded, not
 # Ready), which changes the IdpPhase search attribute it upserts.
 PHASE_FROM_CONDITIONS = "phase-from-conditions"
+# A versioned worker pins each run to its build; with this the next run starts on the
+# deployment's current build instead of inheriting the pin, so long-lived entities move to new
+# code at continue-as-new (docs/architecture.md, Upgrading workers). It changes the
+# continue-as-new command itself.
+AUTO_UPGRADE_ON_CONTINUE_AS_NEW = "auto-upgrade-on-continue-as-new"
 
 
 class StepFailed(Exception):
@@ -126,7 +131,17 @@ def continue_as_new_if_suggested(next_input: Any, now: bool = False) -> None:
     """Start over with `next_input` when history grows long (or `now`), once no handler is
     running: an update cut off mid-way would never answer its caller. While one runs (a
     `wait_ready` waiting for a pass) the loop goes on and asks again after the next pass;
-    waiting here instead would hold back the very pass that update waits for."""
+    waiting here instead would hold back the very pass that update waits for.
+
+    The new run starts on the worker deployment's current version (on an unversioned worker
+    there is none, and the server ignores the behaviour)."""
     suggested = now or workflow.info().is_continue_as_new_suggested()
     if suggested and workflow.all_handlers_finished():
-        workflow.continue_as_new(next_input)
+        # Asked only when continuing: a pass that goes on records no marker.
+        upgrade = workflow.patched(AUTO_UPGRADE_ON_CONTINUE_AS_NEW)
+        workflow.continue_as_new(
+            next_input,
+            initial_versioning_behavior=(
+                workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE if upgrade else None
+            ),
+        )

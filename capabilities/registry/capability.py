@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from capabilities.registry.grants import registry_grants
 from capabilities.registry.target import RegistryTarget
 from idp.aws.ecr import lifecycle_policy, normalize_lifecycle, validate_lifecycle_policy
+from idp.aws.grants import AwsGrant
 from idp.aws.iam import (
     INLINE_POLICY_NAME,
     normalize_policy,
@@ -536,6 +538,9 @@ class Registry(Capability[RegistryObservation, RegistryPlan]):
             "registryUri": {"type": "string", "title": "Registry repository"},
             "roleArn": {"type": "string", "title": "IAM role"},
         }
+
+    def aws_grants(self, platform: Platform, settings: AwsConfig | None) -> list[AwsGrant]:
+        return [] if settings is None else registry_grants(settings)
 
     def actions(
         self, platform: Platform, settings: AwsConfig | None, cache_dir: Path

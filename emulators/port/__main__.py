@@ -3,7 +3,9 @@
 The client id and secret it accepts (and signs webhooks with) come from
 `PORT_EMULATOR_CLIENT_ID` and `PORT_EMULATOR_CLIENT_SECRET`, so the secret never shows in a
 process listing; without them it uses fixed test credentials. On start it prints one JSON line
-with its URL.
+with its URL. The fault options (--error-rate, --latency-ms, ...) make every `/v1` call slow or
+failing now and then, as the Synadia emulator's do; an outage is started through
+`PUT /_emulator/faults`.
 
 Press an action's button from a shell (inputs, entity, user and mode are optional; mode is one
 of signed, bad-signature, stale, future, unsigned):
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 
+from emulators import faults
 from emulators.port.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_TTL,
         help=f"seconds an access token lives ({DEFAULT_TOKEN_TTL})",
     )
+    faults.add_arguments(parser)
     return parser
 
 
@@ -52,6 +56,7 @@ async def _main(args: argparse.Namespace) -> None:
         client_secret=os.environ.get("PORT_EMULATOR_CLIENT_SECRET", DEFAULT_CLIENT_SECRET),
         token_ttl=args.token_ttl,
     )
+    emulator.set_faults(**faults.from_arguments(args))
     await emulator.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

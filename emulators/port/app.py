@@ -1,8 +1,11 @@
 """The HTTP face of the Port emulator: Port's `/v1` routes and an `/_emulator` admin API.
 
 Every `/v1` route passes through one wrapper that counts the call, injects the configured
-outage (every call answering 503, or 429 with Port's rate-limit headers, for a number of calls
-or seconds), checks the bearer token and turns `ApiError` into `{ok: false, error, message}`.
+faults, checks the bearer token and turns `ApiError` into `{ok: false, error, message}`. Faults
+are latency, spikes and a share of 5xx and 429 answers drawn call by call (emulators/faults.py,
+as the Synadia emulator's), and an outage: every call answering 503, or 429 with Port's
+rate-limit headers, for a number of calls or seconds. Injected failures are answered before the
+handler runs, so a failed call changed nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from emulators.faults import FaultDice, RandomFaults
 from emulators.port.store import ApiError
 from emulators.port.webhooks import MODES, TemplateError
 
@@ -29,18 +33,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 RATE_LIMIT_PERIOD = 60
 
 
-class Faults(BaseModel):
-    """An outage to inject into `/v1` calls (admin routes are never affected). With neither
-    `calls` nor `seconds`, it lasts until cleared."""
+class Faults(RandomFaults):
+    """Latency and a share of failing calls (RandomFaults), and an outage, to inject into `/v1`
+    calls (admin routes are never affected). With neither `calls` nor `seconds`, the outage
+    lasts until cleared; when it ends, the latency and the failure rates stay."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    status: int | None = Field(None, description="429, or a 5xx; None: healthy.")
+    status: int | None = Field(None, description="The outage's answer: 429, or a 5xx; None: none.")
     calls: int | None = Field(None, ge=1, description="Answer this many calls, then heal.")
     seconds: float | None = Field(None, gt=0, description="Answer for this long, then heal.")
     ratelimit_reset: int = Field(1, ge=0, description="x-ratelimit-reset on 429s.")
     retry_after: int | None = Field(None, ge=0, description="Retry-After, if any.")
-    include_token: bool = Field(True, description="The token route fails too.")
+    include_token: bool = Field(True, description="The token route fails too (either way).")
 
     @field_validator("status")
     @classmethod
@@ -98,33 +101,50 @@ class PortApp:
         self.state = emulator.state
         self.counters = Counters()
         self.faults = Faults()
+        self._dice = FaultDice(self.faults)
         self._fault_calls_left: int | None = None
         self._fault_until: float | None = None
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
+        self._dice = FaultDice(faults)
         self._fault_calls_left = faults.calls
         self._fault_until = time.monotonic() + faults.seconds if faults.seconds else None
 
     # -- the common wrapper
 
-    def _injected(self, route: str) -> Response | None:
-        faults = self.faults
-        if faults.status is None or (route.endswith("access_token") and not faults.include_token):
+    def _end_outage(self) -> None:
+        # Not set_faults: that would also reseed the dice of the faults that stay.
+        healed = {"status": None, "calls": None, "seconds": None}
+        self.faults = self.faults.model_copy(update=healed)
+        self._fault_calls_left = self._fault_until = None
+
+    def _outage(self) -> int | None:
+        """The outage's status for this call, or None when there is none (any more)."""
+        if self.faults.status is None:
             return None
         if self._fault_until is not None and time.monotonic() >= self._fault_until:
-            self.set_faults(Faults())
+            self._end_outage()
             return None
         if self._fault_calls_left is not None:
             if self._fault_calls_left <= 0:
-                self.set_faults(Faults())
+                self._end_outage()
                 return None
             self._fault_calls_left -= 1
-        self.counters.injected[f"{route} {faults.status}"] += 1
+        return self.faults.status
+
+    def _injected(self, route: str) -> Response | None:
+        faults = self.faults
+        if route.endswith("access_token") and not faults.include_token:
+            return None
+        status = self._outage() or self._dice.failure()
+        if status is None:
+            return None
+        self.counters.injected[f"{route} {status}"] += 1
         headers: dict[str, str] = {}
         if faults.retry_after is not None:
             headers["retry-after"] = str(faults.retry_after)
-        if faults.status == 429:
+        if status == 429:
             headers |= {
                 "x-ratelimit-limit": "1000",
                 "x-ratelimit-period": str(RATE_LIMIT_PERIOD),
@@ -132,13 +152,14 @@ class PortApp:
                 "x-ratelimit-reset": str(faults.ratelimit_reset),
             }
             return error(429, "rate_limit", "Too many requests, slow down", headers)
-        return error(faults.status, "internal_error", "An internal error occurred", headers)
+        return error(status, "internal_error", "An internal error occurred", headers)
 
     def api(self, method: str, template: str, handler: Handler, *, auth: bool = True) -> Route:
         route = f"{method} {template}"
 
         async def endpoint(request: Request) -> Response:
             self.counters.calls[route] += 1
+            await self._dice.delay(route, self.counters.injected)
             response = self._injected(route)
             if response is None:
                 try:

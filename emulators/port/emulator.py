@@ -78,7 +78,9 @@ class PortEmulator:
     # -- knobs and counters
 
     def set_faults(self, **settings: Any) -> Faults:
-        """Start an outage, e.g. `set_faults(status=503)` or `set_faults(status=429, calls=3)`."""
+        """Replace the faults (unnamed ones go back to their defaults): an outage, e.g.
+        `set_faults(status=503)` or `set_faults(status=429, calls=3)`, or flakiness, e.g.
+        `set_faults(error_rate=0.2, throttle_rate=0.1, latency_ms=50, seed=7)`."""
         faults = Faults.model_validate(settings)
         self.app.set_faults(faults)
         return faults

@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from emulators import faults
 from emulators.synadia.app import Faults
 from emulators.synadia.controlplane import DEFAULT_ACCOUNTS, Behaviour
 from emulators.synadia.emulator import DEFAULT_TOKEN, SynadiaEmulator, accounts_of
@@ -40,14 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("SYNADIA_EMULATOR_TOKEN", DEFAULT_TOKEN),
         help="bearer token the API accepts (default: $SYNADIA_EMULATOR_TOKEN or a fixed one)",
     )
-    parser.add_argument("--error-rate", type=float, default=0.0, help="share of calls that 5xx")
-    parser.add_argument("--error-status", type=int, default=503)
-    parser.add_argument("--throttle-rate", type=float, default=0.0, help="share of calls that 429")
+    faults.add_arguments(parser)
     parser.add_argument("--retry-after", type=int, default=None, help="Retry-After on 429s")
-    parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--spike-rate", type=float, default=0.0, help="share of calls delayed")
-    parser.add_argument("--spike-ms", type=int, default=2000, help="delay of those calls")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the fault dice")
     parser.add_argument("--revoke-on-rotate", action="store_true")
     parser.add_argument("--revoke-on-delete", action="store_true")
     parser.add_argument("--nats-server-bin", default=None)
@@ -55,16 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    faults = Faults(
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        throttle_rate=args.throttle_rate,
-        retry_after=args.retry_after,
-        latency_ms=args.latency_ms,
-        spike_rate=args.spike_rate,
-        spike_ms=args.spike_ms,
-        seed=args.seed,
-    )
+    injected = Faults(**faults.from_arguments(args), retry_after=args.retry_after)
     behaviour = Behaviour(
         revoke_on_rotate=args.revoke_on_rotate, revoke_on_delete=args.revoke_on_delete
     )
@@ -74,7 +60,7 @@ async def _main(args: argparse.Namespace) -> None:
         port=args.port,
         nats_port=args.nats_port,
         token=args.token,
-        faults=faults,
+        faults=injected,
         behaviour=behaviour,
         nats_server_bin=args.nats_server_bin,
         accounts=accounts_of(args.platform) if args.platform else DEFAULT_ACCOUNTS,

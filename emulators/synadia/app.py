@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from emulators.faults import FaultDice, RandomFaults
 from emulators.synadia import views
 from emulators.synadia.bodies import ApiError
 from emulators.synadia.controlplane import Behaviour
@@ -35,20 +35,10 @@ API_PREFIX = "/api/core/beta"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Faults(BaseModel):
+class Faults(RandomFaults):
     """Failures and slowness to inject into API calls (admin routes are never affected)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    error_status: int = Field(503, ge=500, le=599)
-    throttle_rate: float = Field(0.0, ge=0.0, le=1.0)
     retry_after: int | None = Field(None, ge=0, description="Retry-After seconds on 429s.")
-    latency_ms: int = Field(0, ge=0)
-    spike_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of calls delayed by spike_ms."
-    )
-    spike_ms: int = Field(2000, ge=0, description="The extra delay of a latency spike.")
     fail_next: list[int] = Field(
         [], description="Statuses answered, in order, to the next matching calls."
     )
@@ -65,7 +55,6 @@ class Faults(BaseModel):
         "change exists but the caller has not heard of it yet (to kill the caller in).",
     )
     hold_ms: int = Field(0, ge=0)
-    seed: int | None = None
 
 
 class Counters:
@@ -108,12 +97,12 @@ class EmulatorApp:
         self.counters = Counters()
         self.faults = Faults()
         self.routes: list[str] = []
-        self._rng = random.Random()
+        self._dice = FaultDice(self.faults)
         self._release = asyncio.Event()
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
-        self._rng = random.Random(faults.seed)
+        self._dice = FaultDice(faults)
         # Held answers go out once the faults that held them are gone.
         self._release.set()
         self._release = asyncio.Event()
@@ -125,11 +114,7 @@ class EmulatorApp:
         faults = self.faults
         if faults.fail_next and (faults.fail_match is None or faults.fail_match in route):
             return faults.fail_next.pop(0), faults.fail_after_commit
-        if faults.throttle_rate and self._rng.random() < faults.throttle_rate:
-            return 429, False
-        if faults.error_rate and self._rng.random() < faults.error_rate:
-            return faults.error_status, False
-        return None, False
+        return self._dice.failure(), False
 
     def _injected_response(self, route: str, status: int) -> Response:
         self.counters.injected[f"{route} {status}"] += 1
@@ -152,13 +137,7 @@ class EmulatorApp:
         return Route(template, endpoint, methods=[method])
 
     async def _run(self, route: str, request: Request, handler: Handler) -> Response:
-        delay = self.faults.latency_ms
-        if self.faults.spike_rate and self._rng.random() < self.faults.spike_rate:
-            # A slow answer now and then, the way an overloaded API misbehaves before it fails.
-            self.counters.injected[f"{route} spike"] += 1
-            delay += self.faults.spike_ms
-        if delay:
-            await asyncio.sleep(delay / 1000)
+        await self._dice.delay(route, self.counters.injected)
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token, self.emu.token):

@@ -16,6 +16,7 @@ from botocore.client import BaseClient
 from pydantic import SecretStr
 
 from idp.aws.client import invoke_aws
+from idp.aws.grants import AwsGrant, ownership_condition, partition
 from idp.aws.tags import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG
 from idp.delivery import (
     NATS,
@@ -34,7 +35,7 @@ from idp.delivery import (
 from idp.errors import PermanentError, TransientError
 from idp.manifests import dump
 from idp.models import Delivery
-from idp.platform import SecretStoreConfig
+from idp.platform import Platform, SecretStoreConfig
 from idp.statestore import StateStore
 from idp.synadia import parse_creds
 
@@ -119,6 +120,44 @@ def _tags(described: Mapping[str, Any]) -> dict[str, str]:
 
 def _ownership(target: DeliveryTarget) -> dict[str, str]:
     return {MANAGED_BY: "idp", SYSTEM_TAG: target.system, WORKLOAD_TAG: target.workload}
+
+
+def aws_grants(platform: Platform) -> list[AwsGrant]:
+    """The IAM statements this delivery needs: on the secrets `secret_id` names, with ``*`` for
+    every part, when a destination has a secret store (nothing delivers this way otherwise).
+    Creates must carry the ownership tag; reads of a value and changes need it on the secret,
+    which the code only touches once it has found it tagged as ours."""
+    aws = platform.aws
+    if aws is None or all(d.secret_store is None for d in platform.destinations):
+        return []
+    every = dict.fromkeys(("owner", "system", "workload", "namespace"), "*")
+    target = DeliveryTarget(**every, secret_name="*", directory="*", labels={}, purpose="*")
+    where = f"{partition(aws.region)}:secretsmanager:{aws.region}:{aws.account_id}"
+    secret = (f"arn:{where}:secret:{secret_id(target)}",)
+    owner = _ownership(target)
+    return [
+        AwsGrant(
+            "ExternalSecretDeliveryObserveSecrets", ("secretsmanager:DescribeSecret",), secret
+        ),
+        # TagResource only as CreateSecret's tags: the code never tags a secret afterwards.
+        AwsGrant(
+            "ExternalSecretDeliveryCreateSecrets",
+            ("secretsmanager:CreateSecret", "secretsmanager:TagResource"),
+            secret,
+            ownership_condition("Request", owner),
+        ),
+        AwsGrant(
+            "ExternalSecretDeliveryChangeOwnedSecrets",
+            (
+                "secretsmanager:DeleteSecret",
+                "secretsmanager:GetSecretValue",
+                "secretsmanager:PutSecretValue",
+                "secretsmanager:UpdateSecretVersionStage",
+            ),
+            secret,
+            ownership_condition("Resource", owner),
+        ),
+    ]
 
 
 class ExternalSecretDelivery:

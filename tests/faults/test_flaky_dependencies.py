@@ -1,12 +1,15 @@
-"""AWS and Synadia misbehaving the way hosted APIs do: 5xx, 429 and slow answers now and then
-(onboarding still converges, nothing twice), or a refusal that lasts until a person fixes it (a
-clear Degraded condition, retried on the backoff schedule and not in a hot loop).
+"""AWS, Synadia and Port misbehaving the way hosted APIs do: 5xx, 429 and slow answers now and
+then (onboarding still converges, and Port's runs still finish with the right outcome, nothing
+twice), or a refusal that lasts until a person fixes it (a clear Degraded condition, retried on
+the backoff schedule and not in a hot loop).
 
-AWS is moto's server behind tests/support/faultproxy.py; Synadia is its emulator with its own
-fault knobs. botocore's and the Synadia client's retries are part of what is under test.
+AWS is moto's server behind tests/support/faultproxy.py; Synadia and Port are their emulators
+with the same fault knobs (emulators/faults.py). botocore's, the Synadia client's and the Port
+client's retries are part of what is under test.
 """
 
 import asyncio
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -17,9 +20,14 @@ import pytest
 from support import fleet
 from support.faultproxy import AwsFaults, FaultProxy
 from support.moto import MOTO_ACCOUNT_ID
+from support.port import bridge_serving
 from temporalio.client import Client
 
+from emulators.port import PortEmulator
+from emulators.port.store import Run
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from idp.models import Workload
+from idp.port import PortClient
 from workflows.state import ConditionStatus, Phase
 from workflows.workload import WorkloadWorkflow
 
@@ -28,6 +36,9 @@ COUNT = 30
 ERROR_RATE, THROTTLE_RATE, SPIKE_RATE, SPIKE_MS = 0.2, 0.1, 0.05, 2000
 MIN_BACKOFF, MAX_BACKOFF = timedelta(seconds=1), timedelta(seconds=4)
 WINDOW = 12.0  # seconds of workflow time (the dev server's clock is the wall clock)
+PORT_LATENCY_MS = 50  # on every Port call, beside the spikes
+CREATE = "idp_create_workload"
+RATES = {"error_rate": ERROR_RATE, "throttle_rate": THROTTLE_RATE, "spike_rate": SPIKE_RATE}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +62,7 @@ def onboarding(
     sealing_cert: Path,
     tmp_path: Path,
     count: int,
+    port: PortEmulator | None = None,
 ) -> fleet.Onboarding:
     """Workloads whose worker reaches AWS through the proxy and backs off on the test's clock."""
     return fleet.onboarding(
@@ -62,6 +74,7 @@ def onboarding(
         sealing_cert=sealing_cert,
         min_backoff=MIN_BACKOFF,
         max_backoff=MAX_BACKOFF,
+        port=port,
     )
 
 
@@ -76,9 +89,8 @@ async def test_onboarding_through_flaky_aws_and_synadia_converges_without_duplic
     tmp_path: Path,
 ) -> None:
     run = onboarding(client, proxy, synadia, sealing_cert, tmp_path, COUNT)
-    rates = {"error_rate": ERROR_RATE, "throttle_rate": THROTTLE_RATE, "spike_rate": SPIKE_RATE}
-    proxy.set_faults(AwsFaults(**rates, spike_ms=SPIKE_MS, seed=seed))
-    synadia.set_faults(**rates, spike_ms=SPIKE_MS, seed=seed)
+    proxy.set_faults(AwsFaults(**RATES, spike_ms=SPIKE_MS, seed=seed))
+    synadia.set_faults(**RATES, spike_ms=SPIKE_MS, seed=seed)
     synadia.reset_counters()
     await run.worker.start()
     try:
@@ -92,6 +104,81 @@ async def test_onboarding_through_flaky_aws_and_synadia_converges_without_duplic
     synadia_faults = _kinds(synadia.counters()["injected"])
     print(f"injected into AWS calls: {aws_faults}; into Synadia calls: {synadia_faults}")
     assert set(aws_faults) == set(synadia_faults) == {"503", "429", "spike"}
+
+
+def create_inputs(workload: Workload) -> dict[str, object]:
+    """Create workload's inputs for `workload`, as a developer fills them in Port."""
+    spec = workload.spec
+    assert spec.nats is not None
+    return {
+        "name": workload.metadata.name,
+        "system": workload.metadata.system,
+        "owner": spec.owner,
+        "destination": spec.destination,
+        "namespace": spec.namespace,
+        "nats": True,
+        "natsPublish": spec.nats.permissions.publish.allow,
+    }
+
+
+@pytest.mark.faults
+async def test_port_runs_through_flaky_port_aws_and_synadia_finish_once(
+    client: Client,
+    proxy: FaultProxy,
+    moto_url: str,
+    synadia: SynadiaEmulator,
+    sealing_cert: Path,
+    seed: int,
+    tmp_path: Path,
+) -> None:
+    async with PortEmulator.running(client_secret=secrets.token_urlsafe(32)) as emulator:
+        run = onboarding(client, proxy, synadia, sealing_cert, tmp_path, COUNT, port=emulator)
+        port = PortClient(emulator.url, emulator.client_id, emulator.client_secret)
+        # Installed while Port is healthy: the runs are under test, not the installer.
+        async with port, bridge_serving(client, emulator, port, run.queue):
+            proxy.set_faults(AwsFaults(**RATES, spike_ms=SPIKE_MS, seed=seed))
+            synadia.set_faults(**RATES, spike_ms=SPIKE_MS, seed=seed)
+            emulator.set_faults(**RATES, spike_ms=SPIKE_MS, latency_ms=PORT_LATENCY_MS, seed=seed)
+            await run.worker.start()
+            try:
+                invocations = await asyncio.gather(
+                    *(emulator.invoke(CREATE, create_inputs(w)) for w in run.workloads)
+                )
+                assert [i.status_code for i in invocations] == [202] * COUNT, invocations
+
+                def finished(run_id: str) -> Run | None:
+                    reported = emulator.run(run_id)
+                    done = reported is not None and reported.status != "IN_PROGRESS"
+                    return reported if done else None
+
+                runs = await asyncio.gather(
+                    *(emulator.until(lambda i=i: finished(i.run_id), 300) for i in invocations)
+                )
+                statuses = await fleet.wait_all_ready(client, run.workloads)
+            finally:
+                await run.worker.stop()
+        port_faults = _kinds(emulator.counters()["injected"])
+
+    for workload, port_run in zip(run.workloads, runs, strict=True):
+        name = f"{workload.metadata.system}/{workload.metadata.name}"
+        assert (port_run.status, port_run.status_label) == ("SUCCESS", "Ready"), port_run.logs
+        assert port_run.terminations == ["SUCCESS"]
+        messages = [log.message for log in port_run.logs]
+        # A failed call changed nothing, so no retry may have repeated a line.
+        assert len(set(messages)) == len(messages), messages
+        assert messages[0] == (
+            f"Accepted for developer@example.com: apply generation 1 of workload {name}."
+        )
+        assert messages[-1] == f"Workload {name} is Ready at generation 1."
+        entity = emulator.entity("idpWorkload", name.replace("/", "."))
+        assert entity is not None and entity["properties"]["phase"] == "Ready"
+        assert entity["runIds"] == [port_run.id]
+    # One report per run: a webhook delivered again would find its report's workflow id taken.
+    query = f"WorkflowType = 'PortRunWorkflow' AND TaskQueue = '{run.queue}'"
+    assert (await client.count_workflows(query)).count == COUNT
+    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    print(f"injected into Port calls: {port_faults}")
+    assert {"503", "429", "spike"} <= set(port_faults)
 
 
 def _kinds(injected: dict[str, int]) -> Counter[str]:

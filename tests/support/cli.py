@@ -62,8 +62,9 @@ async def run(*args: str, env: dict[str, str], timeout: float = COMMAND_TIMEOUT)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without Temporal or platform settings that could leak in."""
-    prefixes = ("TEMPORAL_", "IDP_PLATFORM", "IDP_CODEC")
+    """The caller's environment without Temporal or idp settings that could leak in (a
+    developer's IDP_METRICS_ADDRESS would make every test worker bind the same port)."""
+    prefixes = ("TEMPORAL_", "IDP_PLATFORM", "IDP_CODEC", "IDP_METRICS", "IDP_HEALTH", "IDP_WORKER")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 

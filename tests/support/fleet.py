@@ -24,6 +24,7 @@ from support.processes import WorkerProcess
 from support.stack import bare_repo, git, task_queue
 from temporalio.client import Client
 
+from emulators.port import PortEmulator
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
 from idp.aws.iam import role_name_for
 from idp.aws.tags import SYSTEM_TAG
@@ -35,6 +36,7 @@ from idp.platform import (
     ClusterIdentity,
     Destination,
     Platform,
+    PortConfig,
     ReconcileSettings,
     StateStoreConfig,
     SynadiaConfig,
@@ -56,6 +58,7 @@ WORKER_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
 }
 SERVICE_ACCOUNT = "serviceaccount.yaml"
+PLATFORM_FILE = "platform.yaml"
 
 
 def workloads(system: str, count: int) -> list[Workload]:
@@ -85,6 +88,9 @@ class Onboarding:
     workloads: list[Workload]
     repo: Path
     worker: WorkerProcess
+    directory: Path
+    address: str
+    worker_env: dict[str, str]
 
     @property
     def system(self) -> str:
@@ -93,6 +99,19 @@ class Onboarding:
 
     async def apply(self, client: Client) -> None:
         await asyncio.gather(*(apply_workload(client, self.queue, w) for w in self.workloads))
+
+    def another_worker(self, name: str, *, metrics_address: str | None = None) -> WorkerProcess:
+        """One more worker process on this run's task queue, platform and state store, with a
+        cache directory (so a clone of the state store) and a log of its own."""
+        return WorkerProcess(
+            self.address,
+            self.directory / PLATFORM_FILE,
+            self.queue,
+            self.directory / f"cache-{name}",
+            self.directory / f"worker-{name}.log",
+            self.worker_env,
+            metrics_address=metrics_address,
+        )
 
 
 def onboarding(
@@ -105,18 +124,32 @@ def onboarding(
     sealing_cert: Path,
     min_backoff: timedelta = timedelta(seconds=1),
     max_backoff: timedelta = timedelta(seconds=5),
+    metrics_address: str | None = None,
+    port: PortEmulator | None = None,
 ) -> Onboarding:
     """`count` workloads on their own task queue and state store, and a (not yet started)
-    worker for the Temporal server at `address` whose platform reaches AWS at `aws_url`."""
+    worker for the Temporal server at `address` whose platform reaches AWS at `aws_url` (and
+    reports to `port`, when given)."""
     queue = task_queue()
     repo = bare_repo(directory / "state.git")
     platform = _platform(repo, aws_url, synadia, sealing_cert, min_backoff, max_backoff)
-    platform_file = directory / "platform.yaml"
+    env = dict(WORKER_ENV)
+    if port is not None:
+        config = PortConfig(url=port.url)
+        platform = platform.model_copy(update={"port": config})
+        env |= {config.client_id_env: port.client_id, config.client_secret_env: port.client_secret}
+    platform_file = directory / PLATFORM_FILE
     platform_file.write_text(yaml.safe_dump(platform.model_dump(mode="json")))
     worker = WorkerProcess(
-        address, platform_file, queue, directory / "cache", directory / "worker.log", WORKER_ENV
+        address,
+        platform_file,
+        queue,
+        directory / "cache",
+        directory / "worker.log",
+        env,
+        metrics_address=metrics_address,
     )
-    return Onboarding(queue, workloads(queue, count), repo, worker)
+    return Onboarding(queue, workloads(queue, count), repo, worker, directory, address, env)
 
 
 def _platform(
@@ -253,3 +286,34 @@ async def assert_onboarded_once(
         for file in (SERVICE_ACCOUNT, SEALED_FILE):
             count = touched[f"{directory}/{file}"]
             assert count == 1, f"{directory}/{file} was committed {count} times"
+
+
+def assert_linear_history(repo: Path) -> None:
+    """Writers on several workers rebased onto each other and never merged: no commit on main
+    has two parents, and the first-parent chain from the head holds every commit of every ref."""
+    merges = git("rev-list", "--min-parents=2", "--all", cwd=repo).split()
+    assert not merges, f"merge commits in the state store: {merges}"
+    chain = git("rev-list", "--first-parent", "main", cwd=repo).split()
+    every = git("rev-list", "--all", cwd=repo).split()
+    assert sorted(chain) == sorted(every), "commits off the first-parent chain of main"
+
+
+def assert_nothing_lost(run: Onboarding, statuses: list[WorkloadStatus]) -> None:
+    """No push overwrote another: every workload's files are at the head of main, and every
+    commit a workload recorded as carrying its files is on main."""
+    at_head = set(git("ls-tree", "-r", "--name-only", "main", cwd=run.repo).split())
+    expected = {
+        f"{workload_directory('', w)}/{file}"
+        for w in run.workloads
+        for file in (SERVICE_ACCOUNT, SEALED_FILE)
+    }
+    missing = sorted(expected - at_head)
+    assert not missing, f"not at the head of main: {missing}"
+    on_main = set(git("rev-list", "main", cwd=run.repo).split())
+    recorded = {
+        f"{s.system}/{s.name}": s.outputs["Manifests"]["commit"]
+        for s in statuses
+        if s.outputs["Manifests"].get("commit")
+    }
+    lost = {name: sha for name, sha in recorded.items() if sha not in on_main}
+    assert not lost, f"recorded commits that are not on main: {lost}"

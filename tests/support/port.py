@@ -1,5 +1,6 @@
 """The Port pieces of a test stack: the emulator, a worker whose platform has Port, and the bridge
-served over HTTP (in this process, so caplog sees its log lines)."""
+served over HTTP (in this process, so caplog sees its log lines), or the bridge alone for workers
+that run elsewhere."""
 
 from __future__ import annotations
 
@@ -54,21 +55,34 @@ async def port_stack(client: Client, repo: Path, cache: Path) -> AsyncIterator[P
             env.setenv("PORT_CLIENT_ID", emulator.client_id)
             env.setenv("PORT_CLIENT_SECRET", secret)
             port = client_from_config(platform.port)
-            async with port, running_worker(client, platform, queue, cache):
-                settings = BridgeSettings(
-                    task_queue=queue,
-                    namespace=client.namespace,
-                    ui_url=UI_URL,
-                    secret=SecretStr(secret),
-                    window=platform.port.webhook_window,
-                    destinations=("dev",),
-                )
-                bridge = Bridge(client, port, settings)
-                server = AsgiServer(bridge.app())
-                await server.start()
-                try:
-                    webhook_url = server.url + WEBHOOK_PATH
-                    await port_setup.install(port, webhook_url)
-                    yield PortStack(client, emulator, port, bridge, webhook_url, queue, repo)
-                finally:
-                    await server.stop()
+            async with (
+                port,
+                running_worker(client, platform, queue, cache),
+                bridge_serving(client, emulator, port, queue) as (bridge, webhook_url),
+            ):
+                yield PortStack(client, emulator, port, bridge, webhook_url, queue, repo)
+
+
+@asynccontextmanager
+async def bridge_serving(
+    client: Client, emulator: PortEmulator, port: PortClient, queue: str
+) -> AsyncIterator[tuple[Bridge, str]]:
+    """The bridge for the workers of `queue`, served over HTTP, with the blueprints and actions
+    installed through `port` and pointed at it: the bridge and its webhook URL."""
+    settings = BridgeSettings(
+        task_queue=queue,
+        namespace=client.namespace,
+        ui_url=UI_URL,
+        secret=SecretStr(emulator.client_secret),
+        window=PortConfig(url=emulator.url).webhook_window,
+        destinations=("dev",),
+    )
+    bridge = Bridge(client, port, settings)
+    server = AsgiServer(bridge.app())
+    await server.start()
+    try:
+        webhook_url = server.url + WEBHOOK_PATH
+        await port_setup.install(port, webhook_url)
+        yield bridge, webhook_url
+    finally:
+        await server.stop()

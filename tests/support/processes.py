@@ -31,6 +31,12 @@ class Process:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        """The current incarnation's process id (the SDK's worker identity is `pid@host`)."""
+        assert self.process is not None, f"{self.command[0]} was never started"
+        return self.process.pid
+
     async def spawn(self) -> None:
         assert not self.running, f"{self.command[0]} is already running"
         with self.log.open("ab") as log:
@@ -77,6 +83,8 @@ class WorkerProcess(Process):
         cache_dir: Path,
         log: Path,
         env: dict[str, str] | None = None,
+        *,
+        metrics_address: str | None = None,
     ) -> None:
         command = [
             sys.executable, "-m", "worker",
@@ -86,6 +94,9 @@ class WorkerProcess(Process):
             "--task-queue", task_queue,
             "--insecure-no-encryption",
         ]  # fmt: skip
+        if metrics_address is not None:
+            command += ["--metrics-address", metrics_address]
+        self.metrics_address = metrics_address
         super().__init__(command, log, clean_env(**(env or {})))
 
     async def start(self) -> None:

@@ -47,6 +47,14 @@ def start_dev_server(*extra: str) -> WorkflowEnvironment:
     )
 
 
+def start_small_history_server(events: int) -> WorkflowEnvironment:
+    """A dev server that suggests continue-as-new once a run's history reaches `events`, so a
+    few passes are enough to see a workflow start over."""
+    return start_dev_server(
+        "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={events}"
+    )
+
+
 def start_time_skipping() -> WorkflowEnvironment:
     """The time-skipping test server; it cannot register search attributes (no operator API),
     so workers on it need a platform with `searchAttributes: false`."""

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from idp.aws.grants import AwsGrant, partition
 from idp.capability import Capability, Change, Context
 from idp.credentials import IssueReason
 from idp.errors import PermanentError
@@ -225,6 +226,20 @@ class Postgres(Capability[PostgresObservation, PostgresPlan]):
                 "title": "Database password expires",
             },
         }
+
+    def aws_grants(self, platform: Any, settings: PostgresSettings | None) -> list[AwsGrant]:
+        """RDS IAM authentication for the admin users that log in with it. A token names the
+        database user; the instance is known only by its host, so any instance (its resource
+        id) in the region may be connected to as that user."""
+        account = platform.aws.account_id if platform.aws else "*"
+        users: set[str] = set()
+        for server in settings.servers if settings else []:
+            if server.admin.iam is not None:
+                where = f"{partition(server.admin.iam.region)}:rds-db:{server.admin.iam.region}"
+                users.add(f"arn:{where}:{account}:dbuser:*/{server.admin.user}")
+        if not users:
+            return []
+        return [AwsGrant("PostgresIamAuthentication", ("rds-db:connect",), tuple(sorted(users)))]
 
     def actions(
         self, platform: Any, settings: PostgresSettings | None, cache_dir: Path

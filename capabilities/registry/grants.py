@@ -1,0 +1,92 @@
+"""The IAM statements the Registry's worker half needs: on the repositories and roles the
+platform's naming allows, given by the same `RegistryTarget` the code names them with, with
+``*`` for the workload's system and name.
+
+Reads carry no tag condition: they must see foreign and missing resources to refuse or create
+them. Writes that follow a create in the same pass carry none either: authorization may not see
+a new resource's tags at once (IAM is eventually consistent), and the AccessDenied would read as
+a permanent failure. The rest only ever touch what the code has just read and found tagged
+idp.managed-by=idp, so the tag is required; creates require it on the tags they are made with.
+"""
+
+from __future__ import annotations
+
+from capabilities.registry.target import RegistryTarget
+from idp.aws.grants import AwsGrant, ownership_condition
+from idp.aws.tags import ownership_tags
+from idp.platform import AwsConfig
+
+
+def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
+    names = RegistryTarget.model_construct(
+        system="*",
+        name="*",
+        account_id=aws.account_id,
+        region=aws.region,
+        repository_prefix=aws.repository_prefix,
+    )
+    repository, role = (names.repository_arn,), (names.role_arn,)
+    owner = ownership_tags(names)
+    owned, created = ownership_condition("Resource", owner), ownership_condition("Request", owner)
+    domain = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
+    return [
+        AwsGrant(
+            "RegistryObserveRepositories",
+            ("ecr:DescribeRepositories", "ecr:GetLifecyclePolicy", "ecr:ListTagsForResource"),
+            repository,
+        ),
+        AwsGrant("RegistryCreateRepositories", ("ecr:CreateRepository",), repository, created),
+        # TagResource is also how AWS authorizes the tags given to CreateRepository.
+        AwsGrant(
+            "RegistryConfigureRepositories",
+            ("ecr:PutLifecyclePolicy", "ecr:TagResource"),
+            repository,
+        ),
+        AwsGrant(
+            "RegistryChangeOwnedRepositories",
+            (
+                "ecr:DeleteRepository",
+                "ecr:PutImageScanningConfiguration",
+                "ecr:PutImageTagMutability",
+            ),
+            repository,
+            owned,
+        ),
+        # ECR asks KMS on the caller's behalf for a repository encrypted with a KMS key
+        # (registry.encryption: KMS): DescribeKey and two grants on create, retired on delete.
+        AwsGrant(
+            "RegistryKmsEncryptedRepositories",
+            ("kms:CreateGrant", "kms:DescribeKey", "kms:RetireGrant"),
+            (f"arn:{names.partition}:kms:{aws.region}:{aws.account_id}:key/*",),
+            {"StringEquals": {"kms:ViaService": f"ecr.{aws.region}.{domain}"}},
+        ),
+        AwsGrant(
+            "RegistryObserveRoles",
+            (
+                "iam:GetRole",
+                "iam:GetRolePolicy",
+                "iam:ListAttachedRolePolicies",
+                "iam:ListRolePolicies",
+            ),
+            role,
+        ),
+        AwsGrant("RegistryCreateRoles", ("iam:CreateRole",), role, created),
+        # TagRole is also how IAM authorizes the tags given to CreateRole.
+        AwsGrant(
+            "RegistryConfigureRoles",
+            ("iam:AttachRolePolicy", "iam:PutRolePolicy", "iam:TagRole"),
+            role,
+        ),
+        AwsGrant(
+            "RegistryChangeOwnedRoles",
+            (
+                "iam:DeleteRole",
+                "iam:DeleteRolePolicy",
+                "iam:DetachRolePolicy",
+                "iam:UntagRole",
+                "iam:UpdateAssumeRolePolicy",
+            ),
+            role,
+            owned,
+        ),
+    ]

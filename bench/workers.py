@@ -25,8 +25,9 @@ What bounds that wait:
   start-to-close timeout (publish_workload: 1 minute);
 - a workflow task of a workflow cached on the dead worker is queued on that worker's sticky queue
   and moves to the shared queue only when its schedule-to-start timeout expires (the Worker's
-  sticky_queue_schedule_to_start_timeout, 10 s by default); one the dead worker had started is
-  retried after the workflow task timeout (10 s by default).
+  sticky_queue_schedule_to_start_timeout: worker.py STICKY_TIMEOUT, 5 s; the SDK's default is
+  10 s); one the dead worker had started is retried after the workflow task timeout (10 s by
+  default).
 The server sends a task for a sticky queue that nobody has polled for about 10 s straight to the
 shared queue, so the schedule-to-start timeout holds up only the workflow tasks scheduled in the
 first seconds after the crash, not those that follow a lost activity. Whatever a timeout
@@ -67,7 +68,6 @@ from workflows.workload import WorkloadWorkflow  # noqa: E402
 
 WORKER_READY = b"worker polling task queue"
 FIRST_WORKER = "worker"  # the one `idpctl dev` starts
-VICTIM = "worker-3"
 HISTORY_CONCURRENCY = 20
 APPLY_ATTEMPTS = 5
 
@@ -191,7 +191,7 @@ async def onboard(workers: int, n: int, takeover: int) -> Onboarding:
                 if start is not None and (end := after[row]) is not None
             }
             result = Onboarding(workers, n, seconds, spent)
-            if takeover and VICTIM in names:
+            if takeover and workers > 1:
                 result.takeover = await take_over(stack, client, takeover)
         finally:
             stack.stop()
@@ -220,6 +220,7 @@ class Resumed:
 
 @dataclass
 class Takeover:
+    victim: str
     workloads: int
     ready_at_kill: int
     held: dict[str, float]  # what the victim's /metrics said just before the kill
@@ -230,32 +231,36 @@ class Takeover:
 
 async def take_over(stack: dev.Stack, client: Client, m: int) -> Takeover:
     items = [workload("takeover", f"w{i:04}") for i in range(m)]
-    victim = stack.processes[VICTIM]
-    metrics = worker_metrics(stack, VICTIM)
+    workers = [name for name in stack.processes if name.startswith(FIRST_WORKER)]
     accepted: set[str] = set()
     tasks = [asyncio.create_task(ready(client, item, accepted)) for item in items]
 
-    async def holding() -> dict[str, float] | None:
-        """The victim's slots in use and cache, once it holds an activity."""
-        found = await scrape(metrics)
-        used = "temporal_worker_task_slots_used"
-        held = {
-            "activities": found.value(used, worker_type="ActivityWorker"),
-            "workflow tasks": found.value(used, worker_type="WorkflowWorker"),
-            "cached workflows": found.value("temporal_sticky_cache_size"),
-        }
-        return held if held["activities"] else None
+    async def holding() -> tuple[str, dict[str, float]] | None:
+        """The first worker holding an activity, with its slots in use and cache."""
+        for name in workers:
+            found = await scrape(worker_metrics(stack, name))
+            used = "temporal_worker_task_slots_used"
+            held = {
+                "activities": found.value(used, worker_type="ActivityWorker"),
+                "workflow tasks": found.value(used, worker_type="WorkflowWorker"),
+                "cached workflows": found.value("temporal_sticky_cache_size"),
+            }
+            if held["activities"]:
+                return name, held
+        return None
 
     # Once every workflow took its apply, so that what follows the kill does not also queue
     # behind the first tasks of hundreds of new workflows; and while the victim is at work.
     async with asyncio.timeout(600):
-        while len(accepted) < m or not (held := await holding()):
+        while len(accepted) < m or not (found := await holding()):
             for task in tasks:
                 if task.done() and task.exception():
                     raise task.exception()  # type: ignore[misc]
             if all(task.done() for task in tasks):
-                raise RuntimeError("every workload was Ready before the victim held an activity")
+                raise RuntimeError("every workload was Ready before a worker held an activity")
             await asyncio.sleep(0.05)
+    name, held = found
+    victim = stack.processes[name]
     done = sum(task.done() for task in tasks)
     identity = f"{victim.pid}@{socket.gethostname()}"
     killed_at = datetime.now(UTC)
@@ -272,6 +277,7 @@ async def take_over(stack: dev.Stack, client: Client, m: int) -> Takeover:
 
     found = await asyncio.gather(*(resumed(item.workflow_id) for item in items))
     return Takeover(
+        name,
         m,
         done,
         held,
@@ -358,7 +364,7 @@ def print_onboarding(results: list[Onboarding]) -> None:
 def print_takeover(t: Takeover) -> None:
     held = ", ".join(f"{value:g} {what}" for what, value in t.held.items())
     print(
-        f"\ntakeover: {VICTIM} SIGKILLed with {held} (its /metrics), every apply taken, "
+        f"\ntakeover: {t.victim} SIGKILLed with {held} (its /metrics), every apply taken, "
         f"{t.ready_at_kill} of {t.workloads} workloads Ready; not restarted"
     )
     by_cause: dict[str, list[Resumed]] = defaultdict(list)

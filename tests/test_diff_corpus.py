@@ -43,7 +43,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from test_preview import OIDC, REGION, TOKEN_ENV, aggregator
 
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
-from idp.capability import Report, installed
+from idp.capability import Context, Report, installed
 from idp.models import Workload
 from idp.platform import Platform
 from idp_postgres.local import LocalPostgres
@@ -56,9 +56,6 @@ from workflows.workload import WorkloadWorkflow
 # What one capability did, or was predicted to do: ("plan", changes), ("released", None),
 # ("refused", sentence), ("skipped", None); anything else is a miss by construction.
 Outcome = tuple[str, Any]
-# The marker a local activity leaves in history (`core_patch` is a patch's, which a pass also
-# records, before its activities, when a capability first rolls out).
-LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 @pytest.fixture(scope="module")
@@ -311,45 +308,35 @@ async def events_since(client: Client, workflow_id: str, since: Mark) -> list[Hi
         skip = 0
 
 
-def after_accepted(events: list[HistoryEvent]) -> list[HistoryEvent]:
-    """The events after the apply was accepted: a retry pass of the old spec (a Degraded
-    workload backs off and tries again) may run between the mark and the apply."""
-    for index, event in enumerate(events):
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-            return events[index + 1 :]
-    return events
-
-
 @dataclass
 class Pass:
     outcomes: dict[str, Outcome]
     reports: dict[str, Report]
 
 
-async def first_pass(client: Client, events: list[HistoryEvent]) -> Pass | None:
-    """What the first pass among `events` did, by capability; None when none ran. A pass
-    starts by reading the platform settings, the workflow's only local activity: the
-    aggregator asks for a second pass once it has written routes, which must not count. The
-    tail of a pass already under way when `events` begin is not a pass of its own."""
-    passes: list[list[HistoryEvent]] = [[]]
-    for event in events:
-        if event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
-            passes.append([])
-        passes[-1].append(event)
-    ran = [p for p in passes[1:] if any(_scheduled(e) for e in p)]
-    if not ran:
-        return None
+async def first_pass(client: Client, events: list[HistoryEvent], generation: int) -> Pass | None:
+    """What each capability did the first time it was given `generation` among `events`; None
+    when none was. That is the apply's pass, give or take: a retry of the old spec (a Degraded
+    workload backs off and tries again) may run before it and must not count, and a pass under
+    way when the apply lands gives its later waves the new spec (each wave reads the spec as it
+    is then), so those capabilities act on it there, and find it done in the pass after. The
+    aggregator's second pass, asked for once it has written routes, comes later still."""
     scheduled: dict[int, tuple[str, str]] = {}
     found = Pass({}, {})
-    for event in ran[0]:
+    for event in events:
         if _scheduled(event):
-            name, verb = event.activity_task_scheduled_event_attributes.activity_type.name.split(
-                "."
-            )
-            scheduled[event.event_id] = (name, verb)
+            attributes = event.activity_task_scheduled_event_attributes
+            [context] = await client.data_converter.decode(attributes.input.payloads, [Context])
+            name, verb = attributes.activity_type.name.split(".")
+            if context.generation == generation and name not in found.outcomes:
+                scheduled[event.event_id] = (name, verb)
+                # Scheduled and never finished: a miss whatever was predicted.
+                found.outcomes[name] = (f"{verb} unfinished", None)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             attributes = event.activity_task_completed_event_attributes
-            name, verb = scheduled[attributes.scheduled_event_id]
+            if (step := scheduled.get(attributes.scheduled_event_id)) is None:
+                continue
+            name, verb = step
             [report] = await client.data_converter.decode(attributes.result.payloads, [Report])
             found.reports[name] = report
             found.outcomes[name] = (
@@ -357,14 +344,13 @@ async def first_pass(client: Client, events: list[HistoryEvent]) -> Pass | None:
             )
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             attributes = event.activity_task_failed_event_attributes
-            name, verb = scheduled[attributes.scheduled_event_id]
+            if (step := scheduled.get(attributes.scheduled_event_id)) is None:
+                continue
+            name, verb = step
             error = await client.data_converter.decode_failure(attributes.failure)
             permanent = isinstance(error, ApplicationError) and error.non_retryable
             found.outcomes[name] = ("refused" if permanent else f"{verb} failed", error.message)
-    # Scheduled and never finished within the pass: a miss whatever was predicted.
-    for name, verb in scheduled.values():
-        found.outcomes.setdefault(name, (f"{verb} unfinished", None))
-    return found
+    return found if found.outcomes else None
 
 
 def _scheduled(event: HistoryEvent) -> bool:
@@ -506,7 +492,8 @@ async def diffed_and_applied(client: Client, queue: str, change: str, workload: 
     )
     assert status.observed_generation >= result.generation, status
     assert status.phase in (Phase.READY, Phase.DEGRADED), status
-    done = await first_pass(client, after_accepted(await events_since(client, workflow_id, before)))
+    events = await events_since(client, workflow_id, before)
+    done = await first_pass(client, events, result.generation)
     notes = []
     if result.generation != found.next_generation:
         notes.append(f" generation {result.generation}, predicted {found.next_generation}")

@@ -1,10 +1,11 @@
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from support.moto import moto_server
 from support.postgres import local_postgres
 from support.secrets import ControllerKeys, controller_keys
-from support.stack import start_dev_server
+from support.stack import bare_repo, start_dev_server, task_queue
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -40,7 +41,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalP
 
 # moto's server and the Synadia emulator (with its nats-server), for a module's tests to share.
 @pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
+def aws_url() -> Iterator[str]:
     with moto_server() as url:
         yield url
 
@@ -49,3 +50,15 @@ def moto_url() -> Iterator[str]:
 async def synadia(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynadiaEmulator]:
     async with SynadiaEmulator.running(tmp_path_factory.mktemp("synadia")) as emulator:
         yield emulator
+
+
+# A state-store repository and a task queue of the test's own: workflow ids and queues are
+# global on the session's server.
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return bare_repo(tmp_path / "state.git")
+
+
+@pytest.fixture
+def queue() -> str:
+    return task_queue()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import temporalio.api.sdk.v1
 import yaml
-from support.stack import bare_repo, commits, git, platform_for, read, running_worker, task_queue
+from support.stack import commits, git, platform_for, read, running_worker
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from idp.models import ApiAggregator, Workload
@@ -97,16 +97,6 @@ async def until(handle: WorkflowHandle, query, predicate, timeout: float = 30):
         while not predicate(status := await handle.query(query)):
             await asyncio.sleep(0.1)
         return status
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 async def test_shared_hostname_conflict_refused_then_released(client, repo, queue, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.stack import bare_repo, platform_for, task_queue
+from support.stack import platform_for
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import ActivityEnvironment
@@ -270,16 +270,6 @@ def test_describe_lines() -> None:
 
 
 # ---- actions against aggregators on a dev server ---------------------------------------------
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 def aggregator(hostname: str) -> ApiAggregator:

@@ -15,12 +15,10 @@ import pytest
 import yaml
 from support.cli import Cli, Result, eventually, write_platform
 from support.stack import (
-    bare_repo,
     commits,
     platform_for,
     read,
     running_worker,
-    task_queue,
     workflow_exists,
 )
 from temporalio.api.enums.v1 import EventType
@@ -50,16 +48,6 @@ def write_yaml(path: Path, *documents: dict[str, Any]) -> str:
 def stderr_lines(result: Result) -> list[str]:
     lines = result.stderr.strip().splitlines()
     return [lines[0].removeprefix("error: "), *lines[1:]] if lines else []
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from secrets import token_urlsafe
@@ -25,7 +24,6 @@ import yaml
 from pydantic import SecretStr
 from support.conformance import load_crd_schema
 from support.manifests import ManifestsWorker
-from support.moto import moto_server
 from support.secrets import ControllerKeys, assert_nowhere, controller_keys, mint_creds
 from support.stack import bare_repo, git
 
@@ -59,12 +57,6 @@ from idp.synadia import NatsCreds
 
 REGION = "eu-west-1"
 TTL = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,16 @@ it would show: the workflow's history, the server's workflows, the repository's 
 moto's repositories.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import boto3
 import pytest
 from support.cli import Cli, Result, write_platform
-from support.moto import moto_server
 from support.stack import (
-    bare_repo,
     commits,
     running_worker,
     start_dev_server,
-    task_queue,
     workflow_exists,
 )
 from temporalio.client import Client
@@ -34,22 +31,6 @@ from starter.preview import Diff
 from workflows.messages import WaitReadyRequest
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
 
 
 @pytest.fixture

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from support.moto import MOTO_ACCOUNT_ID, moto_server
+from support.moto import MOTO_ACCOUNT_ID
 from support.postgres import admin_env, postgres_section
 from support.secrets import ControllerKeys
 from support.stack import bare_repo, running_worker, task_queue
@@ -56,12 +56,6 @@ from workflows.workload import WorkloadWorkflow
 # What one capability did, or was predicted to do: ("plan", changes), ("released", None),
 # ("refused", sentence), ("skipped", None); anything else is a miss by construction.
 Outcome = tuple[str, Any]
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -30,7 +29,7 @@ import boto3
 import pytest
 import yaml
 from support.iampolicy import AwsCallRecorder, Request, allowed, tag_context, ungranted
-from support.moto import MOTO_ACCOUNT_ID, moto_server, reset_moto
+from support.moto import MOTO_ACCOUNT_ID, reset_moto
 from support.secrets import mint_creds
 from support.stack import bare_repo
 
@@ -298,12 +297,6 @@ def test_the_policy_code_names_no_capability() -> None:
 
 
 # ---- dynamically ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 def moto_platform(aws_url: str, state_store: Path) -> Platform:

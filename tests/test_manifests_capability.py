@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.stack import bare_repo, commits, git, platform_for, read
+from support.stack import commits, git, platform_for, read
 
 from activities.statestore import destination_store
 from capabilities.manifests import Manifests
@@ -28,11 +28,6 @@ SERVICE_ACCOUNT = f"{DIRECTORY}/serviceaccount.yaml"
 SECRET = f"{DIRECTORY}/sealedsecret-nats.yaml"
 RECORD = "dev/.idp-owners/shop/ServiceAccount/cart-sa"
 MANIFESTS = Manifests()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import boto3
 import pytest
 import yaml
-from support.moto import MOTO_ACCOUNT_ID, moto_server
+from support.moto import MOTO_ACCOUNT_ID
 from support.secrets import ControllerKeys, assert_nowhere
 from support.stack import bare_repo, commits, git, read
 from support.synadia import connect_refusal, connect_with_creds, write_creds
@@ -69,12 +69,6 @@ PERMISSIONS = {
 async def emulator(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynadiaEmulator]:
     async with SynadiaEmulator.running(tmp_path_factory.mktemp("synadia")) as emu:
         yield emu
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support.manifests import ManifestsWorker, context
-from support.stack import bare_repo, commits, git, platform_for, read, running_worker, task_queue
+from support.stack import commits, git, platform_for, read, running_worker, task_queue
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -73,11 +73,6 @@ def snapshot(repo: Path) -> tuple[list[str], dict[str, bytes]]:
     names = git("ls-tree", "-r", "--name-only", "main", cwd=repo).split()
     files = {n: git("show", f"main:{n}", cwd=repo).encode() for n in names}
     return commits(repo), files
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,10 +22,10 @@ from typing import Any
 
 import boto3
 import pytest
-from support.moto import MOTO_ACCOUNT_ID, moto_server
+from support.moto import MOTO_ACCOUNT_ID
 from support.postgres import admin_env, postgres_platform, postgres_workload
 from support.secrets import ControllerKeys, secret_parts, unsealed
-from support.stack import bare_repo, git, platform_for, read, task_queue
+from support.stack import git, platform_for, read, task_queue
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
@@ -177,17 +177,6 @@ def patched(repo: Path, tmp_path: Path, diff: list[str]) -> dict[str, str | None
 
 
 # ---- Registry and Manifests: moto and git -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from support.awscalls import REGISTRY_READS, CallCounter
-from support.moto import MOTO_ACCOUNT_ID, moto_auth, moto_server, reset_moto
+from support.moto import MOTO_ACCOUNT_ID, moto_auth, reset_moto
 
 from capabilities.registry.aws import apply, observe, teardown
 from capabilities.registry.capability import RegistryPlan, plan_registry
@@ -58,12 +57,6 @@ MANIFEST = json.dumps(
         "layers": [],
     }
 )
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture

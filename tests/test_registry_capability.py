@@ -2,7 +2,6 @@
 half's describe and Port properties), against a real moto server over HTTP with real boto3."""
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from support.awscalls import REGISTRY_READS, CallCounter
-from support.moto import MOTO_ACCOUNT_ID, moto_server, reset_moto
+from support.moto import MOTO_ACCOUNT_ID, reset_moto
 from temporalio.testing import ActivityEnvironment
 
 from activities.capabilities import capability_activities
@@ -28,12 +27,6 @@ REPOSITORY = "idp/shop/cart"
 ROLE = "idp-shop-cart"
 REGISTRY = Registry()
 BLUEPRINT = Path(__file__).parents[1] / "starter/port/blueprints/idpWorkload.json"
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture

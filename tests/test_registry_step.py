@@ -1,13 +1,12 @@
 """The registry step inside WorkloadWorkflow: dev server, worker, git, and AWS through moto."""
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 import yaml
-from support.moto import MOTO_ACCOUNT_ID, moto_server
+from support.moto import MOTO_ACCOUNT_ID
 from support.stack import bare_repo, platform_for, read, running_worker, task_queue
 from temporalio.client import Client, WorkflowHandle
 
@@ -21,12 +20,6 @@ from workflows.workload import WorkloadWorkflow
 
 REGION = "eu-west-1"
 OIDC = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:oidc-provider/oidc.eks.{REGION}.amazonaws.com/id/ABC"
-
-
-@pytest.fixture(scope="module")
-def aws_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 def aws_platform(repo: Path, aws_url: str) -> Platform:

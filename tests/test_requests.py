@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from support.cli import Cli, Result, eventually, write_platform
-from support.stack import bare_repo, platform_for, running_worker, task_queue
+from support.stack import platform_for, running_worker
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -46,16 +46,6 @@ def aggregator_doc(hostname: str) -> dict[str, Any]:
 def write_yaml(path: Path, *documents: dict[str, Any]) -> str:
     path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     return str(path)
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ DISRUPTIONS = [Disruption(worker=0, how="kill", at=4), Disruption(worker=1, how=
 
 async def test_three_workers_share_onboarding_through_a_crash_and_a_deploy(
     client: Client,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     keys: ControllerKeys,
     tmp_path: Path,
@@ -36,9 +36,9 @@ async def test_three_workers_share_onboarding_through_a_crash_and_a_deploy(
         tmp_path,
         COUNT,
         DISRUPTIONS,
-        aws_url=moto_url,
+        aws_url=aws_url,
         synadia=synadia,
         sealing_cert=keys.cert_file,
         timeout=120,
     )
-    await assert_shared_and_once(outcome, aws_url=moto_url, synadia=synadia)
+    await assert_shared_and_once(outcome, aws_url=aws_url, synadia=synadia)

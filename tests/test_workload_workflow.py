@@ -1,18 +1,15 @@
 """WorkloadWorkflow against a real Temporal dev server, a real worker and a real git repository."""
 
 import asyncio
-from pathlib import Path
 
 import pytest
 import yaml
 from support.stack import (
-    bare_repo,
     commits,
     git,
     platform_for,
     read,
     running_worker,
-    task_queue,
 )
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
@@ -56,16 +53,6 @@ async def until(predicate, handle: WorkflowHandle, timeout: float = 30) -> Workl
             if predicate(status):
                 return status
             await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return bare_repo(tmp_path / "state.git")
-
-
-@pytest.fixture
-def queue() -> str:
-    return task_queue()
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ RATES = {"error_rate": ERROR_RATE, "throttle_rate": THROTTLE_RATE, "spike_rate":
 
 
 @pytest.fixture(scope="module")
-async def proxy(moto_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy.running(moto_url) as proxy:
+async def proxy(aws_url: str) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy.running(aws_url) as proxy:
         yield proxy
 
 
@@ -82,7 +82,7 @@ def onboarding(
 async def test_onboarding_through_flaky_aws_and_synadia_converges_without_duplicates(
     client: Client,
     proxy: FaultProxy,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
     seed: int,
@@ -99,7 +99,7 @@ async def test_onboarding_through_flaky_aws_and_synadia_converges_without_duplic
     finally:
         await run.worker.stop()
 
-    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    await fleet.assert_onboarded_once(run, statuses, aws_url=aws_url, synadia=synadia)
     aws_faults = _kinds(proxy.injected)
     synadia_faults = _kinds(synadia.counters()["injected"])
     print(f"injected into AWS calls: {aws_faults}; into Synadia calls: {synadia_faults}")
@@ -125,7 +125,7 @@ def create_inputs(workload: Workload) -> dict[str, object]:
 async def test_port_runs_through_flaky_port_aws_and_synadia_finish_once(
     client: Client,
     proxy: FaultProxy,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
     seed: int,
@@ -176,7 +176,7 @@ async def test_port_runs_through_flaky_port_aws_and_synadia_finish_once(
     # One report per run: a webhook delivered again would find its report's workflow id taken.
     query = f"WorkflowType = 'PortRunWorkflow' AND TaskQueue = '{run.queue}'"
     assert (await client.count_workflows(query)).count == COUNT
-    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    await fleet.assert_onboarded_once(run, statuses, aws_url=aws_url, synadia=synadia)
     print(f"injected into Port calls: {port_faults}")
     assert {"503", "429", "spike"} <= set(port_faults)
 

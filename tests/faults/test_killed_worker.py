@@ -30,7 +30,7 @@ from emulators.synadia import SynadiaEmulator
 )
 async def test_a_worker_killed_at_random_moments_leaves_every_resource_once(
     client: Client,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
     seed: int,
@@ -50,7 +50,7 @@ async def test_a_worker_killed_at_random_moments_leaves_every_resource_once(
         tmp_path,
         client.service_client.config.target_host,
         count,
-        aws_url=moto_url,
+        aws_url=aws_url,
         synadia=synadia,
         sealing_cert=sealing_cert,
     )
@@ -79,6 +79,6 @@ async def test_a_worker_killed_at_random_moments_leaves_every_resource_once(
     finally:
         await worker.stop()
 
-    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    await fleet.assert_onboarded_once(run, statuses, aws_url=aws_url, synadia=synadia)
     downloads = sum(synadia.creds_issued(s.outputs["Nats"]["userId"]) for s in statuses)
     print(f"credentials downloaded {downloads} times for {count} workloads")

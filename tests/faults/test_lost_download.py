@@ -34,7 +34,7 @@ HOLD_MS = 30_000
 
 async def test_a_worker_killed_between_download_and_delivery_leaves_only_delivered_creds_valid(
     client: Client,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
     keys: ControllerKeys,
@@ -44,7 +44,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
         tmp_path,
         client.service_client.config.target_host,
         COUNT,
-        aws_url=moto_url,
+        aws_url=aws_url,
         synadia=synadia,
         sealing_cert=sealing_cert,
     )
@@ -74,7 +74,7 @@ async def test_a_worker_killed_between_download_and_delivery_leaves_only_deliver
         statuses = await fleet.wait_all_ready(client, run.workloads)
     finally:
         await worker.stop()
-    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    await fleet.assert_onboarded_once(run, statuses, aws_url=aws_url, synadia=synadia)
 
     delivered = revoked = downloads = 0
     async with SynadiaClient(synadia.api_url, synadia.token) as api:

@@ -17,7 +17,7 @@ COUNT = 30
 
 @pytest.mark.faults
 async def test_a_server_killed_mid_onboarding_resumes_every_workload_once(
-    moto_url: str, synadia: SynadiaEmulator, sealing_cert: Path, seed: int, tmp_path: Path
+    aws_url: str, synadia: SynadiaEmulator, sealing_cert: Path, seed: int, tmp_path: Path
 ) -> None:
     """The worker is not restarted: its polls and completions fail while the server is down,
     and it reconnects by itself once the server is back (an activity that finished during the
@@ -31,7 +31,7 @@ async def test_a_server_killed_mid_onboarding_resumes_every_workload_once(
         tmp_path,
         server.address,
         COUNT,
-        aws_url=moto_url,
+        aws_url=aws_url,
         synadia=synadia,
         sealing_cert=sealing_cert,
     )
@@ -53,4 +53,4 @@ async def test_a_server_killed_mid_onboarding_resumes_every_workload_once(
         await run.worker.stop()
         await server.stop()
 
-    await fleet.assert_onboarded_once(run, statuses, aws_url=moto_url, synadia=synadia)
+    await fleet.assert_onboarded_once(run, statuses, aws_url=aws_url, synadia=synadia)

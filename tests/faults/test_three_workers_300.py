@@ -28,7 +28,7 @@ COUNT = 300
 @pytest.mark.faults
 async def test_three_workers_share_onboarding_through_two_crashes_and_a_deploy(
     client: Client,
-    moto_url: str,
+    aws_url: str,
     synadia: SynadiaEmulator,
     sealing_cert: Path,
     seed: int,
@@ -44,8 +44,8 @@ async def test_three_workers_share_onboarding_through_two_crashes_and_a_deploy(
         tmp_path,
         COUNT,
         disruptions,
-        aws_url=moto_url,
+        aws_url=aws_url,
         synadia=synadia,
         sealing_cert=sealing_cert,
     )
-    await assert_shared_and_once(outcome, aws_url=moto_url, synadia=synadia)
+    await assert_shared_and_once(outcome, aws_url=aws_url, synadia=synadia)

@@ -7,7 +7,7 @@ for chosen operations. Error bodies have the shape of each protocol's real answe
 XML for IAM's query protocol), so botocore's own retries and idp's error mapping see what they
 would see from AWS. Everything else is forwarded to moto unchanged.
 
-    async with FaultProxy.running(moto_url) as proxy:
+    async with FaultProxy.running(aws_url) as proxy:
         proxy.set_faults(AwsFaults(error_rate=0.2, throttle_rate=0.1, seed=7))
         ... boto3 with endpoint_url=proxy.url ...
         proxy.calls["iam:CreateRole"]

@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/codec_overhead.py
 	$(BIN)/python bench/seal_time.py
 	$(BIN)/python bench/steady_state.py  # 1,000 idle workloads for 10 minutes
+	$(BIN)/python bench/steady_state.py --fleet-observer  # the same, watched by the fleet observer
+	$(BIN)/python bench/drift_repair.py
 
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:

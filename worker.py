@@ -24,13 +24,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion, WorkflowIDConflictPolicy
 from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.apiroutes import ApiRouteActivities
-from activities.capabilities import all_activities
+from activities.capabilities import all_actions, all_activities
 from activities.errors import log_classified_failures_on_one_line
+from activities.fleet import FleetActivities
 from activities.platform import PlatformActivities
 from activities.port import PortActivities
 from idp.errors import PermanentError
@@ -39,6 +40,7 @@ from idp.platform import Platform, PlatformError, load_platform, platform_path
 from idp.port import client_from_config
 from starter import health, telemetry, temporal
 from workflows.aggregator import ApiAggregatorWorkflow
+from workflows.observer import FleetObserverWorkflow, ObserverInput, observer_id
 from workflows.portrun import PortRunWorkflow
 from workflows.steps import STEP_TIMEOUT
 from workflows.workload import WorkloadWorkflow
@@ -48,7 +50,12 @@ STICKY_TIMEOUT = timedelta(seconds=5)
 
 # PortRunWorkflow is registered even without Port: only the bridge starts it, and the replayer
 # must know every workflow type a server may hold.
-WORKFLOWS: list[type] = [WorkloadWorkflow, ApiAggregatorWorkflow, PortRunWorkflow]
+WORKFLOWS: list[type] = [
+    WorkloadWorkflow,
+    ApiAggregatorWorkflow,
+    PortRunWorkflow,
+    FleetObserverWorkflow,
+]
 # The domain models and the capabilities are deterministic libraries, loaded once per process:
 # the sandbox shares them rather than re-importing them per workflow, so every workflow sees the
 # capabilities the worker found at start (entry points cannot be read inside the sandbox).
@@ -96,16 +103,33 @@ def deployment_version(image: str) -> WorkerDeploymentVersion:
     return WorkerDeploymentVersion(deployment_name=deployment, build_id=tag or digest)
 
 
-def activities(platform: Platform, cache_dir: Path) -> list:
-    """The platform's own activities, the ApiAggregator's, and every installed capability's."""
+def activities(client: Client, platform: Platform, cache_dir: Path) -> list:
+    """The platform's own activities, the ApiAggregator's, every installed capability's and the
+    fleet observer's sweep, which reads through the same capabilities' actions."""
     # The same clone directory as the capabilities': one store per repository, one commit queue.
     routes = ApiRouteActivities(platform, cache_dir / "statestore")
+    actions = all_actions(platform, cache_dir / "statestore")
     return [
         PlatformActivities(platform).runtime_settings,
         routes.write_api_routes,
         routes.remove_api_routes,
-        *all_activities(platform, cache_dir / "statestore"),
+        *all_activities(actions),
+        FleetActivities(client, platform, actions).sweep,
     ]
+
+
+async def start_fleet_observer(client: Client, platform: Platform, task_queue: str) -> None:
+    """Make sure the task queue's fleet observer runs, when the platform asks for one; every
+    worker asks, and the first one starts it."""
+    if not (platform.reconcile.fleet_observer and platform.reconcile.search_attributes):
+        return
+    await client.start_workflow(
+        FleetObserverWorkflow.run,
+        ObserverInput(),
+        id=observer_id(task_queue),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 def port_activities(client: Client, platform: Platform) -> list:
@@ -147,7 +171,7 @@ def build_worker(
         task_queue=task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
-        activities=activities(platform, cache_dir) + port_activities(client, platform),
+        activities=activities(client, platform, cache_dir) + port_activities(client, platform),
         # A step under way on SIGTERM gets its whole timeout to finish rather than being cut off
         # and redone elsewhere; Port's long waits give way at once (activities/port.py).
         graceful_shutdown_timeout=STEP_TIMEOUT,
@@ -234,6 +258,7 @@ async def run(args: argparse.Namespace) -> int:
         worker = build_worker(
             client, platform, settings.task_queue, Path(args.cache_dir), version=version
         )
+        await start_fleet_observer(client, platform, settings.task_queue)
         listener = health.listen(probe_address) if probe_address else None
     except (PermanentError, health.HealthError) as error:
         log.error("%s", error)

@@ -71,7 +71,13 @@ def capability_activities(
         async def work() -> Report:
             observation = await actions.observe(ctx)
             plan = capability.plan(ctx, observation)
-            return reported(await actions.apply(ctx, plan, observation), plan)
+            report = reported(await actions.apply(ctx, plan, observation), plan)
+            if plan or report.status != "Ready":
+                return report
+            # Found in sync: what the fleet observer must find for the workload to sleep on.
+            return report.model_copy(
+                update={"fingerprint": capability.fingerprint(ctx, observation)}
+            )
 
         return await _run(work())
 
@@ -116,10 +122,15 @@ def capability_activities(
     return [reconcile, observe, apply, teardown, preview]
 
 
-def all_activities(platform: Any, cache_dir: Path) -> list[Callable[..., Any]]:
-    """Every installed capability's activities, its actions made once for this worker."""
+def all_actions(platform: Any, cache_dir: Path) -> dict[str, Actions[Any, Any]]:
+    """Every installed capability's worker half, by name, made once for this worker: its
+    activities and the fleet observer's sweep share them (and their clients)."""
+    return {c.name: c.actions(platform, settings_of(c, platform), cache_dir) for c in installed()}
+
+
+def all_activities(actions: dict[str, Actions[Any, Any]]) -> list[Callable[..., Any]]:
+    """Every installed capability's activities."""
     found = []
     for capability in installed():
-        actions = capability.actions(platform, settings_of(capability, platform), cache_dir)
-        found += capability_activities(capability, actions)
+        found += capability_activities(capability, actions[capability.name])
     return found

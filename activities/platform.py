@@ -5,6 +5,7 @@ from pydantic import ConfigDict, Field
 from temporalio import activity
 
 from activities.capabilities import installed_names, offered
+from idp.capability import digest
 from idp.models import Model
 from idp.platform import Platform, ReconcileSettings
 
@@ -24,6 +25,11 @@ class RuntimeSettings(Model):
         description="Every capability the worker has installed: a replay decides as the pass "
         "did, whatever the replaying worker has (workflows/engine.py).",
     )
+    platform_digest: str | None = Field(
+        None,
+        description="Of the whole platform file: a workload the fleet observer keeps asleep is "
+        "woken when it changes, since its plans may too.",
+    )
 
 
 class PlatformActivities:
@@ -37,4 +43,9 @@ class PlatformActivities:
             capabilities=offered(self._platform),
             port=self._platform.port is not None,
             installed=installed_names(),
+            platform_digest=platform_digest(self._platform),
         )
+
+
+def platform_digest(platform: Platform) -> str:
+    return digest(platform.model_dump(mode="json"))

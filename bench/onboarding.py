@@ -13,23 +13,41 @@ and every valid one be a delivered one.
 
 The baseline runs the same capability code (each capability's observe, plan and apply, in the
 engine's order: the registry, the NATS user, the credentials, the manifests) for another N
-workloads from one plain asyncio program with the same concurrency, no Temporal, against the same
-stack. The ratio is the cost of
-durability: server round trips, history, workflow tasks.
+workloads from one plain asyncio program, no Temporal, against the same stack, with the worker's
+concurrency: at most as many capability steps at once as the worker has activity slots (read
+from the running worker's metrics, bench/measure.py). The ratio is the cost of durability:
+server round trips, history, workflow tasks.
+
+Beside them, for each N (bench/measure.py says how each is measured): CPU seconds, % of one core
+and RSS of every process of the stack (the worker, its git children, the Temporal server, moto,
+the Synadia emulator and its nats-server, the Port emulator, ...) over the durable onboarding and
+over the plain run; and Temporal Cloud's billable actions, counted from the history of every
+workflow in the namespace from the first apply on, by workflow type and per workload, beside the
+dev server's own `action` metric.
 """
 
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
-from temporalio.api.enums.v1 import EventType
+from measure import (
+    NOT_IN_HISTORY,
+    MeteredStack,
+    ProcessMeter,
+    actions_table,
+    activity_slots,
+    history_actions,
+    machine_line,
+    metric_lines,
+    server_actions,
+)
 
 from activities.capabilities import offered, settings_of
 from idp.capability import Context, installed
@@ -66,16 +84,6 @@ async def ready(client, item: Workload) -> None:
         raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
 
 
-async def activity_executions(client, items: list[Workload]) -> int:
-    count = 0
-    for item in items:
-        history = await client.get_workflow_handle(item.workflow_id).fetch_history()
-        count += sum(
-            e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events
-        )
-    return count
-
-
 def sealed_deliveries(repo: Path) -> int:
     """Commits that changed a SealedSecret, counted file by file: one per delivery."""
     out = subprocess.run(
@@ -99,15 +107,17 @@ async def issued(stack: dev.Stack, system: str) -> tuple[int, int]:
     return downloads, valid
 
 
-async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
-    """The same steps, called directly: what a script without durability would do. Seconds,
-    and how many workloads it left unfinished (nothing retries them)."""
+async def plain(stack: dev.Stack, items: list[Workload], cap: int) -> tuple[float, int]:
+    """The same steps, called directly: what a script without durability would do, with at
+    most `cap` steps (a capability's observe, plan and apply: what one activity runs) under
+    way at once. Seconds, and how many workloads it left unfinished (nothing retries them)."""
     os.environ[dev.SYNADIA_TOKEN_ENV] = stack.synadia_token or ""
     os.environ |= {"AWS_ACCESS_KEY_ID": "idp-local", "AWS_SECRET_ACCESS_KEY": "idp-local"}
     config = load_platform(stack.platform_file)
     cache = stack.root / "plain-cache" / "statestore"
     capabilities = [c for c in installed() if c.name in offered(config)]
     actions = {c.name: c.actions(config, settings_of(c, config), cache) for c in capabilities}
+    slots = asyncio.Semaphore(cap)
 
     async def onboard(item: Workload) -> None:
         books = SimpleNamespace(outputs={}, memory={}, requests={})
@@ -117,8 +127,9 @@ async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
             if not capability.wanted(ctx):
                 continue
             act = actions[capability.name]
-            observation = await act.observe(ctx)
-            report = await act.apply(ctx, capability.plan(ctx, observation), observation)
+            async with slots:
+                observation = await act.observe(ctx)
+                report = await act.apply(ctx, capability.plan(ctx, observation), observation)
             if report.outputs is not None:
                 books.outputs[capability.name] = report.outputs
 
@@ -130,9 +141,22 @@ async def plain(stack: dev.Stack, items: list[Workload]) -> tuple[float, int]:
     return time.perf_counter() - started, len(errors)
 
 
-async def measure(n: int) -> dict[str, float]:
+async def settle(stack: MeteredStack, namespace: str, limit: float = 30) -> None:
+    """Until the server's action counter holds still for a second (the last workflow tasks
+    after Ready: the timer of the next drift check), at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    last = await server_actions(stack.server_metrics_url, namespace)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        now = await server_actions(stack.server_metrics_url, namespace)
+        if now == last:
+            return
+        last = now
+
+
+async def onboard_size(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="idp-onboarding-") as tmp:
-        stack = dev.Stack(
+        stack = MeteredStack(
             Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
         )
         try:
@@ -140,48 +164,85 @@ async def measure(n: int) -> dict[str, float]:
             client = await temporal.connect(
                 temporal.TemporalSettings(address=stack.address),
             )
+            cap = await activity_slots(stack.metrics_url)
             items = [workload("onboard", f"w{i:04}") for i in range(n)]
+            metric_before = await server_actions(stack.server_metrics_url, client.namespace)
+            since = time.time_ns()
+            meter = ProcessMeter.of_stack(stack)
+            meter.begin()
             started = time.perf_counter()
             await asyncio.gather(*(ready(client, item) for item in items))
             durable = time.perf_counter() - started
-            activities = await activity_executions(client, items)
+            meter.end()
+            await settle(stack, client.namespace)
+            metric_after = await server_actions(stack.server_metrics_url, client.namespace)
+            by_type = await history_actions(client, since)
             # Before the baseline, whose workloads have the same names and so the same files.
             delivered = sealed_deliveries(stack.state_store)
             downloads, valid = await issued(stack, "onboard")
-            baseline, failed = await plain(stack, [workload("plain", f"w{i:04}") for i in range(n)])
+            plain_meter = ProcessMeter.of_stack(stack)
+            plain_meter.begin()
+            plain_items = [workload("plain", f"w{i:04}") for i in range(n)]
+            baseline, failed = await plain(stack, plain_items, cap)
+            plain_meter.end()
         finally:
             stack.stop()
+    workloads = by_type.get(WorkloadWorkflow.__name__)
+    total_actions = sum(t.total for t in by_type.values())
+    print(f"\n== {n} workloads ==")
+    print(meter.table("durable onboarding (first apply to all Ready)"))
+    print(plain_meter.table(f"plain asyncio (at most {cap} steps at once)"))
+    print("billable actions (Temporal Cloud's rules, bench/measure.py), first apply on:")
+    print(actions_table(by_type, n))
+    print("\n".join(metric_lines(metric_before, metric_after, by_type)))
+    print(NOT_IN_HISTORY, flush=True)
     return {
         "n": n,
         "seconds": durable,
-        "activities": activities,
+        "activities": workloads.actions["activity"] if workloads else 0,
         "plain": baseline,
         "plain_failed": failed,
+        "cap": cap,
         "issued": downloads,
         "delivered": delivered,
         "valid": valid,
+        "actions": total_actions,
+        "events": sum(t.events for t in by_type.values()),
+        "worker_cpu": meter.own("worker"),
+        "git_cpu": meter.children("worker"),
     }
 
 
 async def main(sizes: list[int]) -> None:
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")  # fmt: skip
+    print("\n" + machine_line(), flush=True)
     print("steps per workload: registry (moto), NATS user, sealed credentials, manifests")
+    results = []
+    for n in sizes:
+        # Each size's tables as soon as it is measured: the largest take minutes.
+        results.append(await onboard_size(n))
+    print("\n== summary ==")
     print(
         f"{'workloads':>9} {'all Ready (s)':>14} {'workloads/s':>12} {'activities/s':>13} "
-        f"{'plain asyncio (s)':>18} {'plain failed':>13} {'durable/plain':>14} "
-        f"{'creds issued':>13} {'delivered':>10} {'still valid':>12}"
+        f"{'plain asyncio (s)':>18} {'plain failed':>13} {'plain cap':>10} "
+        f"{'durable/plain':>14} {'creds issued':>13} {'delivered':>10} {'still valid':>12} "
+        f"{'actions/wl':>11} {'events/wl':>10} {'worker cpu-s':>13} {'git cpu-s':>10}"
     )
-    for n in sizes:
-        # Each row as soon as it is measured: the largest take minutes.
-        r = await measure(n)
+    for r in results:
         print(
             f"{r['n']:>9} {r['seconds']:>14.1f} {r['n'] / r['seconds']:>12.1f} "
             f"{r['activities'] / r['seconds']:>13.1f} {r['plain']:>18.1f} "
-            f"{r['plain_failed']:>13} {r['seconds'] / r['plain']:>14.2f} "
-            f"{r['issued']:>13} {r['delivered']:>10} {r['valid']:>12}",
+            f"{r['plain_failed']:>13} {r['cap']:>10} {r['seconds'] / r['plain']:>14.2f} "
+            f"{r['issued']:>13} {r['delivered']:>10} {r['valid']:>12} "
+            f"{r['actions'] / r['n']:>11.1f} {r['events'] / r['n']:>10.1f} "
+            f"{r['worker_cpu']:>13.1f} {r['git_cpu']:>10.1f}",
             flush=True,
         )
+    caps = sorted({r["cap"] for r in results})
+    print(
+        f"plain cap: at most {', '.join(map(str, caps))} capability steps at once, the worker's "
+        "activity slots (its temporal_worker_task_slots_* metrics; worker.py's build_worker "
+        "sets them, the SDK's default when it names none)"
+    )
 
 
 if __name__ == "__main__":

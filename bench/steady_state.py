@@ -1,28 +1,46 @@
 """Steady state: what N idle workloads cost the worker and the Temporal server.
 
     .venv/bin/python bench/steady_state.py [--workloads 1000] [--minutes 10] [--drift 10m]
+        [--fleet-observer]
 
 Starts the same stack as `idpctl dev` (Temporal dev server with its SQLite file, the worker as its
-own process, moto for the registry step, a bare git repository) in a temporary directory, applies
-N workloads (ECR repository and IAM role in moto, ServiceAccount in git; no NATS user) and waits
-until all are Ready. Then, for the window, it leaves them alone (drift checks every `--drift`)
-and samples the worker's and the server's CPU time and resident memory from /proc. History growth
-comes from each workflow's history length before and after the window (following a
-continue-as-new to the new run). Prints one table and stops everything.
+own process, moto for the registry step, a bare git repository, and the rest of `idpctl dev`'s
+processes) in a temporary directory, applies N workloads (ECR repository and IAM role in moto,
+ServiceAccount in git; no NATS user) and waits until all are Ready. Then, for the window, it
+leaves them alone (drift checks every `--drift`; with `--fleet-observer`, the platform's
+`reconcile.fleetObserver` is on and the window starts once every workload is watched, which
+takes one drift interval after its first pass: docs/fleet.md) and measures, over the window only
+(bench/measure.py says how): the CPU time and resident memory of every process of the stack
+(the worker, its git children, the Temporal server, each emulator) from /proc; and Temporal
+Cloud's billable actions, counted from the history of every workflow in the namespace (every
+type and run), events whose time falls in the window, scaled to one idle workload for a day,
+beside the dev server's own `action` metric. History growth comes from each workflow's history
+length before and after the window (following a continue-as-new to the new run). Prints the
+tables and stops everything.
 """
 
 import argparse
 import asyncio
-import os
-import platform
 import socket
-import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from measure import (
+    NOT_IN_HISTORY,
+    MeteredStack,
+    ProcessMeter,
+    actions_table,
+    history_actions,
+    machine_line,
+    metric_lines,
+    server_actions,
+)
+
+# bench/workers.py and bench/postgres_onboarding.py import it from here.
+from measure import cpu_seconds as cpu_seconds
 from temporalio.client import Client
 
 from idp.durations import format_duration, parse_duration
@@ -33,7 +51,6 @@ from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
 SYSTEM = "steady"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 APPLY_CONCURRENCY = 50
 DESCRIBE_CONCURRENCY = 100
 
@@ -51,52 +68,6 @@ def workload(index: int) -> Workload:
             "spec": {"owner": "bench", "destination": "dev", "namespace": "bench"},
         }
     )
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User plus system CPU time of one process, and of its children that have exited (git)."""
-    # The command name (field 2) is parenthesised and may hold spaces: split after it.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-@dataclass
-class Usage:
-    """CPU and memory of one process over the window."""
-
-    pid: int
-    started: float = 0.0
-    cpu_start: tuple[float, float] = (0.0, 0.0)
-    cpu_end: tuple[float, float] = (0.0, 0.0)
-    ended: float = 0.0
-    rss: list[float] = field(default_factory=list)
-
-    def begin(self) -> None:
-        self.started, self.cpu_start = time.monotonic(), cpu_seconds(self.pid)
-        self.sample()
-
-    def sample(self) -> None:
-        self.rss.append(rss_mib(self.pid))
-
-    def end(self) -> None:
-        self.ended, self.cpu_end = time.monotonic(), cpu_seconds(self.pid)
-        self.sample()
-
-    @property
-    def cpu_percent(self) -> float:
-        return 100 * (self.cpu_end[0] - self.cpu_start[0]) / (self.ended - self.started)
-
-    @property
-    def children_cpu_percent(self) -> float:
-        return 100 * (self.cpu_end[1] - self.cpu_start[1]) / (self.ended - self.started)
 
 
 @dataclass(frozen=True)
@@ -155,58 +126,95 @@ async def continued_as_new(client: Client) -> int:
     return (await client.count_workflows(query)).count
 
 
-async def main(workloads: int, window: timedelta, drift: timedelta, sample_every: float) -> None:
+async def all_watched(client: Client, workloads: int, drift: timedelta) -> float:
+    """Seconds until every workload is watched by the fleet observer (its IdpFleet is set)."""
+    query = f"IdpSystem = '{SYSTEM}' AND ExecutionStatus = 'Running' AND IdpFleet IS NOT NULL"
+    started = time.perf_counter()
+    deadline = time.monotonic() + 3 * drift.total_seconds() + 60
+    while (await client.count_workflows(query)).count < workloads:
+        if time.monotonic() > deadline:
+            raise SystemExit("error: the workloads were not all watched within three intervals")
+        await asyncio.sleep(5)
+    return time.perf_counter() - started
+
+
+async def main(
+    workloads: int, window: timedelta, drift: timedelta, sample_every: float, fleet: bool
+) -> None:
+    machine = machine_line()
+    print(f"\n{machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="idp-steady-") as tmp:
-        stack = dev.Stack(Path(tmp), "127.0.0.1", free_port(), free_port())
+        stack = MeteredStack(Path(tmp), "127.0.0.1", free_port(), free_port())
         stack.drift_interval = format_duration(drift)
+        stack.fleet_observer = fleet
         try:
             await dev.start(stack)
             client = await temporal.connect(temporal.TemporalSettings(address=stack.address))
             items = [workload(i) for i in range(workloads)]
             apply_seconds = await apply_all(client, items)
+            watched_after = await all_watched(client, workloads, drift) if fleet else None
             ids = [item.workflow_id for item in items]
-            worker = Usage(stack.processes["worker"].pid)
-            server = Usage(stack.processes["temporal"].pid)
+            meter = ProcessMeter.of_stack(stack)
             before = await current_runs(client, ids)
             can_before = await continued_as_new(client)
-            worker.begin()
-            server.begin()
+            metric_before = await server_actions(stack.server_metrics_url, client.namespace)
+            since = time.time_ns()
+            meter.begin()
             deadline = time.monotonic() + window.total_seconds()
             while time.monotonic() < deadline:
                 await asyncio.sleep(min(sample_every, max(deadline - time.monotonic(), 0)))
                 if (problem := stack.dead()) is not None:
                     raise SystemExit(f"error: {problem}")
-                worker.sample()
-                server.sample()
-            worker.end()
-            server.end()
+                meter.sample()
+            meter.end()
+            until = time.time_ns()
+            metric_after = await server_actions(stack.server_metrics_url, client.namespace)
             after = await current_runs(client, ids)
             events = await events_between(client, before, after)
             can = await continued_as_new(client) - can_before
+            by_type = await history_actions(client, since, until)
         finally:
             stack.stop()
 
     per_day = events / workloads / (window / timedelta(days=1))
-    python = platform.python_version()
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {python}")
+    window_seconds = (until - since) / 1e9
+    actions = sum(t.total for t in by_type.values())
+    actions_per_day = actions / workloads * 86400 / window_seconds
+    print(f"\n{machine}")
     print(f"steps per workload: registry (moto), manifests (git); drift checks every "
           f"{format_duration(drift)}; {workloads} applied in {apply_seconds:.0f}s")  # fmt: skip
+    if watched_after is not None:
+        print(f"fleet observer on: all {workloads} watched {watched_after:.0f}s after the last "
+              "was Ready; the window started then")  # fmt: skip
+    else:
+        print("fleet observer off: every workload checks on its own")
+    worker_cpu = 100 * meter.own("worker") / meter.seconds
+    git_cpu = 100 * meter.children("worker") / meter.seconds
+    server_cpu = 100 * meter.own("temporal") / meter.seconds
     rows = [
         ("workloads", f"{workloads}"),
         ("window", format_duration(window)),
-        ("worker CPU, % of one core (mean)", f"{worker.cpu_percent:.1f}"),
-        ("  its git processes, % of one core", f"{worker.children_cpu_percent:.1f}"),
-        ("worker RSS, MiB (max)", f"{max(worker.rss):.0f}"),
-        ("server CPU, % of one core (mean)", f"{server.cpu_percent:.1f}"),
-        ("server RSS, MiB (max)", f"{max(server.rss):.0f}"),
-        ("worker RSS, MiB (median of samples)", f"{statistics.median(worker.rss):.0f}"),
+        ("worker CPU, % of one core (mean)", f"{worker_cpu:.1f}"),
+        ("  its git processes, % of one core", f"{git_cpu:.1f}"),
+        ("worker RSS, MiB (max)", f"{meter.rss_max('worker'):.0f}"),
+        ("server CPU, % of one core (mean)", f"{server_cpu:.1f}"),
+        ("server RSS, MiB (max)", f"{meter.rss_max('temporal'):.0f}"),
+        ("worker RSS, MiB (median of samples)", f"{meter.rss_median('worker'):.0f}"),
         ("history events per workload per day", f"{per_day:.0f}"),
         ("history events in the window", f"{events}"),
         ("continue-as-new in the window", f"{can}"),
+        ("billable actions per idle workload per day", f"{actions_per_day:.1f}"),
     ]
-    print(f"{'measure':<40} {'value':>10}")
+    print(f"{'measure':<44} {'value':>10}")
     for name, value in rows:
-        print(f"{name:<40} {value:>10}")
+        print(f"{name:<44} {value:>10}")
+    print()
+    print(meter.table("idle window"))
+    print(f"billable actions (Temporal Cloud's rules, bench/measure.py), in the window "
+          f"({window_seconds:.0f} s):")  # fmt: skip
+    print(actions_table(by_type, workloads, per_day_window=window_seconds))
+    print("\n".join(metric_lines(metric_before, metric_after, by_type)))
+    print(NOT_IN_HISTORY)
 
 
 if __name__ == "__main__":
@@ -215,6 +223,14 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=10, help="the measured window")
     parser.add_argument("--drift", type=parse_duration, default=timedelta(minutes=10))
     parser.add_argument("--sample-seconds", type=float, default=5, help="how often to sample RSS")
+    parser.add_argument(
+        "--fleet-observer", action="store_true", help="reconcile.fleetObserver on (docs/fleet.md)"
+    )
     args = parser.parse_args()
     window = timedelta(minutes=args.minutes)
-    asyncio.run(main(args.workloads, window, args.drift, args.sample_seconds))
+    if window < args.drift:
+        # Shorter, it may end before the first drift check of workloads applied just before.
+        parser.error(
+            f"--minutes: the window must cover one drift interval ({format_duration(args.drift)})"
+        )
+    asyncio.run(main(args.workloads, window, args.drift, args.sample_seconds, args.fleet_observer))

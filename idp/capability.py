@@ -23,7 +23,9 @@ so a platform team adds one by installing a package: see docs/capabilities.md.
 """
 
 import functools
+import hashlib
 import importlib.metadata
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import datetime
@@ -97,6 +99,11 @@ class Context(Model):
     memory: dict[str, Any] = Field({}, description="This capability's durable bookkeeping.")
     inputs: dict[str, Any] = Field({}, description="Outputs of the capabilities it requires.")
     requests: dict[str, Any] = Field({}, description="Open requests, by operation name.")
+    unsettled: bool = Field(
+        False,
+        description="Its last pass failed in a way a retry may fix (a timeout, a 5xx), so what "
+        "that pass was making may exist without being recorded: look it up before creating.",
+    )
 
     @classmethod
     def of(
@@ -107,6 +114,7 @@ class Context(Model):
         generation: int,
         now: datetime,
         books: "Books",
+        unsettled: bool = False,
     ) -> "Context":
         """What `capability` sees of the books a workflow keeps for all of them: its own
         outputs and memory, the outputs of those it requires, the requests it acts on."""
@@ -120,6 +128,7 @@ class Context(Model):
             memory=books.memory.get(capability.name) or {},
             inputs={n: outputs[n] for n in capability.requires if n in outputs},
             requests={op: r for op, r in books.requests.items() if op in capability.requests},
+            unsettled=unsettled,
         )
 
     def own(self, model: type[M]) -> M | None:
@@ -137,6 +146,21 @@ P = TypeVar("P", bound=Plan)
 Obs = TypeVar("Obs", bound=BaseModel)
 
 Status = Literal["Ready", "Waiting", "Blocked", "Failed"]
+
+
+class Fingerprint(Model):
+    """The outside state a pass found in sync, as the capability's fleet read gives it back:
+    `key` names what the workload holds (unique within the capability), `digest` what it holds
+    there. The fleet observer wakes a workload only when the two differ (docs/fleet.md)."""
+
+    key: str = Field(pattern=r"^\S{1,400}$", description="No whitespace.")
+    digest: str = Field(pattern=r"^\S{1,64}$", description="No whitespace.")
+
+
+def digest(value: Any) -> str:
+    """A short, stable digest of plain data: what both halves of a fingerprint compute."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Report(Model):
@@ -161,6 +185,11 @@ class Report(Model):
     events: list[str] = Field([], description="Further things worth telling, one line each.")
     handled: list[str] = Field([], description="Requests this pass acted on, by operation.")
     plan: list[Change] = Field([], description="The plan it carried out (empty: in sync).")
+    fingerprint: Fingerprint | None = Field(
+        None,
+        description="What a fleet read must find for this workload to stay asleep; only "
+        "when the pass found it in sync and the capability has a fleet read.",
+    )
 
 
 class Preview(Model):
@@ -210,6 +239,13 @@ class Actions(ABC, Generic[Obs, P]):
     @abstractmethod
     async def teardown(self, ctx: Context) -> Report:
         """Remove what this capability made, as `deletionPolicy` says; idempotent too."""
+
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        """One read for many workloads: the digest of each of `keys` (see
+        `Capability.fingerprint`) as it is outside now, with the keys it found nothing for
+        left out. Read-only; raises when it cannot tell, and the fleet observer then wakes
+        those workloads for a pass of their own. Only called when `fingerprint` gives keys."""
+        raise NotImplementedError(f"{type(self).__name__} has no fleet read")
 
     async def explain(self, ctx: Context, plan: P, observation: Obs) -> list[str]:
         """What `idpctl diff` shows beneath the plan's lines, such as a unified diff of the
@@ -286,6 +322,14 @@ class Capability(ABC, Generic[Obs, P]):
         capabilities that build on it; None when only the apply can tell (those are then shown
         as waiting for it). By default: what it has, when the plan changes nothing."""
         return None if plan else ctx.outputs
+
+    def fingerprint(self, ctx: Context, observation: Obs) -> Fingerprint | None:
+        """When `Actions.fleet_observe` can read this workload's part of the outside together
+        with the fleet's: the key and digest of `observation` that the fleet read gives for the
+        same state. A workload all of whose capabilities have one sleeps until a deadline or a
+        message, and a fleet observer wakes it when a digest changes. None (the default): the
+        workload keeps its own drift checks."""
+        return None
 
     def deadline(self, ctx: Context) -> datetime | None:
         """When the loop must wake for this capability even without drift (a refresh, say)."""

@@ -5,8 +5,12 @@ with it.
 
 Ownership is by name: every workload's user is called `<system>-<workload>` in its account, so a
 retried create, or a workflow that lost the user's id, finds the same user instead of making a
-second one. Permission changes are PATCHed onto the existing user; a user is never recreated to
-change what it may do (recreating would change its key and break every connected client).
+second one. Finding it by name means listing every user of the account (the API has no name
+filter, and documents no 409 for a taken name), so the caller asks for that look only when a
+create may have gone through without its result being recorded; otherwise a create is one POST
+whatever the account holds. Permission changes are PATCHed onto the existing user; a user is
+never recreated to change what it may do (recreating would change its key and break every
+connected client).
 
 Permissions mapping (spec.nats.permissions -> jwt_settings). In a NATS user JWT an empty or
 absent allow list means *no restriction*, which is the opposite of what a workload that lists no
@@ -285,17 +289,25 @@ async def repair_user(
 
 
 async def find_user(
-    client: SynadiaClient, directory: Directory, workload: Workload, user_id: str | None
+    client: SynadiaClient,
+    directory: Directory,
+    workload: Workload,
+    user_id: str | None,
+    *,
+    by_name: bool,
 ) -> NatsUser | None:
-    """The workload's user by id (one GET), else by its deterministic name; None when there is
-    none."""
+    """The workload's user by id (one GET), else, when `by_name`, by its deterministic name (a
+    listing of the whole account); None when there is none, or none was looked for by name.
+
+    The account is resolved either way (listed once per worker), so that one the spec names
+    wrongly is refused here, where `idpctl diff` sees it too, and not only when creating."""
     if user_id:
         user = await client.get_nats_user(user_id)
         if user is not None:
             return user
     try:
         account = await directory.account(client, account_ref(workload, directory.config))
-        return await client.find_nats_user(account.id, user_name(workload))
+        return await client.find_nats_user(account.id, user_name(workload)) if by_name else None
     except SynadiaNotFoundError:
         directory.forget()
         raise

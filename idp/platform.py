@@ -138,6 +138,12 @@ class ReconcileSettings(Model):
         description="Maintain the Idp* search attributes; turn off only for a namespace where "
         "they cannot be registered (workflow tasks fail on undefined attributes).",
     )
+    fleet_observer: bool = Field(
+        False,
+        description="Observe the fleet in one read per capability and state store or account "
+        "each drift interval, and let a workload found in sync sleep until a deadline or a "
+        "change instead of checking itself (docs/fleet.md); needs search attributes.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "ReconcileSettings":

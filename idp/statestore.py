@@ -21,6 +21,8 @@ race itself, and a refused change leaves the branch untouched while the rest of 
 What a change would do can be told without doing it, by the same planning: `listing` reads the
 object ids that planning looks at (one fetch, no blob read) and `preview` plans on them, claims
 aside, which is how a capability's plan stays pure and a pass in sync costs no more than that.
+`files` reads the same ids below whole directories, so that one read tells a fleet observer
+what every resource kept there holds now.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def record_holder(text: str) -> str | None:
 
 def _record(owner: str) -> bytes:
     return f"{owner}\n".encode()
+
+
+def record_id(owner: str) -> str:
+    """The object id of every record `owner` holds: its records are found by id, unread."""
+    return _blob_id(_record(owner))
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,10 @@ class StateStore:
         self._env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARIABLES}
         self._env.update(GIT_TERMINAL_PROMPT="0", GIT_LITERAL_PATHSPECS="1", LC_ALL="C")
         self._branch_checked = False
+        # Whether git may have left a lock behind: at start (another process may have been
+        # killed with its children), after we kill a git, after one fails on a lock, and until a
+        # sweep finds none. Walking the whole clone on every operation cost more than the git.
+        self._locks_suspect = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._pending: list[_Queued] = []
@@ -251,7 +262,7 @@ class StateStore:
             entries = await self._head_entries(_paths_read(change))
         prefix = change.directory + "/"
         claimed = {claim.path for claim in change.claims}
-        mine = _blob_id(_record(change.owner)) if change.owner is not None else None
+        mine = record_id(change.owner) if change.owner is not None else None
         # Other owners' records are never this change's business, and a namespace may hold many.
         return {
             path: oid
@@ -259,6 +270,18 @@ class StateStore:
             if mode in _REGULAR_FILE_MODES
             and (path.startswith(prefix) or path in claimed or oid == mine)
         }
+
+    async def files(self, directories: Sequence[str]) -> dict[str, str]:
+        """Path -> object id of every regular file below `directories` at the remote branch
+        head, as `listing` reads them: one fetch and one ls-tree however many directories, so
+        that one read answers for every resource kept below them. No blob is read."""
+        directories = [_validated_directory(directory) for directory in directories]
+        if not directories:
+            return {}  # ls-tree without a path would list the whole repository
+        self._bind_loop()
+        async with self._exclusive():
+            entries = await self._head_entries(directories)
+        return {path: oid for path, (mode, oid) in entries.items() if mode in _REGULAR_FILE_MODES}
 
     async def _head_entries(self, paths: Sequence[str]) -> dict[str, _Entry]:
         """Every entry below `paths` at the freshly fetched remote head; with the clone held."""
@@ -445,7 +468,8 @@ class StateStore:
                 )
             self.workdir.mkdir(parents=True, exist_ok=True)
             await self._git("init", "--quiet", "--bare")
-        self._clear_stale_locks()
+        if self._locks_suspect:
+            self._locks_suspect = self._clear_stale_locks()
         if not self._branch_checked:
             valid = await self._git("check-ref-format", f"refs/heads/{self.branch}", check=False)
             if valid.returncode != 0:
@@ -455,17 +479,22 @@ class StateStore:
                 )
             self._branch_checked = True
 
-    def _clear_stale_locks(self) -> None:
+    def _clear_stale_locks(self) -> bool:
         """Remove git's *.lock files left by a git process killed mid-update (a worker killed
         with its children): git never removes them itself, and every later fetch or commit
         would fail on them. Only old ones: a live git holds its lock for far less than this,
-        and other processes sharing the clone are kept out by the file lock we hold."""
+        and other processes sharing the clone are kept out by the file lock we hold. True when
+        a lock too young to remove is left."""
         cutoff = time.time() - NETWORK_TIMEOUT_SECONDS
+        left = False
         for lock in self.workdir.rglob("*.lock"):
             with contextlib.suppress(FileNotFoundError):
                 if lock.is_file() and lock.stat().st_mtime < cutoff:
                     log.warning("removing stale git lock %s", lock)
                     lock.unlink()
+                elif lock.is_file():
+                    left = True
+        return left
 
     async def _fetch(self) -> str | None:
         """Fetch the branch; its head commit, or None when the remote has no such branch yet."""
@@ -532,6 +561,7 @@ class StateStore:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+            self._locks_suspect = True
             if isinstance(error, TimeoutError):
                 raise TransientError(
                     f"git {args[0]} against state store {self._safe_url} timed out after "
@@ -540,6 +570,8 @@ class StateStore:
                 ) from None
             raise
         run = _Run(process.returncode or 0, stdout, stderr.decode(errors="replace"))
+        if run.returncode != 0 and ".lock" in run.stderr:
+            self._locks_suspect = True
         if check and run.returncode != 0:
             raise TransientError(
                 f"git {args[0]} failed in the clone of state store {self._safe_url} at "
@@ -630,7 +662,7 @@ def _own_blobs(change: Change) -> set[str]:
     record, and its own files (which carry whatever marks it as their owner)."""
     own = {_blob_id(text.encode()) for text in change.files.values()}
     if change.owner is not None:
-        own.add(_blob_id(_record(change.owner)))
+        own.add(record_id(change.owner))
     return own
 
 
@@ -657,7 +689,7 @@ def _released(change: Change, state: dict[str, _Entry], kept: Mapping[str, bytes
     is recognised by its object id alone: it holds nothing but the owner's id."""
     if change.owner is None or change.records is None:
         return []
-    prefix, mine = change.records + "/", _blob_id(_record(change.owner))
+    prefix, mine = change.records + "/", record_id(change.owner)
     return [
         p for p, (_, oid) in state.items() if p.startswith(prefix) and oid == mine and p not in kept
     ]

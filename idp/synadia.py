@@ -3,9 +3,10 @@
 Shaped by the published OpenAPI spec (synadia-io/control-plane-sdk-go, syncp/api/openapi.yaml).
 Errors are judged by status code only, because the spec documents no error body: 404 on a read or
 a delete means the thing is gone, 408/429/5xx and network failures are retried here with capped
-exponential backoff and then raised as `TransientError`, every other 4xx is a `PermanentError`
-naming the operation, the status and whatever message the API gave. Credentials come back as
-`NatsCreds`, whose text never prints; neither it nor the token is ever logged.
+exponential backoff (but what must not happen twice is sent again only after a 429: a user's
+creation; or never: a download) and then raised as `TransientError`, every other 4xx is a
+`PermanentError` naming the operation, the status and whatever message the API gave. Credentials
+come back as `NatsCreds`, whose text never prints; neither it nor the token is ever logged.
 """
 
 from __future__ import annotations
@@ -351,12 +352,18 @@ class SynadiaClient(ApiClient):
         body: Mapping[str, Any] | None = None,
         missing_ok: bool = False,
         attempts: int | None = None,
+        resend: bool = True,
     ) -> httpx.Response | None:
-        """The 2xx response; None for a 404 when `missing_ok`; raises for everything else."""
+        """The 2xx response; None for a 404 when `missing_ok`; raises for everything else.
+
+        Without `resend`, for a request that must not be carried out twice, only a 429 is
+        retried: it says the request was turned away unserved, where a 5xx or a lost answer
+        may come after the work was done."""
         problem = ""
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
             retry_after: str | None = None
+            unserved = False
             try:
                 response = await self._http.request(method, path, json=body)
             except httpx.TransportError as exc:
@@ -377,7 +384,8 @@ class SynadiaClient(ApiClient):
                     )
                 problem = f"HTTP {_status_text(status)}: {_sentence(_api_message(response))}"
                 retry_after = response.headers.get("retry-after")
-            if attempt == attempts:
+                unserved = status == 429
+            if attempt == attempts or not (resend or unserved):
                 break
             delay = self._delay(attempt, retry_after)
             logger.info(
@@ -389,7 +397,7 @@ class SynadiaClient(ApiClient):
                 delay,
             )
             await asyncio.sleep(delay)
-        tries = f"after {attempts} attempts, last" if attempts > 1 else "(not retried)"
+        tries = f"after {attempt} attempts, last" if attempt > 1 else "(not retried)"
         raise TransientError(
             f"Synadia {operation} failed {tries} with {problem}.",
             reason="SynadiaUnavailable",
@@ -509,9 +517,11 @@ class SynadiaClient(ApiClient):
         jwt_expires_in_secs: int | None = None,
         jwt_settings: JwtSettings | None = None,
     ) -> NatsUser:
-        """Create a user; idempotent by name. A 409 (the name is taken) returns the existing user
-        of that name and signing key group: after a retry whose first try went through, or a
-        lost race, it is the same user, and the caller compares its settings anyway."""
+        """Create a user, resending the POST only after a 429: the published API documents no
+        409 for a name the account holds already, so resending after a lost answer or a 5xx
+        that came after the work could make a second user of the name. A caller that tries
+        again looks the user up by name first (`find_nats_user`) instead; so does one that a
+        stricter service answers with an error for a name it holds."""
         operation = f"create NATS user {name!r} in account {account_id}"
         body = _CreateUserBody(
             name=name,
@@ -521,17 +531,9 @@ class SynadiaClient(ApiClient):
                 jwt_settings.model_dump(mode="json", exclude_none=True) if jwt_settings else None
             ),
         ).model_dump(mode="json", exclude_none=True)
-        try:
-            response = await self._request(
-                operation, "POST", f"/accounts/{account_id}/nats-users", body=body
-            )
-        except SynadiaApiError as exc:
-            if exc.status != 409:
-                raise
-            existing = await self.find_nats_user(account_id, name)
-            if existing is None or existing.sk_group_id not in (None, sk_group_id):
-                raise
-            return existing
+        response = await self._request(
+            operation, "POST", f"/accounts/{account_id}/nats-users", body=body, resend=False
+        )
         assert response is not None
         return self._parse(NatsUser, operation, response)
 

@@ -75,6 +75,7 @@ class Stack:
     metrics_port: int = 0  # the worker's Prometheus endpoint; 0: any free port
     postgres_port: int = 0  # 0: PostgreSQL's own 5432 when free, else any free port
     drift_interval: str = "10m"  # benches shorten or lengthen it
+    fleet_observer: bool = False  # benches compare idle fleets with and without it
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_signals: dict[str, signal.Signals] = field(default_factory=dict)
     codec_keys: str | None = field(default=None, repr=False)
@@ -402,7 +403,10 @@ def write_platform(stack: Stack) -> None:
                 "gateways": [{"name": "edge", "namespace": "gateways", "allowedRoutesFrom": "All"}],
             },
         ],
-        "reconcile": {"driftInterval": stack.drift_interval},
+        "reconcile": {
+            "driftInterval": stack.drift_interval,
+            **({"fleetObserver": True} if stack.fleet_observer else {}),
+        },
         "temporal": {"address": stack.address, "uiUrl": stack.ui_url},
         "aws": {"region": "eu-west-1", "accountId": LOCAL_ACCOUNT, "endpointUrl": stack.aws_url},
         "synadia": {

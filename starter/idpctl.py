@@ -299,7 +299,10 @@ async def cmd_describe(args: argparse.Namespace) -> None:
     _out(f"Destination:  {spec.destination} (namespace {spec.namespace})")
     _out(f"Phase:        {status.phase.value}{' (paused)' if status.paused else ''}")
     _out(f"Generation:   {status.generation} (observed {status.observed_generation})")
-    if status.next_check_at is not None:
+    if status.watched:
+        own = status.next_check_at.isoformat() if status.next_check_at else "none"
+        _out(f"Next check:   each fleet observer sweep (its own: {own})")
+    elif status.next_check_at is not None:
         _out(f"Next check:   {status.next_check_at.isoformat()}")
     if status.conditions:
         _out("Conditions:")

@@ -10,6 +10,7 @@ capabilities rely on, as idp/capability.py describes them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,16 +25,18 @@ import yaml
 from support.moto import MOTO_ACCOUNT_ID
 from support.secrets import ControllerKeys, assert_nowhere
 from support.stack import bare_repo, commits, git, read
-from support.synadia import connect_refusal, connect_with_creds, write_creds
+from support.synadia import connect_refusal, connect_with_creds, users_named, write_creds
+from temporalio.testing import ActivityEnvironment
 
-from activities.capabilities import settings_of
+from activities.capabilities import capability_activities, settings_of
 from capabilities import credentials, nats
 from capabilities.credentials import CredentialsOutputs
 from capabilities.credentials.actions import CredentialsActions
 from capabilities.nats import ROTATE, NatsMemory, NatsOutputs
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
+from emulators.synadia.controlplane import AccountSpec
 from emulators.synadia.natsjwt import decode
-from idp.capability import Actions, Capability, Context, Plan, Report, order
+from idp.capability import Actions, Capability, Context, Plan, Preview, Report, order
 from idp.credentials import IssueReason
 from idp.delivery.external import request_token
 from idp.errors import PermanentError
@@ -150,17 +153,28 @@ class Workflow:
     outputs: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     requests: dict[str, Any] = field(default_factory=dict)
+    unsettled: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, w: Workload, platform: Platform, cache: Path) -> Workflow:
         return cls(w, {c.name: c.actions(platform, settings_of(c, platform), cache) for c in CAPS})
 
     def context(self, capability: Capability[Any, Any], now: datetime) -> Context:
-        return Context.of(capability, self.workload, self.workload.workflow_id, 1, now, self)
+        return Context.of(
+            capability,
+            self.workload,
+            self.workload.workflow_id,
+            1,
+            now,
+            self,
+            unsettled=capability.name in self.unsettled,
+        )
 
     async def attempt(self, capability: Capability[Any, Any], now: datetime) -> Step:
-        """One try of the capability's activity, its result not recorded (as when it is lost)."""
+        """One try of the capability's activity, its result not recorded (as when it is lost):
+        until `step` records one, the capability is unsettled, as the engine keeps it."""
         ctx = self.context(capability, now)
+        self.unsettled.add(capability.name)
         actions = self.actions[capability.name]
         observation = await actions.observe(ctx)
         plan = capability.plan(ctx, observation)
@@ -168,6 +182,7 @@ class Workflow:
 
     async def step(self, capability: Capability[Any, Any], now: datetime) -> Step:
         done = await self.attempt(capability, now)
+        self.unsettled.discard(capability.name)
         self.outputs[capability.name] = done.report.outputs
         self.memory[capability.name] = done.report.memory or None
         for operation in done.report.handled:
@@ -204,6 +219,10 @@ def flow(platform: Platform, tmp_path: Path, w: Workload | None = None) -> Workf
 
 def total_calls(emulator: SynadiaEmulator) -> dict[str, int]:
     return {k: v for k, v in emulator.counters()["calls"].items() if v}
+
+
+LIST_USERS = "GET /accounts/{accountId}/nats-users"
+CREATE_USER = "POST /accounts/{accountId}/nats-users"
 
 
 def someone_changes(remote: Path, tmp_path: Path, path: str, text: str | None) -> None:
@@ -319,12 +338,15 @@ async def test_the_first_pass_creates_the_user_and_issues_v1_and_the_next_does_n
     assert emulator.creds_issued(user.user_id) == 0 and len(commits(remote)) == 1  # since reset
     assert wf.credentials() == v1 and wf.nats() == user
 
-    # A workflow that lost the user's id (a lost result) finds the same user by its name.
+    # A workflow that lost the user's id (its apply ended without a report, so the engine
+    # marks it unsettled) finds the same user by its name.
     emulator.reset_counters()
-    lost = Workflow(w, wf.actions, outputs={NATS: None, CREDENTIALS: wf.outputs[CREDENTIALS]})
+    lost = Workflow(
+        w, wf.actions, outputs={NATS: None, CREDENTIALS: wf.outputs[CREDENTIALS]}, unsettled={NATS}
+    )
     found = await lost.step(nats.capability, now)
     assert not found.plan and lost.nats() == user
-    assert total_calls(emulator) == {"GET /accounts/{accountId}/nats-users": 1}
+    assert total_calls(emulator) == {LIST_USERS: 1}
 
 
 async def test_a_due_refresh_issues_on_a_key_of_its_own_and_then_all_is_in_sync(
@@ -469,8 +491,12 @@ async def test_a_user_deleted_out_of_band_is_recreated_and_credentials_say_so(
     user = wf.nats()
     async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as client:
         await client.delete_nats_user(user.user_id)
+    emulator.reset_counters()
     again = await wf.reconcile()
     assert again[NATS].plan.user == "recreate"
+    # Its id answered 404, so it is gone: made again at once, with no look for it by name.
+    calls = total_calls(emulator)
+    assert calls[CREATE_USER] == 1 and LIST_USERS not in calls
     assert (again[NATS].report.reason, again[NATS].report.message) == (
         "Recreated",
         f"user {user.name} had vanished and was recreated",
@@ -503,6 +529,125 @@ def test_the_permissions_mapping() -> None:
     assert some.pub == Permission(allow=["orders.>"], deny=["orders.secret"])
     assert some.sub == Permission(allow=["orders.*"], deny=None)
     assert some.resp is not None and (some.resp.max, some.resp.ttl) == (1, 0)
+
+
+# ---- what a create costs, and when it looks first ----------------------------------------------
+
+
+async def crowd(emu: SynadiaEmulator, account: str, count: int) -> None:
+    """`count` users of other names made in `account`, as other workloads' would be."""
+    record = emu.application_account(account)
+    async with SynadiaClient(emu.api_url, DEFAULT_TOKEN) as client:
+        for i in range(count):
+            group = record.sk_groups[0].id
+            await client.create_nats_user(record.id, f"other-{i:03}", sk_group_id=group)
+
+
+async def test_a_create_costs_the_same_calls_with_0_or_500_users_in_the_account(
+    aws_url: str, keys: ControllerKeys, remote: Path, tmp_path: Path
+) -> None:
+    accounts = (AccountSpec(name="quiet"), AccountSpec(name="crowded"))
+    async with SynadiaEmulator.running(tmp_path / "synadia", accounts=accounts) as emu:
+        await crowd(emu, "crowded", 500)
+        p = platform_for(remote, emu, aws_url, keys)
+        cold: dict[str, dict[str, Any]] = {}
+        warm: dict[str, dict[str, Any]] = {}
+        for account in ("quiet", "crowded"):
+            spec = {"permissions": PERMISSIONS, "account": account}
+            # A worker of its own: its first create also resolves the system, the account and
+            # its signing key group, which it then keeps.
+            first = flow(p, tmp_path, workload(nats=spec))
+            emu.reset_counters()
+            made = await first.step(nats.capability, datetime.now(UTC))
+            assert made.plan.user == "create" and made.report.reason == "Created"
+            cold[account] = emu.counters()
+            second = Workflow(workload(nats=spec), first.actions)
+            emu.reset_counters()
+            made = await second.step(nats.capability, datetime.now(UTC))
+            assert made.plan.user == "create" and made.report.reason == "Created"
+            warm[account] = emu.counters()
+    for account in cold:
+        for name, counted in (("cold", cold), ("warm", warm)):
+            calls, answered = counted[account]["calls"], counted[account]["bytes"]
+            print(
+                f"create in {account} ({name} worker): {sum(calls.values())} calls, "
+                f"{sum(answered.values())} bytes answered: {calls}"
+            )
+    assert cold["quiet"]["calls"] == cold["crowded"]["calls"]
+    assert LIST_USERS not in cold["crowded"]["calls"]
+    assert warm["quiet"]["calls"] == warm["crowded"]["calls"] == {CREATE_USER: 1}
+    # A listing is one call whatever it holds: its size is what would have grown.
+    sizes = {account: sum(counted["bytes"].values()) for account, counted in cold.items()}
+    assert sizes["crowded"] < sizes["quiet"] * 1.1
+
+
+async def test_a_pass_after_an_apply_without_report_adopts_the_user_it_made(
+    platform: Platform, emulator: SynadiaEmulator, tmp_path: Path
+) -> None:
+    # As the published API has it: a second user of a name the account holds is made, not
+    # refused, so only a look before creating keeps it at one.
+    wf = flow(platform, tmp_path)
+    now = datetime.now(UTC)
+    lost = await wf.attempt(nats.capability, now)
+    assert lost.plan.user == "create" and lost.report.outputs is not None
+    made = NatsOutputs.model_validate(lost.report.outputs)
+    assert wf.unsettled == {NATS}
+
+    emulator.reset_counters()
+    adopted = await wf.step(nats.capability, now)
+    assert not adopted.plan and adopted.report.reason == "InSync"
+    assert wf.nats().user_id == made.user_id and not wf.unsettled
+    assert total_calls(emulator) == {LIST_USERS: 1}
+    assert users_named(emulator, made.name) == [made.user_id]
+
+
+async def test_a_delete_after_an_apply_without_report_removes_the_user_it_made(
+    platform: Platform, emulator: SynadiaEmulator, tmp_path: Path
+) -> None:
+    wf = flow(platform, tmp_path)
+    now = datetime.now(UTC)
+    lost = await wf.attempt(nats.capability, now)
+    assert lost.report.outputs is not None
+    made = NatsOutputs.model_validate(lost.report.outputs)
+    # Nothing recorded, yet the engine must tear it down: the user may exist.
+    assert nats.capability.holds(wf.context(nats.capability, now))
+    assert not nats.capability.holds(
+        Workflow(wf.workload, wf.actions).context(nats.capability, now)
+    )
+    await wf.teardown()
+    assert users_named(emulator, made.name) == []
+
+
+async def test_a_retried_activity_looks_before_creating_and_a_first_try_or_preview_does_not(
+    platform: Platform, emulator: SynadiaEmulator, tmp_path: Path
+) -> None:
+    wf = flow(platform, tmp_path)
+    reconcile, *_, preview = capability_activities(nats.capability, wf.actions[NATS])
+    ctx = wf.context(nats.capability, datetime.now(UTC))
+    assert not ctx.unsettled
+
+    # idpctl diff's standalone activity: it shows the create, and makes nothing.
+    emulator.reset_counters()
+    shown: Preview = await ActivityEnvironment().run(preview, ctx)
+    assert [(c.action, c.why) for c in shown.changes] == [("create", "it does not exist")]
+    assert CREATE_USER not in total_calls(emulator) and LIST_USERS not in total_calls(emulator)
+
+    emulator.reset_counters()
+    first: Report = await ActivityEnvironment().run(reconcile, ctx)
+    assert first.reason == "Created" and first.outputs is not None
+    made = NatsOutputs.model_validate(first.outputs)
+    assert total_calls(emulator)[CREATE_USER] == 1 and LIST_USERS not in total_calls(emulator)
+
+    # Its result is lost (the worker died after the POST): Temporal runs it again, with
+    # the same input.
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    emulator.reset_counters()
+    again: Report = await retry.run(reconcile, ctx)
+    assert again.outputs is not None
+    assert NatsOutputs.model_validate(again.outputs).user_id == made.user_id
+    assert total_calls(emulator) == {LIST_USERS: 1}
+    assert users_named(emulator, made.name) == [made.user_id]
 
 
 # ---- keys: rotation and revocation -------------------------------------------------------------

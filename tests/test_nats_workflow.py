@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from support.stack import (
     start_time_skipping,
     task_queue,
 )
-from support.synadia import connect_refusal, connect_with_creds, write_creds
+from support.synadia import connect_refusal, connect_with_creds, users_named, write_creds
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
@@ -311,15 +311,22 @@ async def test_after_a_rotation_the_old_key_works_until_the_grace_period_ends(
         await probe.nc.close()
 
 
-async def test_a_worker_killed_between_user_creation_and_creds_download_makes_one_user(
-    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
-) -> None:
-    queue = task_queue()
+async def killed_once(
+    client: Client,
+    emulator: SynadiaEmulator,
+    keys: ControllerKeys,
+    tmp_path: Path,
+    w: Workload,
+    queue: str,
+    reached: Callable[[], Awaitable[bool]],
+) -> WorkloadStatus:
+    """Apply `w` on a worker process, SIGKILL it once `reached` (the emulator's faults, set by
+    the caller, hold it there), and let a second worker finish the job; the status it ends at."""
     repo = bare_repo(tmp_path / "state.git")
-    platform = nats_platform(repo, emulator, keys)
     platform_file = tmp_path / "platform.yaml"
-    platform_file.write_text(yaml.safe_dump(platform.model_dump(mode="json")))
-    w = workload(queue)
+    platform_file.write_text(
+        yaml.safe_dump(nats_platform(repo, emulator, keys).model_dump(mode="json"))
+    )
     log = tmp_path / "worker.log"
 
     async def start_worker(cache: str) -> asyncio.subprocess.Process:
@@ -331,31 +338,58 @@ async def test_a_worker_killed_between_user_creation_and_creds_download_makes_on
             stdout=log.open("ab"), stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
 
-    # Creds downloads fail for a while, so the kill lands after the user exists and before
-    # any creds were downloaded.
-    emulator.set_faults(fail_next=[503] * 50, fail_match="/creds")
     worker = await start_worker("cache1")
     try:
         await apply_workload(client, queue, w)
-        async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
-            async with asyncio.timeout(60):
-                while await synadia.find_nats_user(emulator.account_id, f"{queue}-cart") is None:
-                    assert worker.returncode is None, log.read_text()
-                    await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):
+            while not await reached():
+                assert worker.returncode is None, log.read_text()
+                await asyncio.sleep(0.05)
         worker.kill()
         await worker.wait()
         emulator.set_faults()
         worker = await start_worker("cache2")
-        status = await ready(client.get_workflow_handle(w.workflow_id))
+        return await ready(client.get_workflow_handle(w.workflow_id))
     finally:
         emulator.set_faults()
         if worker.returncode is None:
             worker.terminate()
             await worker.wait()
-    async with SynadiaClient(emulator.api_url, DEFAULT_TOKEN) as synadia:
-        users = await synadia.list_nats_users(emulator.account_id)
-    assert [u.name for u in users if u.name == f"{queue}-cart"] == [f"{queue}-cart"]
+
+
+async def test_a_worker_killed_between_user_creation_and_creds_download_makes_one_user(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    queue = task_queue()
+    name = f"{queue}-cart"
+
+    async def user_made() -> bool:
+        return bool(users_named(emulator, name))
+
+    # Creds downloads fail for a while, so the kill lands after the user exists and before
+    # any creds were downloaded.
+    emulator.set_faults(fail_next=[503] * 50, fail_match="/creds")
+    status = await killed_once(client, emulator, keys, tmp_path, workload(queue), queue, user_made)
+    assert users_named(emulator, name) == [status.outputs["Nats"]["userId"]]
     assert emulator.creds_issued(status.outputs["Nats"]["userId"]) == 1
+    assert status.outputs["Credentials"]["version"] == 1
+
+
+async def test_a_worker_killed_before_it_heard_of_the_user_it_created_makes_one_user(
+    client: Client, emulator: SynadiaEmulator, keys: ControllerKeys, tmp_path: Path
+) -> None:
+    # Names need not be unique (the published API documents no 409), so only the retried
+    # activity's look by name keeps a second create from making a second user.
+    queue = task_queue()
+    name = f"{queue}-cart"
+
+    async def user_made() -> bool:
+        return bool(users_named(emulator, name))
+
+    # The create's answer is held back after the user exists: the kill lands in that window.
+    emulator.set_faults(hold_match="POST /accounts", hold_ms=60_000)
+    status = await killed_once(client, emulator, keys, tmp_path, workload(queue), queue, user_made)
+    assert users_named(emulator, name) == [status.outputs["Nats"]["userId"]]
     assert status.outputs["Credentials"]["version"] == 1
 
 

@@ -332,18 +332,41 @@ async def test_invalid_input_is_a_permanent_error_naming_the_call(
         assert "wrong-token" not in str(denied.value)
 
 
-async def test_create_is_idempotent_by_name(
+async def test_a_create_is_sent_again_only_after_a_429(
     synadia: SynadiaClient, emulator: SynadiaEmulator
 ) -> None:
-    first = await new_user(synadia, emulator, "wl-shop-twice")
-    second = await new_user(synadia, emulator, "wl-shop-twice")
-    assert second.id == first.id
+    create = "POST /accounts/{accountId}/nats-users"
+    emulator.set_faults(fail_next=[429, 429], fail_match="POST /accounts")
+    emulator.reset_counters()
+    throttled = await new_user(synadia, emulator, "wl-shop-throttled")
+    assert emulator.calls(create) == 3 and throttled.name == "wl-shop-throttled"
 
-    # The nasty retry: the server creates the user, then answers 502; the retry meets a 409.
+    # The nasty case: the server creates the user, then answers 502. Sent again, it would make a
+    # second user where names need not be unique; the caller looks it up before trying again.
     emulator.set_faults(fail_next=[502], fail_match="POST /accounts", fail_after_commit=True)
-    created = await new_user(synadia, emulator, "wl-shop-lost-answer")
-    users = await synadia.list_nats_users(emulator.account_id)
-    assert [u.id for u in users if u.name == "wl-shop-lost-answer"] == [created.id]
+    emulator.reset_counters()
+    with pytest.raises(TransientError) as caught:
+        await new_user(synadia, emulator, "wl-shop-lost-answer")
+    assert str(caught.value) == (
+        f"Synadia create NATS user 'wl-shop-lost-answer' in account {emulator.account_id} "
+        "failed (not retried) with HTTP 502 Bad Gateway: injected server error."
+    )
+    assert emulator.calls(create) == 1
+    found = await synadia.find_nats_user(emulator.account_id, "wl-shop-lost-answer")
+    assert found is not None
+
+
+async def test_where_names_need_not_be_unique_a_second_create_makes_a_second_user(
+    synadia: SynadiaClient, emulator: SynadiaEmulator
+) -> None:
+    # The published spec documents no 409, so the real service may keep two users of one name:
+    # the emulator does so too, and looking one up by that name is then refused.
+    first = await new_user(synadia, emulator, "wl-shop-double")
+    second = await new_user(synadia, emulator, "wl-shop-double")
+    assert second.id != first.id
+    with pytest.raises(PermanentError, match="has 2 NATS users named 'wl-shop-double'"):
+        await synadia.find_nats_user(emulator.account_id, "wl-shop-double")
+    await synadia.delete_nats_user(second.id)
 
 
 async def test_injected_5xx_and_429_are_retried(
@@ -398,7 +421,13 @@ async def test_admin_api_flips_knobs_and_reads_counters(emulator: SynadiaEmulato
         }
         assert emulator.behaviour.revoke_on_rotate
         counters = (await admin.delete("/counters")).json()
-        assert counters == {"calls": {}, "statuses": {}, "injected": {}, "creds_issued": {}}
+        assert counters == {
+            "calls": {},
+            "statuses": {},
+            "injected": {},
+            "bytes": {},
+            "creds_issued": {},
+        }
 
 
 async def test_restart_keeps_operator_and_users(tmp_path: Path) -> None:

@@ -25,7 +25,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.capabilities import activity_name
     from activities.heartbeat import HEARTBEAT_TIMEOUT
     from activities.platform import RuntimeSettings
-    from idp.capability import Capability, Context, Outcome, Report, installed, waves
+    from idp import fleet
+    from idp.capability import (
+        Capability,
+        Context,
+        Fingerprint,
+        Outcome,
+        Report,
+        dump,
+        installed,
+        waves,
+    )
     from idp.errors import PermanentError
     from workflows import metrics
     from workflows.state import ConditionStatus, Phase, WorkloadState
@@ -135,7 +145,9 @@ class Engine:
         except PermanentError as error:
             self._failed(name, error.reason, str(error), permanent=True)
         if not plan:
-            return capability.in_sync(ctx, observation)
+            report = capability.in_sync(ctx, observation)
+            fingerprint = capability.fingerprint(ctx, observation)
+            return report.model_copy(update={"fingerprint": fingerprint})
         return await self._activity(
             name, "apply", [ctx, plan, observation], Report, f"{name}: {plan.summary()}"
         )
@@ -177,6 +189,7 @@ class Engine:
         name, state, now = capability.name, self.state, workflow.now()
         _put(state.outputs, name, report.outputs)
         _put(state.memory, name, report.memory or None)
+        _put(state.fingerprints, name, report.fingerprint and dump(report.fingerprint))
         for operation in report.handled:
             state.requests.pop(operation, None)
         for line in report.events:
@@ -229,6 +242,20 @@ class Engine:
             pairs += [keys[name].value_set(v) for name, v in values.items() if v is not None]
         return pairs
 
+    def fleet_entries(self, settings: RuntimeSettings) -> list[str] | None:
+        """What the fleet observer must find for this workload to sleep on, one entry per
+        active capability ('capability key digest', then the platform file's digest); None
+        when one of them has no fleet read or its last pass did not find it in sync."""
+        entries = []
+        for capability in self.active(settings.capabilities):
+            fingerprint = self.state.fingerprints.get(capability.name)
+            if fingerprint is None:
+                return None
+            entries.append(fleet.entry(capability.name, Fingerprint.model_validate(fingerprint)))
+        if not entries or settings.platform_digest is None:
+            return None
+        return [*entries, fleet.platform_entry(settings.platform_digest)]
+
     def deadline(self, settings: RuntimeSettings) -> datetime | None:
         """The earliest time a capability must act even if nothing drifts."""
         deadlines = [c.deadline(self.context(c)) for c in self.active(settings.capabilities)]
@@ -258,6 +285,7 @@ class Engine:
         report = await self._activity(name, "teardown", [ctx], Report, f"tear down {what}")
         self.state.outputs.pop(name, None)
         self.state.memory.pop(name, None)
+        self.state.fingerprints.pop(name, None)
         for line in report.events:
             self.state.add_event(name, line, workflow.now())
         return report
@@ -287,6 +315,22 @@ def context(capability: Capability[Any, Any], state: WorkloadState) -> Context:
         state.generation,
         workflow.now(),
         state,
+        unsettled=unsettled(state, capability.name),
+    )
+
+
+def unsettled(state: WorkloadState, name: str) -> bool:
+    """Whether the capability's last pass failed in a way a retry may fix (a timeout, a 5xx):
+    that failure may have come after its apply made something, which the workflow then never
+    recorded. Read from the condition the engine keeps anyway, so histories recorded before
+    Context had the field decide the same. A refusal (bad input, access denied) made nothing."""
+    condition = state.condition(name)
+    return (
+        condition is not None
+        and condition.status == ConditionStatus.FALSE
+        and condition.waiting is None
+        and not condition.permanent
+        and condition.reason != DELETED
     )
 
 

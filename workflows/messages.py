@@ -26,6 +26,11 @@ class WorkloadStatus(State):
     events: list[Event]
     next_check_at: datetime | None
     requests: list[str] = Field([], description="Requests not acted on yet, by operation.")
+    watched: bool = Field(
+        False,
+        description="The fleet observer checks it for drift each interval (docs/fleet.md); "
+        "next_check_at is then only its own check, should the observer be gone.",
+    )
 
 
 class WorkloadBooks(State):

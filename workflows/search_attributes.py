@@ -23,6 +23,8 @@ SYSTEM = SearchAttributeKey.for_keyword("IdpSystem")
 PHASE = SearchAttributeKey.for_keyword("IdpPhase")
 DESTINATION = SearchAttributeKey.for_keyword("IdpDestination")
 OWNER = SearchAttributeKey.for_keyword("IdpOwner")
+# What the fleet observer must find for a sleeping workload (workflows/engine.py, fleet_entries).
+FLEET = SearchAttributeKey.for_keyword_list("IdpFleet")
 
 # The workflow's own, then those its installed capabilities keep (credentials expiry, say).
 ALL: list[SearchAttributeKey] = [
@@ -31,6 +33,7 @@ ALL: list[SearchAttributeKey] = [
     PHASE,
     DESTINATION,
     OWNER,
+    FLEET,
     *(key for capability in installed() for key in capability.search_attributes),
 ]
 
@@ -46,6 +49,7 @@ def upsert_changed(desired: list[SearchAttributePair[Any]]) -> None:
 
 _TYPE_NAMES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
     SearchAttributeIndexedValueType.DATETIME: "Datetime",
 }
 

@@ -189,6 +189,11 @@ class WorkloadState(Ledger):
     rolled_out: list[str] = Field(
         [], description="Capabilities that have run in this workflow: past their rollout patch."
     )
+    fingerprints: dict[str, dict[str, str]] = Field(
+        {},
+        description="What each capability's fleet read must find for the workload to sleep on "
+        "(a Fingerprint), as its last pass found it in sync.",
+    )
     passes: int = 0
     failures: int = 0
     next_check_at: datetime | None = None

@@ -35,6 +35,13 @@ PHASE_FROM_CONDITIONS = "phase-from-conditions"
 # code at continue-as-new (docs/architecture.md, Upgrading workers). It changes the
 # continue-as-new command itself.
 AUTO_UPGRADE_ON_CONTINUE_AS_NEW = "auto-upgrade-on-continue-as-new"
+# A workload the fleet observer watches sleeps until a deadline or a message, with no drift
+# timer, and publishes what the observer must find (docs/fleet.md): other timers, and a search
+# attribute upsert.
+FLEET_OBSERVED = "fleet-observed"
+# How long a watched workload sleeps at most: should the observer be gone (terminated, its
+# workers stopped), each workload still checks on its own, at less than one action a day.
+WATCHED_BACKSTOP = timedelta(days=7)
 
 
 class StepFailed(Exception):
@@ -105,16 +112,22 @@ async def wait_for_work(
     *,
     idle: bool = False,
     deadline: datetime | None = None,
+    watched: bool = False,
 ) -> None:
     """The loop's sleep in every entity workflow: until `has_work`, or the backoff after failed
     passes, or the next drift check, or `deadline` when sooner; without a timer when `idle`
-    (paused, or nothing to check), which costs nothing in history."""
+    (paused, or nothing to check), which costs nothing in history. When `watched` (a fleet
+    observer checks for drift instead), until `deadline` or WATCHED_BACKSTOP."""
     if idle:
         state.next_check_at = None
         await workflow.wait_condition(has_work)
         return
     now = workflow.now()
-    if state.failures:
+    if watched:
+        interval, summary = WATCHED_BACKSTOP, "own check, should the fleet observer be gone"
+        if deadline is not None and deadline - now < interval:
+            interval, summary = max(deadline - now, timedelta(seconds=1)), "next deadline"
+    elif state.failures:
         interval, summary = retry_interval(settings, state.failures), "retry after backoff"
     else:
         interval, summary = settings.drift_interval, "next drift check"

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.state import ConditionStatus, Phase, WorkloadState, blocking
     from workflows.steps import (
+        FLEET_OBSERVED,
         STEP_RETRY,
         StepFailed,
         continue_as_new_if_suggested,
@@ -266,6 +267,7 @@ class WorkloadWorkflow:
             events=state.events,
             next_check_at=state.next_check_at,
             requests=sorted(state.requests),
+            watched=bool(workflow.info().typed_search_attributes.get(sa.FLEET)),
         )
 
     @workflow.query
@@ -330,7 +332,32 @@ class WorkloadWorkflow:
             self._has_work,
             idle=self.state.paused and not self.state.deleting,
             deadline=self._engine.deadline(self._settings),
+            watched=self._watched(),
         )
+
+    def _watched(self) -> bool:
+        """Whether the fleet observer checks this workload for drift, so that the loop sleeps
+        with no drift timer (docs/fleet.md); keeps IdpFleet to what the observer must find,
+        and clears it when the observer must leave the workload alone."""
+        settings, state = self._settings, self.state
+        entries = None
+        if (
+            settings.reconcile.fleet_observer
+            and settings.reconcile.search_attributes
+            and state.phase == Phase.READY
+            and not (state.failures or state.paused or state.deleting)
+        ):
+            entries = self._engine.fleet_entries(settings)
+        current = workflow.info().typed_search_attributes.get(sa.FLEET)
+        if entries is None:
+            if current:
+                workflow.upsert_search_attributes([sa.FLEET.value_unset()])
+            return False
+        if not workflow.patched(FLEET_OBSERVED):
+            return False
+        if entries != current:
+            workflow.upsert_search_attributes([sa.FLEET.value_set(entries)])
+        return True
 
     async def _reconcile(self) -> None:
         generation = self.state.generation

@@ -3,13 +3,16 @@ state store, and the report of a pass."""
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 from pathlib import Path
 
 from activities.statestore import destination_store
 from capabilities.manifests.capability import (
+    Holding,
     ManifestsObservation,
     ManifestsOutput,
+    Tree,
     manifests_change,
     recorded,
     write,
@@ -47,6 +50,23 @@ class ManifestsActions(Actions[ManifestsObservation, Plan]):
             result = await self._store(self._destination(ctx)).apply(change)
         output = recorded(ctx, change, result.commit if result else None)
         return report(output, result, ctx.own(ManifestsOutput))
+
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        """One fetch and one ls-tree per state store, however many keys: each key's digest at
+        the store's head, by the `Holding.digest` its fingerprint was taken with. A key naming a
+        destination the platform no longer has is left out, so its workload looks for itself."""
+        held: dict[StateStore, list[tuple[str, Holding, str]]] = {}
+        for key in keys:
+            holding = Holding.parse(key)
+            destination = self._platform.destination(holding.destination) if holding else None
+            if holding and destination:
+                entry = (key, holding, destination.state_store.path)
+                held.setdefault(self._store(destination), []).append(entry)
+        reads = [_read(store, keyed) for store, keyed in held.items()]
+        found: dict[str, str] = {}
+        for digests in await asyncio.gather(*reads):
+            found |= digests
+        return found
 
     async def explain(
         self, ctx: Context, plan: Plan, observation: ManifestsObservation
@@ -90,6 +110,15 @@ class ManifestsActions(Actions[ManifestsObservation, Plan]):
             f"removed {change.directory}" if result.commit else f"{change.directory} already absent"
         )
         return Report(reason=Outcome.DELETED, message=message)
+
+
+async def _read(store: StateStore, keyed: list[tuple[str, Holding, str]]) -> dict[str, str]:
+    """The digests of one store's keys, from one listing of its destinations' directories."""
+    # Each destination's directory: it holds the workloads' directories and their records.
+    roots = sorted({"/".join(filter(None, (base, h.destination))) for _, h, base in keyed})
+    tree = Tree.of(await store.files(roots))
+    digests = ((key, holding.digest(base, tree)) for key, holding, base in keyed)
+    return {key: digest for key, digest in digests if digest is not None}
 
 
 def report(

@@ -5,11 +5,15 @@ The plan is the state store's own preview (idp/statestore.py) of the commit that
 directory hold what the workload renders, against the object ids observe listed: what would be
 written and removed, and why. Who holds a name is not part of it: the store decides that when it
 commits, on the head it commits on (idp/manifests.py says how names are held).
+
+Its fingerprint is the object ids of the files a pass repairs (`Holding`), which the fleet read
+finds for every workload of a state store in one fetch and one ls-tree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +22,18 @@ from pydantic import Field
 from capabilities import ASSIGNED_ON_APPLY
 from capabilities.registry import RegistryOutput
 from idp import statestore
-from idp.capability import Capability, Change, Context, Plan, dump
+from idp.capability import Capability, Change, Context, Fingerprint, Plan, dump
+from idp.capability import digest as fingerprint_digest
 from idp.manifests import (
     SERVICE_ACCOUNT_FILE,
     digest,
     owner_records,
     render_workload,
+    resource_directory,
     workload_claims,
     workload_directory,
 )
-from idp.models import Model
+from idp.models import Model, Workload
 from idp.platform import Platform
 
 if TYPE_CHECKING:
@@ -124,6 +130,76 @@ def _removed(path: str, manifest: bool) -> Change:
     return Change(action="delete", subject=path, why=why)
 
 
+@dataclass(frozen=True)
+class Tree:
+    """Regular files of a state store at one commit, as `listing` and `files` read them: path ->
+    object id, and the paths holding each id (how an owner's records are found, unread)."""
+
+    files: Mapping[str, str]
+    paths: Mapping[str, list[str]]
+
+    @classmethod
+    def of(cls, files: Mapping[str, str]) -> Tree:
+        paths: dict[str, list[str]] = {}
+        for path, oid in files.items():
+            paths.setdefault(oid, []).append(path)
+        return cls(files, paths)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a pass repairs for one workload, found the same way in its observation and in a
+    fleet read of the whole store: its MANIFEST_FILES, and the ownership records in its
+    namespace that hold its owner's id (its ServiceAccount's, which a pass puts back, and any
+    it no longer claims, which a pass deletes). Nothing else in the directory: the pass leaves
+    the delivered secret and strays alone, so a credential rotation wakes nobody here."""
+
+    destination: str
+    namespace: str
+    name: str
+    owner: str
+
+    @classmethod
+    def of(cls, workload: Workload) -> Holding:
+        spec = workload.spec
+        return cls(spec.destination, spec.namespace, workload.metadata.name, workload.workflow_id)
+
+    @classmethod
+    def parse(cls, key: str) -> Holding | None:
+        place, _, owner = key.partition(":")
+        parts = place.split("/")
+        if len(parts) != 3 or not all(parts) or not owner:
+            return None
+        destination, namespace, name = parts
+        return cls(destination, namespace, name, owner)
+
+    @property
+    def key(self) -> str:
+        """Like "dev/shop/cart:workload/shop/cart": labels and an id, so no whitespace. Without
+        the destination's base, so that a fleet read looks where the platform file puts it now."""
+        return f"{self.destination}/{self.namespace}/{self.name}:{self.owner}"
+
+    def digest(self, base: str, tree: Tree) -> str | None:
+        """Of what it holds in `tree`; None when it holds nothing there. Object ids only, as
+        the plan compares them: either regular mode is the same file to a pass, and a symlink
+        or submodule in a manifest's place is missing to both."""
+        directory = resource_directory(base, self.destination, self.namespace, self.name)
+        manifests = {
+            name: tree.files[f"{directory}/{name}"]
+            for name in sorted(MANIFEST_FILES)
+            if f"{directory}/{name}" in tree.files
+        }
+        records = owner_records(base, self.destination, self.namespace) + "/"
+        held = sorted(
+            path.removeprefix(records)
+            for path in tree.paths.get(statestore.record_id(self.owner), ())
+            if path.startswith(records)
+        )
+        if not manifests and not held:
+            return None
+        return fingerprint_digest({"manifests": manifests, "records": held})
+
+
 class Manifests(Capability[ManifestsObservation, Plan]):
     name = "Manifests"
     requires = ("Registry",)
@@ -138,6 +214,12 @@ class Manifests(Capability[ManifestsObservation, Plan]):
         # Only the commit a write makes is not known before it is made.
         commit = ASSIGNED_ON_APPLY if plan else None
         return dump(recorded(ctx, write(ctx, observation.base), commit))
+
+    def fingerprint(self, ctx: Context, observation: ManifestsObservation) -> Fingerprint | None:
+        # observe lists every file a Holding looks at: the directory's, and the owner's records.
+        holding = Holding.of(ctx.workload)
+        found = holding.digest(observation.base, Tree.of(observation.files))
+        return None if found is None else Fingerprint(key=holding.key, digest=found)
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         output = ManifestsOutput.model_validate(outputs)

@@ -1,7 +1,8 @@
 """The Nats capability: a workload's NATS user in Synadia Cloud, and the lifecycle of its keys.
 
 Its pure half, which the workflow engine runs. The user is found by the id this capability
-recorded, else by its deterministic name (idp/natsusers.py), and the plan, from what Synadia
+recorded, else by its deterministic name (idp/natsusers.py) when a create may have gone through
+unrecorded (`actions.unrecorded`: a retry, or `ctx.unsettled`); the plan, from what Synadia
 holds, the spec, the capability's memory and the clock, is what a pass does:
 
 - create the user when there is none ("recreate" when it vanished after this capability had
@@ -81,7 +82,10 @@ class NatsOutputs(Model):
 
 
 class NatsObservation(Model):
-    user: UserView | None = Field(description="None: Synadia has no such user, by id or name.")
+    user: UserView | None = Field(
+        description="None: Synadia has no user of the recorded id, nor of the workload's name "
+        "where that was looked up (only when one may exist unrecorded)."
+    )
     account: str = Field(
         description="The account the spec puts the user in (spec.nats.account, else the "
         "platform's synadia.defaultAccount), by id or name."
@@ -165,6 +169,11 @@ class Nats(Capability[NatsObservation, NatsPlan]):
             revoke=revoke,
             key_reason=_key_reason(ctx.own(NatsOutputs), user, create, rotation),
         )
+
+    def holds(self, ctx: Context) -> bool:
+        """Also when unsettled: an apply that ended without a report may have made the user,
+        which a delete must then look up by name and remove."""
+        return super().holds(ctx) or ctx.unsettled
 
     def expect(self, ctx: Context, plan: NatsPlan, observation: NatsObservation) -> dict[str, Any]:
         """The user as the apply will report it. What Synadia draws, a new user's id and

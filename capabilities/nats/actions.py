@@ -1,13 +1,19 @@
 """The Nats capability's worker half: observe, apply and tear down a workload's NATS user.
 
 Calls per steady-state pass (the user's id known, nothing drifted or due): one Synadia GET in
-observe, none in apply. `Synadia` is also how Credentials reaches Synadia.
+observe, none in apply. Per create: no call in observe and one POST in apply, whatever the account
+holds, once the worker has resolved the system, the account and its signing key group (a few
+listings, the first time). The account's users are listed, to find the user by name, only when a
+create may have gone through unrecorded (`unrecorded`). `Synadia` is also how Credentials reaches
+Synadia.
 """
 
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from temporalio import activity
 
 from capabilities.nats import (
     ROTATE,
@@ -81,6 +87,19 @@ class Synadia:
             ) from None
 
 
+def unrecorded(ctx: Context) -> bool:
+    """Whether a user this capability made may exist without the workflow having recorded it,
+    so that it must be looked up by name (a listing of the account) before one is made: this
+    activity is a retry (its first try may have died, or timed out, after the POST), or the
+    engine says the capability's last pass failed in a way a retry may fix (`ctx.unsettled`).
+
+    Otherwise no create can have happened unrecorded: a workload with no user recorded has none
+    yet, and one whose recorded id answers 404 lost it, so creating it at once is safe and costs
+    one call. Outside an activity (a script driving the actions itself) nothing retries behind
+    the caller's back: `ctx.unsettled` is how it says that it tries again."""
+    return ctx.unsettled or (activity.in_activity() and activity.info().attempt > 1)
+
+
 class NatsActions(Actions[NatsObservation, NatsPlan]):
     def __init__(self, config: SynadiaConfig | None) -> None:
         self._synadia = Synadia(config)
@@ -90,7 +109,11 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
         directory = self._synadia.directory
         async with self._synadia.client() as client:
             user = await find_user(
-                client, directory, ctx.workload, known.user_id if known else None
+                client,
+                directory,
+                ctx.workload,
+                known.user_id if known else None,
+                by_name=unrecorded(ctx),
             )
         return NatsObservation(
             user=UserView.of(user) if user else None,
@@ -179,11 +202,16 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
         known = ctx.own(NatsOutputs)
         directory = self._synadia.directory
         async with self._synadia.client() as client:
-            # By id, else by its name: a user whose id the workflow never learned (a lost
-            # activity result) is found and removed too.
+            # By id, else by its name when the id is not known or a create may have gone
+            # unrecorded: a user whose id the workflow never learned is removed too. A recorded
+            # one that answers 404 is gone, and another user of its name is not this one's.
             try:
                 user = await find_user(
-                    client, directory, ctx.workload, known.user_id if known else None
+                    client,
+                    directory,
+                    ctx.workload,
+                    known.user_id if known else None,
+                    by_name=known is None or unrecorded(ctx),
                 )
             except PermanentError as error:
                 if error.reason != "UnknownAccount":

@@ -70,6 +70,9 @@ class RegistryActions(Actions[RegistryObservation, RegistryPlan]):
     async def observe(self, ctx: Context) -> RegistryObservation:
         return await self._run(ctx, aws.observe)
 
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        return await asyncio.to_thread(aws.fleet_observe, keys, self.clients())
+
     async def apply(
         self, ctx: Context, plan: RegistryPlan, observation: RegistryObservation
     ) -> Report:

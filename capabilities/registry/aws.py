@@ -4,7 +4,8 @@ TransientError and PermanentError.
 
 A steady-state pass makes 5 reads (6 when managed policies are in play) and no write: observe's
 DescribeRepositories, ListTagsForResource, GetLifecyclePolicy, GetRole (tags included),
-GetRolePolicy and ListAttachedRolePolicies, then an empty plan.
+GetRolePolicy and ListAttachedRolePolicies, then an empty plan. The fleet read
+(`fleet_observe`) reads the same for a whole fleet at 2 calls a workload plus listing pages.
 
 Plain boto3, synchronous: actions.py runs these functions in a thread.
 """
@@ -12,17 +13,21 @@ Plain boto3, synchronous: actions.py runs these functions in a thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.client import BaseClient
 
 from capabilities.registry.capability import (
+    FleetKey,
     RegistryObservation,
     RegistryOutput,
     RegistryPlan,
     RepositoryState,
     RoleState,
     lists_attached_policies,
+    registry_digest,
 )
 from capabilities.registry.target import RegistryTarget
 from idp.aws.client import AwsClients, call_aws, lookup_aws
@@ -32,6 +37,11 @@ from idp.errors import PermanentError
 from idp.models import RegistrySpec
 
 log = logging.getLogger(__name__)
+
+# The most DescribeRepositories and GetAccountAuthorizationDetails give in one page.
+_PAGE = 1000
+# Repositories the fleet read reads at once: below botocore's 10 connections per client.
+_READS_AT_ONCE = 8
 
 
 def observe(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> RegistryObservation:
@@ -44,16 +54,31 @@ def observe(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> 
 
 
 def _observe_repository(target: RegistryTarget, ecr: BaseClient) -> RepositoryState | None:
-    name = target.repository_name
     found = lookup_aws(
-        ecr, "describe_repositories", {"RepositoryNotFoundException"}, repositoryNames=[name]
+        ecr,
+        "describe_repositories",
+        {"RepositoryNotFoundException"},
+        repositoryNames=[target.repository_name],
     )
-    if found is None:
+    return None if found is None else _repository_state(ecr, found["repositories"][0])
+
+
+def _repository_state(ecr: BaseClient, repo: Mapping[str, Any]) -> RepositoryState | None:
+    """The repository as DescribeRepositories described it, with what only its own reads give;
+    None when it was deleted since."""
+    tags = lookup_aws(
+        ecr,
+        "list_tags_for_resource",
+        {"RepositoryNotFoundException"},
+        resourceArn=repo["repositoryArn"],
+    )
+    if tags is None:
         return None
-    repo = found["repositories"][0]
-    tags = call_aws(ecr, "list_tags_for_resource", resourceArn=repo["repositoryArn"]).get("tags")
     lifecycle = lookup_aws(
-        ecr, "get_lifecycle_policy", {"LifecyclePolicyNotFoundException"}, repositoryName=name
+        ecr,
+        "get_lifecycle_policy",
+        {"LifecyclePolicyNotFoundException"},
+        repositoryName=repo["repositoryName"],
     )
     encryption = repo.get("encryptionConfiguration", {})
     return RepositoryState(
@@ -63,7 +88,7 @@ def _observe_repository(target: RegistryTarget, ecr: BaseClient) -> RepositorySt
         scan_on_push=repo.get("imageScanningConfiguration", {}).get("scanOnPush"),
         encryption_type=encryption.get("encryptionType", "AES256"),
         kms_key=encryption.get("kmsKey"),
-        tags=tag_dict(tags),
+        tags=tag_dict(tags.get("tags")),
         lifecycle_policy=lifecycle and lifecycle["lifecyclePolicyText"],
     )
 
@@ -74,21 +99,100 @@ def _observe_role(target: RegistryTarget, spec: RegistrySpec, iam: BaseClient) -
     if found is None:
         return None
     role = found["Role"]
-    tags = tag_dict(role.get("Tags"))
     inline = lookup_aws(
         iam, "get_role_policy", {"NoSuchEntity"}, RoleName=name, PolicyName=INLINE_POLICY_NAME
     )
     attached = None
-    if lists_attached_policies(spec.managed_policy_arns, tags):
+    if lists_attached_policies(spec.managed_policy_arns, tag_dict(role.get("Tags"))):
         listing = call_aws(iam, "list_attached_role_policies", RoleName=name, MaxItems=100)
-        attached = sorted(policy["PolicyArn"] for policy in listing.get("AttachedPolicies", []))
+        attached = [policy["PolicyArn"] for policy in listing.get("AttachedPolicies", [])]
+    return _role_state(role, inline and inline["PolicyDocument"], attached)
+
+
+def _role_state(
+    role: Mapping[str, Any], inline: dict[str, Any] | str | None, attached: list[str] | None
+) -> RoleState:
+    """`role` as GetRole or GetAccountAuthorizationDetails describes it, which agree on these
+    fields; `attached` is None when not listed."""
     return RoleState(
         arn=role["Arn"],
         trust_policy=role["AssumeRolePolicyDocument"],
-        tags=tags,
-        inline_policy=inline and inline["PolicyDocument"],
-        attached_policies=attached,
+        tags=tag_dict(role.get("Tags")),
+        inline_policy=inline,
+        attached_policies=None if attached is None else sorted(attached),
     )
+
+
+def fleet_observe(keys: list[str], clients: AwsClients) -> dict[str, str]:
+    """The digest (`registry_digest`) of each of `keys` whose repository and role both exist,
+    from the same fields observe reads, so that it equals what the workload's own fingerprint
+    gives for the same outside. A key of another form is left out, which wakes its workload.
+
+    What a sweep costs, however many keys: ceil(R/1000) DescribeRepositories for the R
+    repositories of the registry and ceil(N/1000) GetAccountAuthorizationDetails for the N roles
+    of the account (the two run side by side), then 2 calls per key found, ListTagsForResource
+    and GetLifecyclePolicy, which ECR has no bulk form of: 2 + 2K calls for K workloads in a
+    small account, where their own passes make 5K to 6K.
+    """
+    wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
+    if not wanted:
+        return {}
+    with ThreadPoolExecutor(_READS_AT_ONCE) as pool:
+        listing = pool.submit(_repositories, clients.ecr, {k.repository for k in wanted.values()})
+        details = pool.submit(_roles, clients.iam, {k.role for k in wanted.values()})
+        repositories, roles = listing.result(), details.result()
+        found = {
+            key: k for key, k in wanted.items() if k.repository in repositories and k.role in roles
+        }
+        reads = {
+            name: pool.submit(_repository_state, clients.ecr, repositories[name])
+            for name in {k.repository for k in found.values()}
+        }
+        states = {name: read.result() for name, read in reads.items()}
+    return {
+        key: registry_digest(repository, _detailed_role(roles[k.role], k.attached))
+        for key, k in found.items()
+        if (repository := states[k.repository]) is not None
+    }
+
+
+def _detailed_role(role: Mapping[str, Any], attached: bool) -> RoleState:
+    """A role as GetAccountAuthorizationDetails details it, read as observe reads it: its
+    attached policies only when observe listed them (`attached`)."""
+    inline = next(
+        (
+            policy["PolicyDocument"]
+            for policy in role.get("RolePolicyList", [])
+            if policy["PolicyName"] == INLINE_POLICY_NAME
+        ),
+        None,
+    )
+    listed = [policy["PolicyArn"] for policy in role.get("AttachedManagedPolicies", [])]
+    return _role_state(role, inline, listed if attached else None)
+
+
+def _repositories(ecr: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]:
+    """Those of `names` the registry holds, as DescribeRepositories describes them: listed
+    whole, since naming them would fail the call for the first one deleted."""
+    found: dict[str, dict[str, Any]] = {}
+    params: dict[str, Any] = {"maxResults": _PAGE}
+    while True:
+        page = call_aws(ecr, "describe_repositories", **params)
+        found |= {
+            r["repositoryName"]: r for r in page["repositories"] if r["repositoryName"] in names
+        }
+        if not page.get("nextToken"):
+            return found
+        params["nextToken"] = page["nextToken"]
+
+
+def _roles(iam: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]:
+    """Those of `names` the account holds, with their trust, inline and attached policies and
+    tags, as GetAccountAuthorizationDetails describes them."""
+    roles = _list_iam(
+        iam, "get_account_authorization_details", "RoleDetailList", Filter=["Role"], MaxItems=_PAGE
+    )
+    return {role["RoleName"]: role for role in roles if role["RoleName"] in names}
 
 
 def apply(plan: RegistryPlan, observed: RegistryObservation, clients: AwsClients) -> RegistryOutput:

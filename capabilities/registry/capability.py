@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -35,7 +35,7 @@ from idp.aws.iam import (
     validate_role_name,
 )
 from idp.aws.tags import POLICY_TAG_PREFIX, foreign_reason, ownership_tags, policy_tag, tag_list
-from idp.capability import Capability, Change, Context, Plan, dump
+from idp.capability import Capability, Change, Context, Fingerprint, Plan, digest, dump
 from idp.errors import PermanentError
 from idp.models import Model, RegistrySpec
 from idp.platform import AwsConfig, Platform
@@ -64,7 +64,8 @@ class RepositoryState(Model):
 
 
 class RoleState(Model):
-    """The role as GetRole (tags included), GetRolePolicy and ListAttachedRolePolicies answer."""
+    """The role as GetRole (tags included), GetRolePolicy and ListAttachedRolePolicies answer,
+    or as GetAccountAuthorizationDetails details it for the fleet read."""
 
     arn: str
     trust_policy: dict[str, Any] | str
@@ -100,6 +101,65 @@ def lists_attached_policies(desired: list[str], tags: Mapping[str, str]) -> bool
     """Whether a pass needs the role's attached policies: only when it could attach or detach
     one, that is when the spec names managed policies or the role records some we attached."""
     return bool(desired) or any(key.startswith(POLICY_TAG_PREFIX) for key in tags)
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    """What a workload's fingerprint is keyed by: its repository and role, as the fleet read
+    finds them in the registry's and the account's listings, and whether the digest covers
+    the role's attached policies.
+
+    That last part is in the key because only the spec says whether a pass looks at attached
+    policies (`lists_attached_policies`), and the fleet read never sees a spec: the key tells
+    it what the workload's own observe read. Tags alone could not: a managed policy someone
+    attached before the spec named it carries no record of ours, yet a pass re-attaches it
+    when it goes.
+    """
+
+    repository: str
+    role: str
+    attached: bool
+
+    # Neither a repository name nor a role name can hold a '|'.
+    SEPARATOR: ClassVar[str] = "|"
+    ATTACHED: ClassVar[str] = "attached"
+
+    @property
+    def text(self) -> str:
+        parts = [self.repository, self.role, *([self.ATTACHED] if self.attached else [])]
+        return self.SEPARATOR.join(parts)
+
+    @classmethod
+    def parse(cls, key: str) -> FleetKey | None:
+        """None for a key of another form (a newer worker's, say)."""
+        match key.split(cls.SEPARATOR):
+            case [repository, role] if repository and role:
+                return cls(repository, role, attached=False)
+            case [repository, role, cls.ATTACHED] if repository and role:
+                return cls(repository, role, attached=True)
+        return None
+
+
+def registry_digest(repository: RepositoryState, role: RoleState) -> str:
+    """The digest of a fingerprint, which the workload's observe and the fleet read both
+    compute from the states they read, so that the same outside gives the same digest.
+
+    It covers every field of both states, so each one the plan reads is in: what differs from
+    a state found in sync is drift a pass repairs, or refuses (another encryption). Documents
+    are taken in the canonical forms the plan compares: GetRole, GetRolePolicy and
+    GetAccountAuthorizationDetails may give a policy as a dict or as URL-encoded text, and ECR
+    may give the lifecycle policy reformatted.
+    """
+    repo = repository.model_dump(mode="json", by_alias=False)
+    if repository.lifecycle_policy is not None:
+        repo["lifecycle_policy"] = normalize_lifecycle(repository.lifecycle_policy)
+    iam = role.model_dump(mode="json", by_alias=False)
+    iam["trust_policy"] = normalize_policy(role.trust_policy)
+    if role.inline_policy is not None:
+        iam["inline_policy"] = normalize_policy(role.inline_policy)
+    if role.attached_policies is not None:
+        iam["attached_policies"] = sorted(role.attached_policies)
+    return digest({"repository": repo, "role": iam})
 
 
 @dataclass
@@ -521,6 +581,16 @@ class Registry(Capability[RegistryObservation, RegistryPlan]):
                 role_arn=role.arn if role else target.role_arn,
             )
         )
+
+    def fingerprint(self, ctx: Context, observation: RegistryObservation) -> Fingerprint | None:
+        """Only when both exist: a workload missing one is not in sync, and the fleet read
+        leaves out a key whose repository or role it does not find."""
+        repository, role = observation.repository, observation.role
+        if repository is None or role is None:
+            return None
+        target = observation.target
+        key = FleetKey(target.repository_name, target.role_name, role.attached_policies is not None)
+        return Fingerprint(key=key.text, digest=registry_digest(repository, role))
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         output = RegistryOutput.model_validate(outputs)

@@ -7,6 +7,9 @@ them. Writes that follow a create in the same pass carry none either: authorizat
 a new resource's tags at once (IAM is eventually consistent), and the AccessDenied would read as
 a permanent failure. The rest only ever touch what the code has just read and found tagged
 idp.managed-by=idp, so the tag is required; creates require it on the tags they are made with.
+
+The fleet read (`fleet_observe` in aws.py) reads wider, and only reads: it lists the registry's
+repositories and the account's roles, since AWS reads neither in bulk by name.
 """
 
 from __future__ import annotations
@@ -30,9 +33,17 @@ def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
     owned, created = ownership_condition("Resource", owner), ownership_condition("Request", owner)
     domain = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
     return [
+        # ECR authorizes a DescribeRepositories that names no repository, the fleet read's
+        # listing, on ".../repository/*", which as a pattern also grants describing every
+        # repository of the registry by name: no more than the listing shows anyway.
+        AwsGrant(
+            "RegistryDescribeRepositories",
+            ("ecr:DescribeRepositories",),
+            (f"arn:{names.partition}:ecr:{aws.region}:{aws.account_id}:repository/*",),
+        ),
         AwsGrant(
             "RegistryObserveRepositories",
-            ("ecr:DescribeRepositories", "ecr:GetLifecyclePolicy", "ecr:ListTagsForResource"),
+            ("ecr:GetLifecyclePolicy", "ecr:ListTagsForResource"),
             repository,
         ),
         AwsGrant("RegistryCreateRepositories", ("ecr:CreateRepository",), repository, created),
@@ -70,6 +81,10 @@ def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
             ),
             role,
         ),
+        # The fleet read's one look at every role; IAM has no resource-level permission for
+        # GetAccountAuthorizationDetails, nor a condition on its Filter, so this also lets the
+        # worker read the account's users, groups and managed policies. Read-only.
+        AwsGrant("RegistryFleetReadRoles", ("iam:GetAccountAuthorizationDetails",), ("*",)),
         AwsGrant("RegistryCreateRoles", ("iam:CreateRole",), role, created),
         # TagRole is also how IAM authorizes the tags given to CreateRole.
         AwsGrant(

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 async def _main(args: argparse.Namespace) -> None:
     injected = Faults(**faults.from_arguments(args), retry_after=args.retry_after)
     behaviour = Behaviour(
-        revoke_on_rotate=args.revoke_on_rotate, revoke_on_delete=args.revoke_on_delete
+        revoke_on_rotate=args.revoke_on_rotate,
+        revoke_on_delete=args.revoke_on_delete,
     )
     emulator = SynadiaEmulator(
         args.state_dir,

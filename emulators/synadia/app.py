@@ -58,18 +58,22 @@ class Faults(RandomFaults):
 
 
 class Counters:
-    """Calls per route ('POST /nats-users/{userId}/creds') and their answers."""
+    """Calls per route ('POST /nats-users/{userId}/creds'), their answers, and the bytes those
+    answers carried: a listing is one call whatever it holds, so only its size shows what it
+    costs."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
 
     def snapshot(self, creds_issued: dict[str, int]) -> dict[str, Any]:
         return {
             "calls": dict(self.calls),
             "statuses": dict(self.statuses),
             "injected": dict(self.injected),
+            "bytes": dict(self.bytes),
             "creds_issued": dict(creds_issued),
         }
 
@@ -132,6 +136,7 @@ class EmulatorApp:
             self.counters.calls[route] += 1
             response = await self._run(route, request, handler)
             self.counters.statuses[f"{route} {response.status_code}"] += 1
+            self.counters.bytes[route] += len(response.body)
             return response
 
         return Route(template, endpoint, methods=[method])

@@ -95,7 +95,11 @@ def read(repo: Path, path: str) -> str | None:
 
 
 def platform_for(
-    repo: Path, drift_interval: timedelta = timedelta(minutes=10), *, search_attributes: bool = True
+    repo: Path,
+    drift_interval: timedelta = timedelta(minutes=10),
+    *,
+    search_attributes: bool = True,
+    fleet_observer: bool = False,
 ) -> Platform:
     return Platform(
         destinations=[Destination(name="dev", state_store=StateStoreConfig(url=str(repo)))],
@@ -104,6 +108,7 @@ def platform_for(
             min_backoff=timedelta(seconds=1),
             max_backoff=timedelta(seconds=5),
             search_attributes=search_attributes,
+            fleet_observer=fleet_observer,
         ),
     )
 

@@ -19,6 +19,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from support.conformance import conformance_file
 
+from emulators.synadia import SynadiaEmulator
+
 SPEC_FILE = "synadia/control-plane-openapi.yaml"
 _SPEC_URI = "urn:synadia-control-plane-openapi"
 
@@ -266,3 +268,8 @@ async def connect_refusal(url: str, creds: Path) -> str:
         return str(exc)
     await nc.close()
     raise AssertionError(f"nats-server accepted {creds.name}, expected a refusal")
+
+
+def users_named(emulator: SynadiaEmulator, name: str) -> list[str]:
+    """The ids of the emulator's users of that name (the published API lets there be several)."""
+    return [u.id for u in emulator.plane.state.users.values() if u.name == name]

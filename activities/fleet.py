@@ -1,0 +1,137 @@
+"""The fleet observer's sweep: one read per capability for every workload that sleeps on it, and
+a `reconcile` signal to each workload whose outside differs from what it recorded.
+
+Workloads publish what they recorded in the IdpFleet search attribute (one entry per capability,
+'capability key digest', and the platform file's digest), so the sweep learns its members from
+visibility, which costs no billable action, rather than from a workflow's state. A capability
+whose fleet read fails wakes every workload that sleeps on it: they fall back to a pass of their
+own, so drift is still found within one interval, at the old price (docs/fleet.md).
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.heartbeat import heartbeating
+from activities.platform import platform_digest
+from idp import fleet
+from idp.capability import Actions, Fingerprint
+from idp.models import Model
+from idp.platform import Platform
+from workflows import search_attributes as sa
+from workflows.messages import SignalRequest
+
+log = logging.getLogger(__name__)
+
+# Signals in flight at once: enough to wake a fleet after a platform change in seconds without
+# flooding the frontend.
+SIGNALS_AT_ONCE = 32
+
+
+class SweepInput(Model):
+    sweep: int
+
+
+class SweepResult(Model):
+    members: int
+    woken: int
+    failed: list[str] = []
+    interval_seconds: float
+
+
+class Member(Model):
+    workflow_id: str
+    entries: dict[str, Fingerprint]
+
+
+class FleetActivities:
+    def __init__(self, client: Client, platform: Platform, actions: dict[str, Actions[Any, Any]]):
+        self._client = client
+        self._platform = platform
+        self._actions = actions
+
+    @activity.defn(name="Fleet.sweep")
+    async def sweep(self, input: SweepInput) -> SweepResult:
+        return await heartbeating(self._sweep(input))
+
+    async def _sweep(self, input: SweepInput) -> SweepResult:
+        members = await self._members()
+        reasons = self._changed(members, platform_digest(self._platform))
+        failed: list[str] = []
+        for name, keyed in _by_capability(members).items():
+            actions = self._actions.get(name)
+            try:
+                if actions is None:
+                    raise LookupError(f"capability {name} is not installed on this worker")
+                found = await actions.fleet_observe(sorted(keyed))
+            except Exception as error:
+                # The type only: an exception's text may quote what a client sent.
+                log.warning("fleet read of %s failed (%s)", name, type(error).__name__)
+                failed.append(name)
+                found = None
+            for key, (digest, workflow_ids) in keyed.items():
+                if found is None:
+                    why = f"the fleet read of {name} failed: checking on its own"
+                elif found.get(key) != digest:
+                    why = f"{name} changed outside ({key})"
+                else:
+                    continue
+                for workflow_id in workflow_ids:
+                    reasons.setdefault(workflow_id, why)
+        info = activity.info()
+        await self._wake(reasons, f"fleet-{info.workflow_run_id}-{input.sweep}")
+        return SweepResult(
+            members=len(members),
+            woken=len(reasons),
+            failed=failed,
+            interval_seconds=self._platform.reconcile.drift_interval / timedelta(seconds=1),
+        )
+
+    async def _members(self) -> list[Member]:
+        query = f'{sa.KIND.name} = "Workload" AND ExecutionStatus = "Running"'
+        members = []
+        async for execution in self._client.list_workflows(query):
+            entries = execution.typed_search_attributes.get(sa.FLEET)
+            if entries:
+                members.append(Member(workflow_id=execution.id, entries=fleet.parse(entries)))
+        return members
+
+    @staticmethod
+    def _changed(members: list[Member], platform: str) -> dict[str, str]:
+        """Workloads that recorded another platform file: their plans may differ now."""
+        return {
+            m.workflow_id: "the platform configuration changed"
+            for m in members
+            if fleet.PLATFORM not in m.entries or m.entries[fleet.PLATFORM].digest != platform
+        }
+
+    async def _wake(self, reasons: dict[str, str], request_id: str) -> None:
+        """Signal `reconcile` to each; the same request id on a retried sweep, so a workload
+        woken twice acts once."""
+        limit = asyncio.Semaphore(SIGNALS_AT_ONCE)
+
+        async def wake(workflow_id: str, why: str) -> None:
+            async with limit:
+                request = SignalRequest(request_id=request_id, reason=f"fleet observer: {why}")
+                try:
+                    await self._client.get_workflow_handle(workflow_id).signal("reconcile", request)
+                except Exception as error:
+                    log.info("could not wake %s (%s)", workflow_id, type(error).__name__)
+
+        await asyncio.gather(*(wake(w, why) for w, why in sorted(reasons.items())))
+
+
+def _by_capability(members: list[Member]) -> dict[str, dict[str, tuple[str, list[str]]]]:
+    """{capability: {key: (recorded digest, workflow ids)}}; one key is one workload's."""
+    found: dict[str, dict[str, tuple[str, list[str]]]] = defaultdict(dict)
+    for member in members:
+        for name, fingerprint in member.entries.items():
+            if name != fleet.PLATFORM:
+                entry = found[name].setdefault(fingerprint.key, (fingerprint.digest, []))
+                entry[1].append(member.workflow_id)
+    return found

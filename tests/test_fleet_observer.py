@@ -1,0 +1,229 @@
+"""The fleet observer on a real dev server and a real git state store: workloads found in sync
+sleep with no timer, one sweep per drift interval reads the fleet, and only a workload whose
+outside changed is woken, repaired within one interval.
+
+Workloads here hold manifests only (the state store is the one outside part that needs no
+emulator); the registry's fleet read has its own tests against moto (test_registry_fleet.py).
+"""
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support.cli import Cli, write_platform
+from support.stack import git, platform_for, read, running_worker
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from idp.models import Workload
+from idp.platform import Platform
+from starter.operations import apply_workload
+from worker import start_fleet_observer
+from workflows import search_attributes as sa
+from workflows.messages import WaitReadyRequest
+from workflows.observer import observer_id
+from workflows.state import Phase
+from workflows.workload import WorkloadWorkflow
+
+DRIFT = timedelta(seconds=4)
+# A watched workload's own check is a week away (workflows/steps.py, WATCHED_BACKSTOP).
+WEEKISH = timedelta(days=6)
+
+
+def workload(name: str) -> Workload:
+    return Workload.model_validate(
+        {
+            "metadata": {"name": name, "system": "fleet"},
+            "spec": {"owner": "team-demo", "destination": "dev", "namespace": "shop"},
+        }
+    )
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def entries(handle: WorkflowHandle) -> list[str]:
+    """What the workload published for the observer; [] when it is not watched."""
+    description = await handle.describe()
+    return description.typed_search_attributes.get(sa.FLEET) or []
+
+
+async def watched(handle: WorkflowHandle) -> bool:
+    return bool(await entries(handle))
+
+
+async def sweeps(client: Client, queue: str) -> int:
+    """Sweeps the observer has finished (its completed activities)."""
+    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
+    return sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    )
+
+
+async def length(handle: WorkflowHandle) -> int:
+    return len((await handle.fetch_history()).events)
+
+
+@pytest.fixture
+def platform(repo: Path) -> Platform:
+    return platform_for(repo, DRIFT, fleet_observer=True)
+
+
+@asynccontextmanager
+async def watching(
+    client: Client, platform: Platform, queue: str, cache: Path
+) -> AsyncIterator[dict[str, WorkflowHandle]]:
+    """A worker and its fleet observer, and three workloads it watches, by name; named after
+    the task queue, since workflow ids and state-store directories outlive a test on the
+    session's server. Applying again what runs already changes nothing."""
+    async with running_worker(client, platform, queue, cache):
+        await start_fleet_observer(client, platform, queue)
+        handles = {}
+        for name in (f"{n}-{queue}" for n in ("cart", "till", "shelf")):
+            await apply_workload(client, queue, workload(name))
+            handles[name] = client.get_workflow_handle(workload(name).workflow_id)
+        for handle in handles.values():
+            status = await handle.execute_update(
+                WorkloadWorkflow.wait_ready, WaitReadyRequest(generation=1, timeout_seconds=60)
+            )
+            assert status.phase == Phase.READY
+        for handle in handles.values():
+            await until(lambda h=handle: watched(h), "the workload to be watched")
+        yield handles
+        await client.get_workflow_handle(observer_id(queue)).terminate()
+
+
+@pytest.fixture
+async def fleet(
+    client: Client, platform: Platform, queue: str, tmp_path: Path
+) -> AsyncIterator[dict[str, WorkflowHandle]]:
+    async with watching(client, platform, queue, tmp_path / "cache") as handles:
+        yield handles
+
+
+async def test_a_watched_workload_sleeps_without_a_timer_while_the_observer_sweeps(
+    client: Client, repo: Path, queue: str, tmp_path: Path, fleet: dict[str, WorkflowHandle]
+) -> None:
+    before = {name: await length(h) for name, h in fleet.items()}
+    first = await sweeps(client, queue)
+    await until(lambda: _more(client, queue, first + 2), "two more sweeps", timeout=4 * 4 + 30)
+    after = {name: await length(h) for name, h in fleet.items()}
+    # Not one event: no drift timer fired, no activity ran.
+    assert after == before
+    for handle in fleet.values():
+        status = await handle.query(WorkloadWorkflow.status)
+        # Its own check, only should the observer be gone, is a week away.
+        assert status.watched and status.next_check_at is not None
+        assert status.next_check_at - datetime.now(UTC) > WEEKISH
+    # idpctl describe says who checks it, and when it would check on its own.
+    address = client.service_client.config.target_host
+    cli = Cli(address, queue, write_platform(tmp_path / "platform.yaml", repo, address))
+    name = next(iter(fleet))
+    text = (await cli.idpctl("describe", "workload", f"fleet/{name}")).stdout
+    line = r"^Next check:   each fleet observer sweep \(its own: \S+\)$"
+    assert re.search(line, text, re.M), text
+
+
+async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_interval(
+    client: Client, queue: str, repo: Path, tmp_path: Path, fleet: dict[str, WorkflowHandle]
+) -> None:
+    edited_name, *other_names = fleet
+    path = f"dev/shop/{edited_name}/serviceaccount.yaml"
+    original = read(repo, path)
+    assert original is not None
+    others = {name: await length(fleet[name]) for name in other_names}
+    recorded = await entries(fleet[edited_name])
+
+    clone = tmp_path / "person"
+    git("clone", "-q", str(repo), str(clone))
+    (clone / path).write_text(original + "# edited by hand\n")
+    git("commit", "-qam", "a person edits a manifest", cwd=clone)
+    git("push", "-q", "origin", "HEAD:main", cwd=clone)
+    edited = time.monotonic()
+
+    async def repaired() -> bool:
+        return read(repo, path) == original
+
+    await until(repaired, "the manifest to be put back", timeout=30)
+    took = time.monotonic() - edited
+    # One sweep per interval finds it; the pass that repairs it takes about a second more.
+    assert took < DRIFT.total_seconds() + 5, took
+    status = await fleet[edited_name].query(WorkloadWorkflow.status)
+    assert [(c.type, c.reason) for c in status.conditions] == [("Manifests", "DriftRepaired")]
+    assert {name: await length(fleet[name]) for name in others} == others
+    # The pass that repaired it cannot tell what its commit left (no fingerprint), so the
+    # workload checks on its own one interval later, finds it in sync, and sleeps watched again
+    # on the same content as before the edit.
+
+    async def watched_again() -> bool:
+        status = await fleet[edited_name].query(WorkloadWorkflow.status)
+        asleep = status.next_check_at and status.next_check_at - datetime.now(UTC) > WEEKISH
+        return bool(asleep) and await entries(fleet[edited_name]) == recorded
+
+    await until(watched_again, "the workload to be watched again")
+    assert {name: await length(fleet[name]) for name in others} == others
+
+
+async def _more(client: Client, queue: str, count: int) -> bool:
+    return await sweeps(client, queue) >= count
+
+
+async def test_a_failing_fleet_read_makes_every_workload_on_it_check_on_its_own(
+    client: Client, queue: str, repo: Path, fleet: dict[str, WorkflowHandle]
+) -> None:
+    # The state store goes away: the sweep cannot fetch, so it cannot tell who drifted.
+    moved = repo.with_name("elsewhere.git")
+    repo.rename(moved)
+    try:
+
+        async def all_checked() -> bool:
+            for handle in fleet.values():
+                status = await handle.query(WorkloadWorkflow.status)
+                if status.phase != Phase.DEGRADED:
+                    return False
+            return True
+
+        # Each woken workload's own pass finds the store unreachable and says so.
+        await until(all_checked, "every workload to check on its own", timeout=30)
+    finally:
+        moved.rename(repo)
+    # An unreachable store is a permanent failure (wait_ready answers at once), yet the loop
+    # still retries after its backoff and recovers by itself once the store is back.
+    for handle in fleet.values():
+
+        async def ready(h: WorkflowHandle = handle) -> bool:
+            return (await h.query(WorkloadWorkflow.status)).phase == Phase.READY
+
+        await until(ready, "the workload to recover")
+
+
+async def test_a_changed_platform_file_wakes_every_watched_workload(
+    client: Client, platform: Platform, queue: str, tmp_path: Path
+) -> None:
+    async with watching(client, platform, queue, tmp_path / "cache") as handles:
+        before = {name: await entries(h) for name, h in handles.items()}
+    # The workers restart with another platform file (a longer backoff, say): every plan may
+    # differ now, so every workload runs a pass and is watched again under the new file.
+    changed = platform.model_copy(
+        update={"reconcile": platform.reconcile.model_copy(update={"max_backoff": DRIFT})}
+    )
+    async with watching(client, changed, queue, tmp_path / "cache") as handles:
+        for name, handle in handles.items():
+
+            async def rewatched(h: WorkflowHandle = handle, old: list[str] = before[name]) -> bool:
+                now = await entries(h)
+                return bool(now) and now != old
+
+            await until(rewatched, f"{name} to be watched under the new platform file")
+            changed_entries = [e for e in await entries(handle) if e not in before[name]]
+            assert [e.split(" ")[0] for e in changed_entries] == ["@platform"]

@@ -1,0 +1,65 @@
+"""FleetObserverWorkflow: one per task queue, so that an idle fleet costs next to nothing.
+
+Every drift interval it runs one sweep (activities/fleet.py): each capability reads the whole
+fleet's part of the outside at once, and the workloads whose outside differs from what they
+recorded get a `reconcile` signal. Meanwhile those workloads sleep with no timer of their own.
+Two billable actions per interval (the sweep and its timer) for the whole fleet, instead of a
+timer, a local activity and an activity per capability for every workload (docs/fleet.md).
+"""
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.fleet import FleetActivities, SweepInput, SweepResult
+    from activities.heartbeat import HEARTBEAT_TIMEOUT
+    from idp.models import Model
+    from workflows.steps import STEP_RETRY, STEP_TIMEOUT, failure
+
+# Sweeps per run: its history stays a few hundred events, whatever the fleet.
+SWEEPS_PER_RUN = 100
+# Before a sweep has said what the platform's drift interval is, and after one failed.
+RETRY_AFTER = timedelta(minutes=1)
+
+
+def observer_id(task_queue: str) -> str:
+    return f"idp-fleet-observer-{task_queue}"
+
+
+class ObserverInput(Model):
+    sweeps: int = 0
+
+
+@workflow.defn
+class FleetObserverWorkflow:
+    @workflow.run
+    async def run(self, input: ObserverInput) -> None:
+        sweeps = input.sweeps
+        for _ in range(SWEEPS_PER_RUN):
+            sweeps += 1
+            try:
+                result = await workflow.execute_activity_method(
+                    FleetActivities.sweep,
+                    SweepInput(sweep=sweeps),
+                    start_to_close_timeout=STEP_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=STEP_RETRY,
+                    summary="observe the fleet",
+                )
+            except ActivityError as error:
+                _, message = failure(error)
+                workflow.set_current_details(f"**sweep {sweeps} failed**: {message}")
+                await workflow.sleep(RETRY_AFTER, summary="retry the sweep")
+                continue
+            workflow.set_current_details(_details(sweeps, result))
+            await workflow.sleep(timedelta(seconds=result.interval_seconds), summary="next sweep")
+        workflow.continue_as_new(ObserverInput(sweeps=sweeps))
+
+
+def _details(sweeps: int, result: SweepResult) -> str:
+    line = f"sweep {sweeps}: {result.members} workloads watched, {result.woken} woken"
+    if result.failed:
+        line += f"; fleet read failed for {', '.join(result.failed)} (they checked on their own)"
+    return line

@@ -39,6 +39,7 @@ from idp.keyring import KeyRingError
 from idp.platform import Platform, PlatformError, load_platform, platform_path
 from idp.port import client_from_config
 from starter import health, telemetry, temporal
+from workflows import search_attributes
 from workflows.aggregator import ApiAggregatorWorkflow
 from workflows.observer import FleetObserverWorkflow, ObserverInput, observer_id
 from workflows.portrun import PortRunWorkflow
@@ -118,11 +119,25 @@ def activities(client: Client, platform: Platform, cache_dir: Path) -> list:
     ]
 
 
-async def start_fleet_observer(client: Client, platform: Platform, task_queue: str) -> None:
+class FleetObserverError(Exception):
+    """The platform asks for the fleet observer where it cannot work; the message says why."""
+
+
+async def start_fleet_observer(
+    client: Client, platform: Platform, task_queue: str, namespace: str
+) -> None:
     """Make sure the task queue's fleet observer runs, when the platform asks for one; every
-    worker asks, and the first one starts it."""
+    worker asks, and the first one starts it. FleetObserverError when the namespace lacks the
+    search attribute watched workloads publish: each of their workflow tasks would fail."""
     if not (platform.reconcile.fleet_observer and platform.reconcile.search_attributes):
         return
+    missing = await search_attributes.missing(client, namespace)
+    if search_attributes.FLEET.name in missing:
+        raise FleetObserverError(
+            f"reconcile.fleetObserver needs the search attribute {search_attributes.FLEET.name} "
+            f"(KeywordList) on namespace {namespace!r}, which it lacks: run `idpctl platform "
+            "init`, or add it to the Temporal Cloud namespace"
+        )
     await client.start_workflow(
         FleetObserverWorkflow.run,
         ObserverInput(),
@@ -258,9 +273,9 @@ async def run(args: argparse.Namespace) -> int:
         worker = build_worker(
             client, platform, settings.task_queue, Path(args.cache_dir), version=version
         )
-        await start_fleet_observer(client, platform, settings.task_queue)
+        await start_fleet_observer(client, platform, settings.task_queue, settings.namespace)
         listener = health.listen(probe_address) if probe_address else None
-    except (PermanentError, health.HealthError) as error:
+    except (PermanentError, health.HealthError, FleetObserverError) as error:
         log.error("%s", error)
         return 2
     probes: health.Probes | None = None

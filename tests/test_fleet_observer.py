@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 from support.cli import Cli, write_platform
-from support.stack import git, platform_for, read, running_worker
+from support.stack import git, platform_for, read, running_worker, temporal_cli
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from idp.models import Workload
 from idp.platform import Platform
 from starter.operations import apply_workload
-from worker import start_fleet_observer
+from worker import FleetObserverError, start_fleet_observer
 from workflows import search_attributes as sa
 from workflows.messages import WaitReadyRequest
 from workflows.observer import observer_id
@@ -87,7 +88,7 @@ async def watching(
     the task queue, since workflow ids and state-store directories outlive a test on the
     session's server. Applying again what runs already changes nothing."""
     async with running_worker(client, platform, queue, cache):
-        await start_fleet_observer(client, platform, queue)
+        await start_fleet_observer(client, platform, queue, client.namespace)
         handles = {}
         for name in (f"{n}-{queue}" for n in ("cart", "till", "shelf")):
             await apply_workload(client, queue, workload(name))
@@ -227,3 +228,28 @@ async def test_a_changed_platform_file_wakes_every_watched_workload(
             await until(rewatched, f"{name} to be watched under the new platform file")
             changed_entries = [e for e in await entries(handle) if e not in before[name]]
             assert [e.split(" ")[0] for e in changed_entries] == ["@platform"]
+
+
+async def test_a_worker_refuses_the_fleet_observer_where_its_search_attribute_is_missing(
+    platform: Platform, queue: str
+) -> None:
+    # A namespace set up before IdpFleet existed: watched workloads' tasks would fail on it.
+    flags = sa.dev_server_args()
+    older = [
+        part
+        for flag, value in zip(flags[::2], flags[1::2], strict=True)
+        if not value.startswith(f"{sa.FLEET.name}=")
+        for part in (flag, value)
+    ]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        dev_server_extra_args=[*older, "--log-level", "error"],
+    )
+    async with env:
+        with pytest.raises(FleetObserverError) as refused:
+            await start_fleet_observer(env.client, platform, queue, env.client.namespace)
+    assert str(refused.value) == (
+        "reconcile.fleetObserver needs the search attribute IdpFleet (KeywordList) on namespace "
+        "'default', which it lacks: run `idpctl platform init`, or add it to the Temporal Cloud "
+        "namespace"
+    )

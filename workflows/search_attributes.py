@@ -62,21 +62,27 @@ def dev_server_args() -> list[str]:
     return args
 
 
+async def missing(client: Client, namespace: str) -> list[str]:
+    """The attributes the namespace lacks, by name."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    return [key.name for key in ALL if key.name not in existing.custom_attributes]
+
+
 async def register(client: Client, namespace: str) -> list[str]:
     """Register every attribute that is missing on the server; returns the names added.
 
     What `idpctl platform init` runs against a self-hosted cluster (Temporal Cloud namespaces are
     configured in its UI or tcld instead)."""
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
-    missing = {
+    absent = set(await missing(client, namespace))
+    added = {
         key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
         for key in ALL
-        if key.name not in existing.custom_attributes
+        if key.name in absent
     }
-    if missing:
+    if added:
         await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=added)
         )
-    return sorted(missing)
+    return sorted(added)

@@ -6,16 +6,15 @@ Workloads here hold manifests only (the state store is the one outside part that
 emulator); the registry's fleet read has its own tests against moto (test_registry_fleet.py).
 """
 
-import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.cli import Cli, write_platform
+from support.cli import Cli, eventually, write_platform
 from support.stack import git, platform_for, read, running_worker, temporal_cli
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -43,14 +42,6 @@ def workload(name: str) -> Workload:
             "spec": {"owner": "team-demo", "destination": "dev", "namespace": "shop"},
         }
     )
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def entries(handle: WorkflowHandle) -> list[str]:
@@ -99,7 +90,7 @@ async def watching(
             )
             assert status.phase == Phase.READY
         for handle in handles.values():
-            await until(lambda h=handle: watched(h), "the workload to be watched")
+            await eventually(lambda h=handle: watched(h), bool, timeout=30)
         yield handles
         await client.get_workflow_handle(observer_id(queue)).terminate()
 
@@ -117,7 +108,7 @@ async def test_a_watched_workload_sleeps_without_a_timer_while_the_observer_swee
 ) -> None:
     before = {name: await length(h) for name, h in fleet.items()}
     first = await sweeps(client, queue)
-    await until(lambda: _more(client, queue, first + 2), "two more sweeps", timeout=4 * 4 + 30)
+    await eventually(lambda: _more(client, queue, first + 2), bool, timeout=4 * 4 + 30)
     after = {name: await length(h) for name, h in fleet.items()}
     # Not one event: no drift timer fired, no activity ran.
     assert after == before
@@ -155,7 +146,7 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
     async def repaired() -> bool:
         return read(repo, path) == original
 
-    await until(repaired, "the manifest to be put back", timeout=30)
+    await eventually(repaired, bool, timeout=30)
     took = time.monotonic() - edited
     # One sweep per interval finds it; the pass that repairs it takes about a second more.
     assert took < DRIFT.total_seconds() + 5, took
@@ -171,7 +162,7 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
         asleep = status.next_check_at and status.next_check_at - datetime.now(UTC) > WEEKISH
         return bool(asleep) and await entries(fleet[edited_name]) == recorded
 
-    await until(watched_again, "the workload to be watched again")
+    await eventually(watched_again, bool, timeout=30)
     assert {name: await length(fleet[name]) for name in others} == others
 
 
@@ -195,7 +186,7 @@ async def test_a_failing_fleet_read_makes_every_workload_on_it_check_on_its_own(
             return True
 
         # Each woken workload's own pass finds the store unreachable and says so.
-        await until(all_checked, "every workload to check on its own", timeout=30)
+        await eventually(all_checked, bool, timeout=30)
     finally:
         moved.rename(repo)
     # An unreachable store is a permanent failure (wait_ready answers at once), yet the loop
@@ -205,7 +196,7 @@ async def test_a_failing_fleet_read_makes_every_workload_on_it_check_on_its_own(
         async def ready(h: WorkflowHandle = handle) -> bool:
             return (await h.query(WorkloadWorkflow.status)).phase == Phase.READY
 
-        await until(ready, "the workload to recover")
+        await eventually(ready, bool, timeout=30)
 
 
 async def test_a_changed_platform_file_wakes_every_watched_workload(
@@ -225,7 +216,7 @@ async def test_a_changed_platform_file_wakes_every_watched_workload(
                 now = await entries(h)
                 return bool(now) and now != old
 
-            await until(rewatched, f"{name} to be watched under the new platform file")
+            await eventually(rewatched, bool, timeout=30)
             changed_entries = [e for e in await entries(handle) if e not in before[name]]
             assert [e.split(" ")[0] for e in changed_entries] == ["@platform"]
 

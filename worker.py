@@ -25,6 +25,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion, WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -123,21 +124,45 @@ class FleetObserverError(Exception):
     """The platform asks for the fleet observer where it cannot work; the message says why."""
 
 
-async def start_fleet_observer(
-    client: Client, platform: Platform, task_queue: str, namespace: str
-) -> None:
-    """Make sure the task queue's fleet observer runs, when the platform asks for one; every
-    worker asks, and the first one starts it. FleetObserverError when the namespace lacks the
-    search attribute watched workloads publish: each of their workflow tasks would fail."""
-    if not (platform.reconcile.fleet_observer and platform.reconcile.search_attributes):
+async def with_fleet_observer(client: Client, platform: Platform, namespace: str) -> Platform:
+    """`platform` with reconcile.fleetObserver decided, as the workflows are told it: unset, on
+    where the namespace has the search attribute watched workloads publish, else off with a
+    warning. FleetObserverError when the file asks for it and the attribute is missing: every
+    watched workload's workflow task would fail on it."""
+    reconcile = platform.reconcile
+    on = reconcile.fleet_observer is not False and reconcile.search_attributes
+    if on:
+        name = search_attributes.FLEET.name
+        lacks = f"namespace {namespace!r} lacks the search attribute {name} (KeywordList)"
+        fix = "run `idpctl platform init`, or add it to the Temporal Cloud namespace"
+        try:
+            missing = name in await search_attributes.missing(client, namespace)
+        except RPCError as error:
+            if reconcile.fleet_observer:
+                raise
+            # Unset: an API key that may not list attributes must not stop the worker.
+            lacks = f"the worker could not list the search attributes of {namespace!r} ({error})"
+            missing = True
+        if missing and reconcile.fleet_observer:
+            raise FleetObserverError(f"reconcile.fleetObserver is true, but {lacks}: {fix}")
+        if missing:
+            log.warning(
+                "the fleet observer is off, so every workload checks itself each drift "
+                "interval: %s; %s, or set reconcile.fleetObserver: false to silence this",
+                lacks,
+                fix,
+            )
+        on = not missing
+    return platform.model_copy(
+        update={"reconcile": reconcile.model_copy(update={"fleet_observer": on})}
+    )
+
+
+async def start_fleet_observer(client: Client, platform: Platform, task_queue: str) -> None:
+    """Make sure the task queue's fleet observer runs, when `platform` (as `with_fleet_observer`
+    decided it) has one; every worker asks, and the first one starts it."""
+    if not platform.reconcile.fleet_observer:
         return
-    missing = await search_attributes.missing(client, namespace)
-    if search_attributes.FLEET.name in missing:
-        raise FleetObserverError(
-            f"reconcile.fleetObserver needs the search attribute {search_attributes.FLEET.name} "
-            f"(KeywordList) on namespace {namespace!r}, which it lacks: run `idpctl platform "
-            "init`, or add it to the Temporal Cloud namespace"
-        )
     await client.start_workflow(
         FleetObserverWorkflow.run,
         ObserverInput(),
@@ -270,10 +295,11 @@ async def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 1
     try:
+        platform = await with_fleet_observer(client, platform, settings.namespace)
         worker = build_worker(
             client, platform, settings.task_queue, Path(args.cache_dir), version=version
         )
-        await start_fleet_observer(client, platform, settings.task_queue, settings.namespace)
+        await start_fleet_observer(client, platform, settings.task_queue)
         listener = health.listen(probe_address) if probe_address else None
     except (PermanentError, health.HealthError, FleetObserverError) as error:
         log.error("%s", error)

@@ -45,6 +45,22 @@ async def _run(work: Awaitable[T]) -> T:
         return await heartbeating(work)
 
 
+def has_fleet_read(capability: Capability[Any, Any]) -> bool:
+    return type(capability).fingerprint is not Capability.fingerprint
+
+
+def after(ctx: Context, report: Report) -> Context:
+    """What the next pass will see once the workflow has recorded `report`."""
+    return ctx.model_copy(
+        update={
+            "outputs": report.outputs,
+            "memory": report.memory,
+            "requests": {op: r for op, r in ctx.requests.items() if op not in report.handled},
+            "unsettled": False,
+        }
+    )
+
+
 def capability_activities(
     capability: Capability[Any, Any], actions: Actions[Any, Any]
 ) -> list[Callable[..., Any]]:
@@ -72,11 +88,20 @@ def capability_activities(
             observation = await actions.observe(ctx)
             plan = capability.plan(ctx, observation)
             report = reported(await actions.apply(ctx, plan, observation), plan)
-            if plan or report.status != "Ready":
+            if report.status != "Ready" or not has_fleet_read(capability):
                 return report
-            # Found in sync: what the fleet observer must find for the workload to sleep on.
+            now = ctx
+            if plan:
+                # Read back what the apply left, so that the workload sleeps on it from now
+                # on rather than after a pass of its own one drift interval later: at scale,
+                # that second pass of every new workload would cost as much as onboarding it.
+                now = after(ctx, report)
+                observation = await actions.observe(now)
+                if capability.plan(now, observation):
+                    return report
+            # What the fleet observer must find for the workload to sleep on.
             return report.model_copy(
-                update={"fingerprint": capability.fingerprint(ctx, observation)}
+                update={"fingerprint": capability.fingerprint(now, observation)}
             )
 
         return await _run(work())

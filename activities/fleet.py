@@ -62,18 +62,11 @@ class FleetActivities:
     async def _sweep(self, input: SweepInput) -> SweepResult:
         members = await self._members()
         reasons = self._changed(members, platform_digest(self._platform))
-        failed: list[str] = []
-        for name, keyed in _by_capability(members).items():
-            actions = self._actions.get(name)
-            try:
-                if actions is None:
-                    raise LookupError(f"capability {name} is not installed on this worker")
-                found = await actions.fleet_observe(sorted(keyed))
-            except Exception as error:
-                # The type only: an exception's text may quote what a client sent.
-                log.warning("fleet read of %s failed (%s)", name, type(error).__name__)
-                failed.append(name)
-                found = None
+        keyed_by = _by_capability(members)
+        # Side by side: each reads a system of its own, so a sweep takes its slowest read.
+        reads = await asyncio.gather(*(self._read(n, sorted(k)) for n, k in keyed_by.items()))
+        failed = [name for name, found in zip(keyed_by, reads, strict=True) if found is None]
+        for (name, keyed), found in zip(keyed_by.items(), reads, strict=True):
             for key, (digest, workflow_ids) in keyed.items():
                 if found is None:
                     why = f"the fleet read of {name} failed: checking on its own"
@@ -91,6 +84,18 @@ class FleetActivities:
             failed=failed,
             interval_seconds=self._platform.reconcile.drift_interval / timedelta(seconds=1),
         )
+
+    async def _read(self, name: str, keys: list[str]) -> dict[str, str] | None:
+        """The capability's fleet read, None when it failed."""
+        actions = self._actions.get(name)
+        try:
+            if actions is None:
+                raise LookupError(f"capability {name} is not installed on this worker")
+            return await actions.fleet_observe(keys)
+        except Exception as error:
+            # The type only: an exception's text may quote what a client sent.
+            log.warning("fleet read of %s failed (%s)", name, type(error).__name__)
+            return None
 
     async def _members(self) -> list[Member]:
         query = f'{sa.KIND.name} = "Workload" AND ExecutionStatus = "Running"'

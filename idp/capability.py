@@ -188,7 +188,8 @@ class Report(Model):
     fingerprint: Fingerprint | None = Field(
         None,
         description="What a fleet read must find for this workload to stay asleep; only "
-        "when the pass found it in sync and the capability has a fleet read.",
+        "when the capability has a fleet read and the pass found it in sync, or, after an "
+        "apply, a second observe did.",
     )
 
 

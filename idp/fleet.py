@@ -6,6 +6,14 @@ from idp.capability import Fingerprint
 
 # No capability name starts with '@' (entry-point names are identifiers).
 PLATFORM = "@platform"
+# Temporal refuses a search attribute value over 2 KB by default (limit.searchAttributeValueSize),
+# failing the workflow task that sets it; entries that would not fit leave the workload unwatched.
+MAX_BYTES = 1800
+
+
+def fits(entries: list[str]) -> bool:
+    """Whether the entries fit in one search attribute value, as JSON, with room to spare."""
+    return sum(len(e.encode()) + 3 for e in entries) + 2 <= MAX_BYTES
 
 
 def entry(capability: str, fingerprint: Fingerprint) -> str:

@@ -138,11 +138,13 @@ class ReconcileSettings(Model):
         description="Maintain the Idp* search attributes; turn off only for a namespace where "
         "they cannot be registered (workflow tasks fail on undefined attributes).",
     )
-    fleet_observer: bool = Field(
-        False,
+    fleet_observer: bool | None = Field(
+        None,
         description="Observe the fleet in one read per capability and state store or account "
         "each drift interval, and let a workload found in sync sleep until a deadline or a "
-        "change instead of checking itself (docs/fleet.md); needs search attributes.",
+        "change instead of checking itself (docs/fleet.md). Unset: on where the namespace has "
+        "the IdpFleet search attribute, else off with a warning; true: a worker refuses to "
+        "start without it; false: every workload checks itself each drift interval.",
     )
 
     @model_validator(mode="after")
@@ -151,6 +153,9 @@ class ReconcileSettings(Model):
             raise ValueError("driftInterval must be at least 1s")
         if not timedelta(0) < self.min_backoff <= self.max_backoff:
             raise ValueError("minBackoff must be positive and at most maxBackoff")
+        if self.fleet_observer and not self.search_attributes:
+            # Watched workloads publish what the observer must find in a search attribute.
+            raise ValueError("fleetObserver: true needs searchAttributes: true")
         return self
 
 

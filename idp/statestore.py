@@ -222,6 +222,11 @@ class StateStore:
         self._locks_suspect = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        # Reads share fetches: each needs the head as fetched after it was asked for, and
+        # onboarding queues hundreds of them behind one another (`_head_entries`).
+        self._fetches_begun = 0
+        self._fetched = 0  # which of them last succeeded
+        self._head: str | None = None
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -240,8 +245,9 @@ class StateStore:
         """The directory's files at the remote branch head: relative name -> text."""
         directory = _validated_directory(directory)
         self._bind_loop()
+        wanted = self._fetches_begun + 1
         async with self._exclusive():
-            entries = await self._head_entries([directory])
+            entries = await self._head_entries(wanted, [directory])
             paths = sorted(
                 path
                 for path, (mode, _) in entries.items()
@@ -258,8 +264,9 @@ class StateStore:
         and among its owner's records. One fetch, and no blob is read."""
         change = _validated(change)
         self._bind_loop()
+        wanted = self._fetches_begun + 1
         async with self._exclusive():
-            entries = await self._head_entries(_paths_read(change))
+            entries = await self._head_entries(wanted, _paths_read(change))
         prefix = change.directory + "/"
         claimed = {claim.path for claim in change.claims}
         mine = record_id(change.owner) if change.owner is not None else None
@@ -279,15 +286,23 @@ class StateStore:
         if not directories:
             return {}  # ls-tree without a path would list the whole repository
         self._bind_loop()
+        wanted = self._fetches_begun + 1
         async with self._exclusive():
-            entries = await self._head_entries(directories)
+            entries = await self._head_entries(wanted, directories)
         return {path: oid for path, (mode, oid) in entries.items() if mode in _REGULAR_FILE_MODES}
 
-    async def _head_entries(self, paths: Sequence[str]) -> dict[str, _Entry]:
-        """Every entry below `paths` at the freshly fetched remote head; with the clone held."""
+    async def _head_entries(self, wanted: int, paths: Sequence[str]) -> dict[str, _Entry]:
+        """Every entry below `paths` at the remote head, with the clone held: as fetched by the
+        `wanted`th fetch or a later one, which began after the caller asked (it took
+        `_fetches_begun + 1` before queueing for the clone). So a read sees every push that
+        ended before it was asked for, and the reads queued behind one fetch share the next."""
         await self._prepare()
-        head = await self._fetch()
-        return await self._entries(head, paths) if head else {}
+        if self._fetched < wanted:
+            self._fetches_begun += 1
+            begun = self._fetches_begun
+            self._head = await self._fetch()
+            self._fetched = begun
+        return await self._entries(self._head, paths) if self._head else {}
 
     async def _texts(self, oids: Sequence[str]) -> list[str]:
         """The text of each blob, in order."""

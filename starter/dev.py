@@ -75,7 +75,7 @@ class Stack:
     metrics_port: int = 0  # the worker's Prometheus endpoint; 0: any free port
     postgres_port: int = 0  # 0: PostgreSQL's own 5432 when free, else any free port
     drift_interval: str = "10m"  # benches shorten or lengthen it
-    fleet_observer: bool = False  # benches compare idle fleets with and without it
+    fleet_observer: bool | None = None  # unset as in a new platform file; benches set it
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_signals: dict[str, signal.Signals] = field(default_factory=dict)
     codec_keys: str | None = field(default=None, repr=False)
@@ -405,7 +405,7 @@ def write_platform(stack: Stack) -> None:
         ],
         "reconcile": {
             "driftInterval": stack.drift_interval,
-            **({"fleetObserver": True} if stack.fleet_observer else {}),
+            **({} if stack.fleet_observer is None else {"fleetObserver": stack.fleet_observer}),
         },
         "temporal": {"address": stack.address, "uiUrl": stack.ui_url},
         "aws": {"region": "eu-west-1", "accountId": LOCAL_ACCOUNT, "endpointUrl": stack.aws_url},

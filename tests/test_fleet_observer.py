@@ -6,6 +6,8 @@ Workloads here hold manifests only (the state store is the one outside part that
 emulator); the registry's fleet read has its own tests against moto (test_registry_fleet.py).
 """
 
+import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,10 +22,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from idp.capability import Fingerprint
+from idp.fleet import entry, fits
 from idp.models import Workload
 from idp.platform import Platform
 from starter.operations import apply_workload
-from worker import FleetObserverError, start_fleet_observer
+from worker import FleetObserverError, start_fleet_observer, with_fleet_observer
 from workflows import search_attributes as sa
 from workflows.messages import WaitReadyRequest
 from workflows.observer import observer_id
@@ -79,7 +83,7 @@ async def watching(
     the task queue, since workflow ids and state-store directories outlive a test on the
     session's server. Applying again what runs already changes nothing."""
     async with running_worker(client, platform, queue, cache):
-        await start_fleet_observer(client, platform, queue, client.namespace)
+        await start_fleet_observer(client, platform, queue)
         handles = {}
         for name in (f"{n}-{queue}" for n in ("cart", "till", "shelf")):
             await apply_workload(client, queue, workload(name))
@@ -221,8 +225,8 @@ async def test_a_changed_platform_file_wakes_every_watched_workload(
             assert [e.split(" ")[0] for e in changed_entries] == ["@platform"]
 
 
-async def test_a_worker_refuses_the_fleet_observer_where_its_search_attribute_is_missing(
-    platform: Platform, queue: str
+async def test_without_its_search_attribute_the_observer_is_refused_when_asked_and_off_when_unset(
+    platform: Platform, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A namespace set up before IdpFleet existed: watched workloads' tasks would fail on it.
     flags = sa.dev_server_args()
@@ -236,11 +240,48 @@ async def test_a_worker_refuses_the_fleet_observer_where_its_search_attribute_is
         dev_server_existing_path=temporal_cli(),
         dev_server_extra_args=[*older, "--log-level", "error"],
     )
+    unset = platform.model_copy(
+        update={"reconcile": platform.reconcile.model_copy(update={"fleet_observer": None})}
+    )
     async with env:
         with pytest.raises(FleetObserverError) as refused:
-            await start_fleet_observer(env.client, platform, queue, env.client.namespace)
+            await with_fleet_observer(env.client, platform, env.client.namespace)
+        with caplog.at_level(logging.WARNING, logger="idp.worker"):
+            decided = await with_fleet_observer(env.client, unset, env.client.namespace)
     assert str(refused.value) == (
-        "reconcile.fleetObserver needs the search attribute IdpFleet (KeywordList) on namespace "
-        "'default', which it lacks: run `idpctl platform init`, or add it to the Temporal Cloud "
+        "reconcile.fleetObserver is true, but namespace 'default' lacks the search attribute "
+        "IdpFleet (KeywordList): run `idpctl platform init`, or add it to the Temporal Cloud "
         "namespace"
     )
+    # Unset, the worker runs without it, tells the workflows so, and says why.
+    assert decided.reconcile.fleet_observer is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "the fleet observer is off, so every workload checks itself each drift interval: "
+        "namespace 'default' lacks the search attribute IdpFleet (KeywordList); run `idpctl "
+        "platform init`, or add it to the Temporal Cloud namespace, or set "
+        "reconcile.fleetObserver: false to silence this"
+    ]
+
+
+async def test_unset_the_observer_is_on_where_the_namespace_has_its_search_attribute(
+    client: Client, platform: Platform
+) -> None:
+    unset = platform.model_copy(
+        update={"reconcile": platform.reconcile.model_copy(update={"fleet_observer": None})}
+    )
+    decided = await with_fleet_observer(client, unset, client.namespace)
+    assert decided.reconcile.fleet_observer is True
+    off = platform.model_copy(
+        update={"reconcile": platform.reconcile.model_copy(update={"fleet_observer": False})}
+    )
+    decided = await with_fleet_observer(client, off, client.namespace)
+    assert decided.reconcile.fleet_observer is False
+
+
+def test_entries_too_long_for_one_search_attribute_value_leave_the_workload_unwatched() -> None:
+    # The server refuses a value over 2,048 bytes (its JSON, compact), failing the task that
+    # sets it: measured against the dev server, 20 entries of 100 bytes (2,061) are refused.
+    long = entry("Api", Fingerprint(key="k" * 400, digest="d" * 16))
+    assert not fits([long] * 5)
+    assert fits([long] * 4)
+    assert len(json.dumps([long] * 4, separators=(",", ":")).encode()) <= 2048

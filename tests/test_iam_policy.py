@@ -195,12 +195,14 @@ def test_the_policy_grants_nothing_beyond_that() -> None:
         Request("iam:CreatePolicy", f"arn:aws:iam::{ACCOUNT}:policy/idp-x"),
     ]
     assert [r for r in refused if allowed(policy, r)] == []
-    # But the fleet read lists the registry's repositories (authorized on "repository/*") and
-    # the account's roles, with GetAccountAuthorizationDetails, which takes no resource.
+    # But the fleet reads list the registry's repositories (authorized on "repository/*"), the
+    # account's roles, with GetAccountAuthorizationDetails, and the region's secrets, with
+    # ListSecrets: those two take no resource.
     listing = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/*"
     assert allowed(policy, Request("ecr:DescribeRepositories", listing))
     assert [s["Sid"] for s in policy["Statement"] if s["Resource"] == ["*"]] == [
-        "RegistryFleetReadRoles"
+        "ExternalSecretDeliveryFleetRead",
+        "RegistryFleetReadRoles",
     ]
     # IAM's limit for a customer managed policy, counted without whitespace.
     assert len(json.dumps(policy, separators=(",", ":"))) <= 6144
@@ -413,10 +415,11 @@ async def test_every_call_of_the_real_code_paths_is_scanned_and_granted(
     assert ungranted(policy_document(platform), recorder.requests) == []
     # And these paths make every call the scan found on these services, so none is missed here;
     # but the scan over-approximates: ECR's tag_resource names Secrets Manager's TagResource too
-    # (granted, as AWS authorizes CreateSecret's tags with it). The Registry's fleet read is
-    # left out: its account-wide reads name no resource the recorder could place
-    # (tests/test_registry_fleet.py runs it).
+    # (granted, as AWS authorizes CreateSecret's tags with it). The fleet reads of the Registry
+    # and the Credentials are left out: their account-wide reads name no resource the recorder
+    # could place (tests/test_registry_fleet.py and tests/test_credentials_fleet.py run them).
     assert scanned - recorded == {
         "iam:GetAccountAuthorizationDetails",
+        "secretsmanager:ListSecrets",
         "secretsmanager:TagResource",
     }, "add these calls to the paths"

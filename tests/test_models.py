@@ -912,6 +912,10 @@ def test_platform_defaults_and_lookup(tmp_path: Path) -> None:
         ),
         ({"reconcile": {"driftInterval": "0s"}}, "reconcile: driftInterval must be at least 1s"),
         (
+            {"reconcile": {"fleetObserver": True, "searchAttributes": False}},
+            "reconcile: fleetObserver: true needs searchAttributes: true",
+        ),
+        (
             {
                 "destinations": [
                     {"name": "dev", "stateStore": {"url": "a", "branch": "main", "x": 1}}
@@ -928,6 +932,7 @@ def test_platform_defaults_and_lookup(tmp_path: Path) -> None:
         "backoff-order",
         "zero-backoff",
         "zero-drift-interval",
+        "observer-without-search-attributes",
         "unknown-field",
     ],
 )

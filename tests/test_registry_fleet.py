@@ -78,7 +78,8 @@ async def test_what_a_pass_records_is_what_the_fleet_read_finds(
     created = await ActivityEnvironment().run(reconcile, ctx)
     recorded = (await ActivityEnvironment().run(reconcile, ctx)).fingerprint
 
-    assert created.reason == "Created" and created.fingerprint is None
+    # The pass that creates reads back what it made, so the workload is watched at once.
+    assert created.reason == "Created" and created.fingerprint == recorded
     assert recorded is not None
     # Attached policies are in the digest exactly when the pass listed them.
     assert recorded.key == f"{REPOSITORY}|{ROLE}" + ("|attached" if with_managed else "")

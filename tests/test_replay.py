@@ -19,9 +19,10 @@ def test_histories_cover_every_scenario() -> None:
         "api-routes",
         "port-run",
         "refusals",
+        "fleet-observer",
     ):
         assert f"workload-{scenario}" in names
-    assert {"api-aggregator-lifecycle", "port-run"} <= names
+    assert {"api-aggregator-lifecycle", "port-run", "fleet-observer"} <= names
 
 
 async def test_every_committed_history_replays() -> None:

@@ -6,6 +6,11 @@ are refused at registration with a message naming the workload that holds them, 
 renders the accepted targets as Gateway API objects into the aggregator's state-store directory.
 Handlers only decide and record; the loop writes, then asks the workloads whose answer was "not
 written yet" to look again, so a workload says its routes are in git only once they are.
+
+Reads are queries, which add nothing to the history: `held` (what a workload's pass observes of
+its own targets), `held_by` (the same for many workloads in one query: the fleet observer's
+sweep asks each hostname once, whatever the number of its workloads), `would_register` (what
+`idpctl diff` shows) and `status`.
 """
 
 import asyncio
@@ -161,6 +166,16 @@ class ApiAggregatorWorkflow:
             targets=[e.target for e in mine],
             destination=mine[0].destination if mine else None,
         )
+
+    @workflow.query
+    def held_by(self, holders: list[str] | None = None) -> dict[str, Held]:
+        """What `held` answers for each of `holders` (workloads as `system/name` or by workflow
+        id, keyed as given), or for every workload holding targets here when None: how the
+        fleet observer reads, in one query for the whole fleet, what this hostname holds for
+        each workload it watches (capabilities/api/actions.py). By `held` itself, so that the
+        same table gives a workload the same answer either way."""
+        named = self.state.holders() if holders is None else holders
+        return {name: self.held(ids.workload_reference(name)) for name in named}
 
     @workflow.query
     def would_register(self, request: RegisterTargets) -> Registration:

@@ -245,7 +245,8 @@ class Engine:
     def fleet_entries(self, settings: RuntimeSettings) -> list[str] | None:
         """What the fleet observer must find for this workload to sleep on, one entry per
         active capability ('capability key digest', then the platform file's digest); None
-        when one of them has no fleet read or its last pass did not find it in sync."""
+        when one of them has no fleet read or its last pass did not find it in sync, or when
+        they are too long for a search attribute value."""
         entries = []
         for capability in self.active(settings.capabilities):
             fingerprint = self.state.fingerprints.get(capability.name)
@@ -254,7 +255,8 @@ class Engine:
             entries.append(fleet.entry(capability.name, Fingerprint.model_validate(fingerprint)))
         if not entries or settings.platform_digest is None:
             return None
-        return [*entries, fleet.platform_entry(settings.platform_digest)]
+        entries.append(fleet.platform_entry(settings.platform_digest))
+        return entries if fleet.fits(entries) else None
 
     def deadline(self, settings: RuntimeSettings) -> datetime | None:
         """The earliest time a capability must act even if nothing drifts."""

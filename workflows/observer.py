@@ -9,6 +9,7 @@ timer, a local activity and an activity per capability for every workload (docs/
 
 from datetime import timedelta
 
+from pydantic import Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
@@ -30,20 +31,25 @@ def observer_id(task_queue: str) -> str:
 
 class ObserverInput(Model):
     sweeps: int = 0
+    interval: timedelta = Field(
+        timedelta(0), description="The drift interval the last sweep gave; zero before one."
+    )
 
 
 @workflow.defn
 class FleetObserverWorkflow:
     @workflow.run
     async def run(self, input: ObserverInput) -> None:
-        sweeps = input.sweeps
+        sweeps, interval = input.sweeps, input.interval
         for _ in range(SWEEPS_PER_RUN):
             sweeps += 1
             try:
                 result = await workflow.execute_activity_method(
                     FleetActivities.sweep,
                     SweepInput(sweep=sweeps),
-                    start_to_close_timeout=STEP_TIMEOUT,
+                    # A fleet whose reads take longer than an interval is swept back to back,
+                    # rather than never; the heartbeat finds a worker gone meanwhile.
+                    start_to_close_timeout=max(STEP_TIMEOUT, interval),
                     heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=STEP_RETRY,
                     summary="observe the fleet",
@@ -54,8 +60,9 @@ class FleetObserverWorkflow:
                 await workflow.sleep(RETRY_AFTER, summary="retry the sweep")
                 continue
             workflow.set_current_details(_details(sweeps, result))
-            await workflow.sleep(timedelta(seconds=result.interval_seconds), summary="next sweep")
-        workflow.continue_as_new(ObserverInput(sweeps=sweeps))
+            interval = timedelta(seconds=result.interval_seconds)
+            await workflow.sleep(interval, summary="next sweep")
+        workflow.continue_as_new(ObserverInput(sweeps=sweeps, interval=interval))
 
 
 def _details(sweeps: int, result: SweepResult) -> str:

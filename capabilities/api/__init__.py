@@ -8,26 +8,35 @@ holds for the workload (a query: an idle pass changes nothing and costs the aggr
 and registers only where that differs from the spec, unregistering from hostnames the spec no
 longer names. The outputs are each hostname's answer, so a hostname left out of the spec, or the
 whole `spec.api`, is still known and unregistered from. The worker's half is in `actions`.
+
+Its fleet read (docs/fleet.md): a pass found in sync fingerprints what each hostname it asked
+holds for the workload (`FleetKey`, `api_digest`), and `ApiActions.fleet_observe` asks each
+aggregator once for all the fleet's workloads on it (the `held_by` query).
 """
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
+from idp import ids
 from idp.capability import (
     Actions,
     Capability,
     Change,
     Context,
+    Fingerprint,
     Plan,
     Related,
     Report,
+    digest,
     dump,
 )
 from idp.models import ApiTarget, Model, Workload
-from idp.routes import Held, RegisterTargets, Registration, TargetResult, TargetState
+from idp.routes import Held, RegisterTargets, Registration, TargetResult, TargetState, holder
 
 # The Api states besides the aggregator's TargetState: waiting for the ApiAggregator to be
 # applied, and accepted but not yet in the state store. Both resolve without anyone acting (the
@@ -101,6 +110,12 @@ class Api(Capability[ApiObservation, ApiPlan]):
         # What a registration brings is the aggregator's to answer; without one, the pass
         # reports what the aggregators hold now.
         return None if plan else report(ctx, answers_of(observation, {})).outputs
+
+    def fingerprint(self, ctx: Context, observation: ApiObservation) -> Fingerprint:
+        """Keyed by the hostnames observe asked (`FleetKey`), the digest of what each holds for
+        the workload (`api_digest`): what the fleet read gives for the same aggregators."""
+        key = FleetKey.of(ctx.workload, observation.held)
+        return Fingerprint(key=key.text, digest=api_digest(observation.held))
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         return [
@@ -308,3 +323,111 @@ def routes_of(answer: Registration) -> list[ApiRoute]:
 
 def _route_view(routes: list[ApiRoute]) -> list[tuple[str, list[str], str]]:
     return sorted((r.hostname, r.paths, r.state) for r in routes)
+
+
+# ---- the fleet read's half that is pure: key and digest ---------------------------------------
+
+# The most a fingerprint key may hold (Fingerprint's pattern): it goes in a search attribute.
+KEY_LIMIT = 400
+# What labels and hostnames are made of (idp/names.py), loosely: enough to refuse a key that is
+# not ours before asking an aggregator about it.
+_LABEL_CHARS = re.compile(r"[a-z0-9-]+")
+_HOSTNAME_CHARS = re.compile(r"[a-z0-9.*-]+")
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    """What a workload's Api fingerprint is keyed by: the workload, and the hostnames its observe
+    asked, so that the fleet read asks the same aggregators what they hold for it.
+
+    Named, `workload/<system>/<name>@<hostname>,<hostname>` (sorted), whenever that fits the 400
+    characters of a key. It may not: a workload id takes up to 136 characters and a hostname up
+    to 253, so two long hostnames overflow it. The key then names them by their digest,
+    `workload/<system>/<name>#<digest>` (153 characters at most), and the fleet read looks among
+    the running aggregators of its task queue (a visibility listing) for those holding targets
+    of the workload. Those are the hostnames a workload in sync asks, as a rule: each one its
+    spec names holds its targets, or the pass would register there. The digest confirms it, or
+    the key is left out and the workload woken: so once after a pass that still asked a
+    hostname its outputs knew but where nothing was held any more (the next asks only the
+    spec's). The named form stays the usual one: it needs no listing and covers that case too.
+
+    No label or hostname holds '@', '#' or ',', nor any whitespace.
+    """
+
+    system: str
+    name: str
+    hostnames: tuple[str, ...] = ()
+    hashed: str | None = None
+
+    NAMED: ClassVar[str] = "@"
+    HASHED: ClassVar[str] = "#"
+
+    @classmethod
+    def of(cls, workload: Workload, hostnames: Iterable[str]) -> "FleetKey":
+        system, name = workload.metadata.system, workload.metadata.name
+        named = cls(system, name, tuple(sorted(hostnames)))
+        if len(named.text) <= KEY_LIMIT:
+            return named
+        return cls(system, name, hashed=hostnames_digest(named.hostnames))
+
+    @property
+    def holder(self) -> str:
+        """How the aggregators name the workload (what observe asks `held` about)."""
+        return holder(self.system, self.name)
+
+    @property
+    def text(self) -> str:
+        workflow_id = ids.workload_id(self.system, self.name)
+        if self.hashed is not None:
+            return f"{workflow_id}{self.HASHED}{self.hashed}"
+        return f"{workflow_id}{self.NAMED}{','.join(self.hostnames)}"
+
+    @classmethod
+    def parse(cls, key: str) -> "FleetKey | None":
+        """None for a key of another form (a newer worker's, say)."""
+        workflow_id, named, listed = key.partition(cls.NAMED)
+        if named:
+            hostnames = tuple(listed.split(",")) if listed else ()
+            workload = _workload(workflow_id)
+            if workload is None or not all(_HOSTNAME_CHARS.fullmatch(h) for h in hostnames):
+                return None
+            return cls(*workload, hostnames=hostnames)
+        workflow_id, hashed, found = key.partition(cls.HASHED)
+        workload = _workload(workflow_id)
+        if not hashed or workload is None or not re.fullmatch(r"[0-9a-f]{16}", found):
+            return None
+        return cls(*workload, hashed=found)
+
+
+def _workload(workflow_id: str) -> tuple[str, str] | None:
+    """(system, name) of a workload's workflow id; None for anything else."""
+    system, name = ids.parse_workload_id(workflow_id)
+    labels = _LABEL_CHARS.fullmatch(system) and _LABEL_CHARS.fullmatch(name)
+    if not labels or ids.workload_id(system, name) != workflow_id:
+        return None
+    return system, name
+
+
+def hostnames_digest(hostnames: Iterable[str]) -> str:
+    """How a key of the hashed form names its hostnames."""
+    return digest(sorted(hostnames))
+
+
+def api_digest(held: Mapping[str, Held | None]) -> str:
+    """The digest of a fingerprint, which observe's `ApiObservation.held` and the fleet read's
+    answers both give for the same aggregators: per hostname, None where no aggregator runs,
+    else what it holds for the workload.
+
+    All of `Held` but the aggregator's own last commit and its directory: those change with
+    every write of the hostname, so with every other workload's routes on it, and a pass acts
+    on neither (the plan never reads them; the report only copies the commit into the outputs,
+    where a watched workload's stays the one of its last pass). Everything the plan reads is in:
+    the targets as registered and where from, and the answer (the aggregator applied or not,
+    each target's state and reason, written, the problem when it cannot write)."""
+    return digest({hostname: _compared(found) for hostname, found in held.items()})
+
+
+def _compared(held: Held | None) -> dict[str, Any] | None:
+    if held is None:
+        return None
+    return held.model_dump(mode="json", exclude={"registration": {"commit", "directory"}})

@@ -1,8 +1,22 @@
 """The Api capability's worker half: it reads and updates the ApiAggregatorWorkflow of each
-hostname through the activity's Temporal client, all hostnames of a pass at once."""
+hostname through the activity's Temporal client, all hostnames of a pass at once.
+
+A pass queries each hostname it looks at (`held`), whatever its outcome. The fleet read
+(`fleet_observe`) reads the same for a whole fleet with one `held_by` query per hostname the
+watched workloads name, whatever their number (one per 500 workloads on a hostname, to keep each
+answer well below the server's payload limit), where their own passes make one query per
+workload and hostname each drift interval. A query adds no event to the aggregator's history.
+Only a workload whose hostnames are too long to name in its key (`FleetKey`) costs more: for
+those, one visibility listing of the task queue's running aggregators (no billable action) and
+one `held_by` query to each of them, still one per aggregator for the whole sweep. An aggregator
+run still on a build without `held_by` is asked `held` workload by workload, as their passes
+would, until it continues as new onto a newer one.
+"""
 
 import asyncio
 import collections
+import logging
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import activity
@@ -17,10 +31,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from capabilities.api import (
     ApiObservation,
     ApiPlan,
+    FleetKey,
     Registering,
     answers_of,
+    api_digest,
     explain_routes,
     hostnames,
+    hostnames_digest,
     registrations,
     report,
     unheld,
@@ -37,6 +54,15 @@ AGGREGATOR_WORKFLOW = "ApiAggregatorWorkflow"
 # retry with backoff; queueing here instead keeps a burst of workloads on one hostname from
 # spending most of its time in that backoff.
 UPDATES_IN_FLIGHT = 8
+# The fleet read's queries: some 500 bytes of `Held` per workload with one target, so 500 answer
+# in well under the 2 MB a payload may hold, even with a few targets each; at most this many
+# aggregators asked at once; and a bound on each, so that one aggregator whose worker hangs
+# cannot hold up the whole sweep.
+HOLDERS_PER_QUERY = 500
+QUERIES_AT_ONCE = 16
+FLEET_QUERY_TIMEOUT = timedelta(seconds=30)
+
+log = logging.getLogger(__name__)
 
 
 class ApiActions(Actions[ApiObservation, ApiPlan]):
@@ -72,6 +98,124 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
         message = f"unregistered from {', '.join(gone)}" if gone else "no aggregator held them"
         return Report(reason=Outcome.DELETED, message=message, changed=bool(gone))
 
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        """The digest (`api_digest`) of each of `keys` as its aggregators hold it now: for each,
+        what observe would find on the hostnames it names, from one `held_by` query per
+        aggregator for every key naming it. An aggregator that does not run holds nothing, as
+        observe reads it. A key of another form is left out, which wakes its workload, and so
+        is each key naming a hostname whose query failed (every key of the hashed form, when
+        an aggregator listed for them failed): a failing aggregator wakes only the workloads
+        that route through it. Read-only."""
+        wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
+        named = {key: k for key, k in wanted.items() if k.hashed is None}
+        hashed = {key: k for key, k in wanted.items() if k.hashed is not None}
+        asking: dict[str, set[str]] = collections.defaultdict(set)
+        for k in named.values():
+            for hostname in k.hostnames:
+                asking[hostname].add(k.holder)
+        # Hostnames the hashed keys may name: every aggregator running on this task queue.
+        listed = await self._running_aggregators() if hashed else []
+        for hostname in listed or []:
+            asking[hostname] |= {k.holder for k in hashed.values()}
+
+        answers, failed = await self._held_by_all(asking)
+        found = {
+            key: api_digest({h: _held_for(answers[h], k.holder) for h in k.hostnames})
+            for key, k in named.items()
+            if failed.isdisjoint(k.hostnames)
+        }
+        if listed is None or not failed.isdisjoint(listed):
+            return found
+        for key, k in hashed.items():
+            mine = {
+                hostname: held
+                for hostname in listed
+                if (held := _held_for(answers[hostname], k.holder)) is not None and held.targets
+            }
+            if hostnames_digest(mine) == k.hashed:
+                found[key] = api_digest(mine)
+        return found
+
+    async def _held_by_all(
+        self, asking: dict[str, set[str]]
+    ) -> tuple[dict[str, dict[str, Held] | None], set[str]]:
+        """Each hostname's answer for the holders asked of it (None where no aggregator runs),
+        and the hostnames whose query failed."""
+        limit = asyncio.Semaphore(QUERIES_AT_ONCE)
+
+        async def ask(hostname: str) -> dict[str, Held] | None:
+            async with limit:
+                return await self._held_by(hostname, sorted(asking[hostname]))
+
+        hostnames = sorted(asking)
+        outcomes = await asyncio.gather(*map(ask, hostnames), return_exceptions=True)
+        answers: dict[str, dict[str, Held] | None] = {}
+        failed: set[str] = set()
+        for hostname, outcome in zip(hostnames, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                # The type only, as the sweep logs it: a failure's text may quote a payload.
+                log.warning("fleet read of %s failed (%s)", hostname, type(outcome).__name__)
+                failed.add(hostname)
+            elif isinstance(outcome, BaseException):
+                raise outcome  # cancelled: the sweep is going away
+            else:
+                answers[hostname] = outcome
+        return answers, failed
+
+    async def _held_by(self, hostname: str, holders: list[str]) -> dict[str, Held] | None:
+        """What the aggregator of `hostname` holds for each of `holders`, in one `held_by` query
+        per HOLDERS_PER_QUERY of them; None where no aggregator workflow runs."""
+        answered: dict[str, Held] = {}
+        for start in range(0, len(holders), HOLDERS_PER_QUERY):
+            asked = holders[start : start + HOLDERS_PER_QUERY]
+            try:
+                answer = await self._ask(
+                    hostname, "held_by", asked, dict[str, Held], rpc_timeout=FLEET_QUERY_TIMEOUT
+                )
+            except WorkflowQueryFailedError:
+                # A run still on a build without `held_by` (runs stay on theirs until they
+                # continue as new): asked as each workload's own pass would ask it.
+                answer = await self._held_each(hostname, asked)
+            if answer is None:
+                return None
+            if missing := set(asked) - answer.keys():
+                # Not what `held_by` answers: fail this hostname rather than guess.
+                raise LookupError(f"{hostname} left out {len(missing)} workload(s) asked about")
+            answered |= answer
+        return answered
+
+    async def _held_each(self, hostname: str, holders: list[str]) -> dict[str, Held] | None:
+        """`held`, workload by workload; None where no aggregator workflow runs."""
+        limit = asyncio.Semaphore(QUERIES_AT_ONCE)
+
+        async def ask(asked: str) -> Held | None:
+            async with limit:
+                return await self._ask(
+                    hostname, "held", asked, Held, rpc_timeout=FLEET_QUERY_TIMEOUT
+                )
+
+        answers = await asyncio.gather(*map(ask, holders))
+        if any(answer is None for answer in answers):
+            return None
+        return {h: a for h, a in zip(holders, answers, strict=True) if a is not None}
+
+    async def _running_aggregators(self) -> list[str] | None:
+        """The hostnames of the aggregators running on this task queue, by visibility (which
+        lags a little: an aggregator started moments ago may be missing, and is then found at
+        the next sweep); None when the listing failed."""
+        queue = activity.info().task_queue
+        query = (
+            f"WorkflowType = {_quoted(AGGREGATOR_WORKFLOW)} AND ExecutionStatus = 'Running' "
+            f"AND TaskQueue = {_quoted(queue)}"
+        )
+        try:
+            found = [e.id async for e in activity.client().list_workflows(query)]
+        except Exception as error:
+            log.warning("listing the aggregators failed (%s)", type(error).__name__)
+            return None
+        # Only aggregator ids name a hostname (aggregator_hostname leaves any other as it is).
+        return sorted({h for i in found if (h := ids.aggregator_hostname(i)) != i})
+
     async def _held(self, hostname: str, me: str) -> Held | None:
         return await self._ask(hostname, "held", me, Held)
 
@@ -85,7 +229,14 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
             return error.message
         return unheld(registering) if answer is None else answer
 
-    async def _ask(self, hostname: str, query: str, arg: Any, result_type: type[T]) -> T | None:
+    async def _ask(
+        self,
+        hostname: str,
+        query: str,
+        arg: Any,
+        result_type: type[T],
+        rpc_timeout: timedelta | None = None,
+    ) -> T | None:
         """A query to the aggregator of `hostname`; None where no aggregator workflow runs."""
         handle = activity.client().get_workflow_handle(ids.aggregator_id(hostname))
         try:
@@ -95,6 +246,7 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
                 result_type=result_type,
                 # A run that has ended holds nothing: registering would start a new one.
                 reject_condition=QueryRejectCondition.NOT_OPEN,
+                rpc_timeout=rpc_timeout,
             )
         except WorkflowQueryRejectedError:
             return None
@@ -126,3 +278,15 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
                 start_workflow_operation=start,
                 result_type=Registration,
             )
+
+
+def _held_for(answer: dict[str, Held] | None, holder: str) -> Held | None:
+    """What an aggregator's answer holds for `holder`; None where no aggregator runs, as
+    observe reads it."""
+    return None if answer is None else answer[holder]
+
+
+def _quoted(value: str) -> str:
+    """A string in a visibility query."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"

@@ -7,9 +7,15 @@ user (its reason from the Nats outputs: a rotation, a request, a recreated user;
 changed out of band), new permissions, a new delivery, or a delivered secret that is gone or
 altered. The outputs are the credential's metadata (`idp.delivery.CredentialMetadata`), where it
 went and the policy's bookkeeping; never the credential. The worker's half is in `actions`.
+
+Its fingerprint, for the deliveries kept in the state store, is what their `check` compares as
+a listing shows it (`delivered_digest`): the delivered file's git object id and, for
+external-secret, which Secrets Manager version is current; the fleet read finds those for every
+workload in one listing of each state store and ListSecrets pages.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +24,15 @@ from pydantic import Field
 from temporalio.common import SearchAttributeKey
 
 from capabilities.nats import Nats, NatsOutputs
-from idp.capability import Actions, Capability, Change, Context, Plan
+from idp.capability import Actions, Capability, Change, Context, Fingerprint, Plan, digest
 from idp.credentials import Issued, IssueReason, issue_reason
-from idp.delivery import CredentialMetadata, DeliveryState
+from idp.delivery import NATS as NATS_PURPOSE
+from idp.delivery import CredentialMetadata, DeliveryState, DeliveryTarget
 from idp.errors import PermanentError
-from idp.models import Delivery, Model
+from idp.ids import parse_workload_id, workload_id
+from idp.manifests import resource_directory
+from idp.models import Delivery, Model, Workload
+from idp.names import dns1123_label
 from idp.natsusers import nats_spec
 from idp.platform import SynadiaConfig
 
@@ -60,6 +70,98 @@ class CredentialsPlan(Plan):
     issue: Issue | None = None
 
 
+# The deliveries a fleet read sees: a file in the git state store, beside a Secrets Manager
+# secret for external-secret. Not kubernetes (see `Credentials.fingerprint`).
+FLEET_READ = (Delivery.SEALED_SECRET, Delivery.EXTERNAL_SECRET)
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    """What a workload's fingerprint is keyed by: the delivery, where it put the credential
+    (destination, namespace, workload, purpose) and the owner's id, such as
+    "sealed-secret:dev/shop/cart/nats:workload/shop/cart". Without the destination's base
+    directory, so that the fleet read looks where the platform file puts it now (as the
+    workload's own pass would); the owner names the system, and so the Secrets Manager secret,
+    and keeps two workloads' keys apart. Labels, a delivery and an id: no whitespace, and no
+    ':' inside a part."""
+
+    kind: Delivery
+    destination: str
+    namespace: str
+    name: str
+    purpose: str
+    owner: str
+
+    @classmethod
+    def of(cls, workload: Workload, kind: Delivery, purpose: str = NATS_PURPOSE) -> "FleetKey":
+        spec = workload.spec
+        return cls(
+            kind,
+            spec.destination,
+            spec.namespace,
+            workload.metadata.name,
+            purpose,
+            workload.workflow_id,
+        )
+
+    @classmethod
+    def parse(cls, key: str) -> "FleetKey | None":
+        """None for a key of another form (a newer worker's, say), or one naming paths that
+        are not labels: the fleet read joins them into a state-store path."""
+        parts = key.split(":")
+        if len(parts) != 3 or parts[0] not in FLEET_READ:
+            return None
+        kind, place, owner = parts
+        names = place.split("/")
+        system, _ = parse_workload_id(owner)
+        if len(names) != 4 or not all(map(_is_label, [*names, system])):
+            return None
+        if owner != workload_id(system, names[2]):
+            return None
+        return cls(Delivery(kind), *names, owner)
+
+    @property
+    def text(self) -> str:
+        place = "/".join((self.destination, self.namespace, self.name, self.purpose))
+        return f"{self.kind}:{place}:{self.owner}"
+
+    def target(self, base: str) -> DeliveryTarget:
+        """The target the key names, below the destination's `base` directory: enough for its
+        file's path and its secret's name, all that a fleet read looks at."""
+        system, _ = parse_workload_id(self.owner)
+        return DeliveryTarget(
+            owner=self.owner,
+            system=system,
+            workload=self.name,
+            namespace=self.namespace,
+            secret_name=f"{self.name}-{self.purpose}",  # never looked at here
+            directory=resource_directory(base, self.destination, self.namespace, self.name),
+            labels={},
+            purpose=self.purpose,
+        )
+
+
+def _is_label(value: str) -> bool:
+    try:
+        dns1123_label(value)
+    except ValueError:
+        return False
+    return True
+
+
+def delivered_digest(kind: Delivery, file_id: str, secret_version: str | None) -> str:
+    """The digest of a fingerprint, from what `check` of the delivery compares, as a listing
+    shows it: the delivered file's git object id (check reads nothing else of the state store,
+    and the id changes whenever the text does) and, for external-secret, the id of the Secrets
+    Manager version labelled AWSCURRENT (check asks that it be the recorded version's; any new
+    value is a new version). Both halves compute it here, so the same outside gives the same
+    digest."""
+    seen: dict[str, str | None] = {"file": file_id}
+    if kind == Delivery.EXTERNAL_SECRET:
+        seen["current"] = secret_version
+    return digest(seen)
+
+
 class Credentials(Capability[CredentialsObservation, CredentialsPlan]):
     name = "Credentials"
     requires = (NATS,)
@@ -95,6 +197,27 @@ class Credentials(Capability[CredentialsObservation, CredentialsPlan]):
             changes=[Change(action="issue", subject=f"NATS credentials v{version}", why=why)],
             issue=Issue(version=version, reason=reason, problem=problem),
         )
+
+    def fingerprint(self, ctx: Context, observation: CredentialsObservation) -> Fingerprint | None:
+        """Only when the pass found the recorded version delivered, unaltered (observe looks
+        only when the policy issues nothing), by a delivery with a fleet read."""
+        current = ctx.own(CredentialsOutputs)
+        delivered = observation.delivered
+        if current is None or delivered is None or not delivered.in_place:
+            return None
+        if current.delivery not in FLEET_READ:
+            # kubernetes: a Secret in each destination's API server. A bulk read there would
+            # need `list` on Secrets, which RBAC cannot grant without every Secret's value in
+            # the namespace, and no API server runs in this repository's tests to hold a
+            # digest to. Such a workload keeps its own drift checks: one GET of the Secret's
+            # annotations a pass.
+            return None
+        external = current.delivery == Delivery.EXTERNAL_SECRET
+        if delivered.file_id is None or (external and delivered.secret_version is None):
+            return None  # the file's text could not tell its id (see git_object_id)
+        key = FleetKey.of(ctx.workload, current.delivery)
+        found = delivered_digest(current.delivery, delivered.file_id, delivered.secret_version)
+        return Fingerprint(key=key.text, digest=found)
 
     def deadline(self, ctx: Context) -> datetime | None:
         """The refresh."""

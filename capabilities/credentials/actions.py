@@ -15,9 +15,20 @@ current key already carries a credential, plus a revocation when that one was ne
 Calls per steady-state pass (`observe`, as apply has nothing to do): no Synadia call, one git
 fetch and read, plus one Secrets Manager DescribeSecret for external-secret (one Secret GET for
 kubernetes).
+
+A fleet observer sweep (`fleet_observe`) costs, however many workloads sleep on it: per state
+store one git fetch and one ls-tree (three git processes, with the rev-parse of what it fetched,
+as the Manifests read), and, when any of them delivers by external-secret, ceil(S/100)
+ListSecrets calls for the S secrets its name filter matches (the workloads' own names up to ten,
+their systems' up to ten systems, else every `idp/` secret of the region). No Synadia call, no
+blob read and no secret value: the sealed file and the ExternalSecret are compared by their git
+object ids, the Secrets Manager secret by which version is AWSCURRENT. Workloads delivering by
+kubernetes give no fingerprint and keep their own checks.
 """
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from activities.deliveries import Deliveries
@@ -25,7 +36,9 @@ from capabilities.credentials import (
     CredentialsObservation,
     CredentialsOutputs,
     CredentialsPlan,
+    FleetKey,
     Issue,
+    delivered_digest,
     explain_credentials,
     nats_user,
     policy_reason,
@@ -42,15 +55,31 @@ from idp.delivery import (
     delivery_kind,
     nats_target,
 )
+from idp.delivery.external import listed_versions, secret_id
 from idp.errors import PermanentError
 from idp.models import Delivery, Workload
 from idp.natsusers import DeliveredKey, download_on_unused_key, nats_spec
 from idp.platform import Destination, Platform
+from idp.statestore import StateStore
 
 log = logging.getLogger(__name__)
 
 
 DELIVERY_FIELD = "spec.nats.credentials.delivery"
+
+
+@dataclass(frozen=True)
+class _Sought:
+    """What the fleet read looks for of one key: its delivered file, in `store` at `path` below
+    `root` (its destination's directory), and for external-secret the name of its Secrets
+    Manager secret."""
+
+    key: str
+    kind: Delivery
+    store: StateStore
+    root: str
+    path: str
+    secret: str | None
 
 
 class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
@@ -119,6 +148,56 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
         self, ctx: Context, plan: CredentialsPlan, observation: CredentialsObservation
     ) -> list[str]:
         return explain_credentials(ctx, plan)
+
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        """Each key's `delivered_digest` as it is now: one listing per state store (the
+        destinations' directories, as `StateStore.files` reads them) and ListSecrets pages for
+        the external-secret keys, side by side; see the module's doc for the cost. A key is
+        left out when its file or its secret is gone (its pass re-issues), and so is one of
+        another form or of a destination the platform no longer has or no longer gives a
+        secret store: its workload looks for itself."""
+        sought = [found for key in keys if (found := self._sought(key)) is not None]
+        # Each destination's directory, as the Manifests read lists it: one ls-tree a store.
+        roots: dict[StateStore, set[str]] = {}
+        for s in sought:
+            roots.setdefault(s.store, set()).add(s.root)
+        names = sorted({s.secret for s in sought if s.secret is not None})
+
+        async def versions() -> dict[str, str | None]:
+            if not names:
+                return {}
+            return await asyncio.to_thread(listed_versions, self.deliveries.secrets_client(), names)
+
+        listings = asyncio.gather(*(store.files(sorted(dirs)) for store, dirs in roots.items()))
+        current, listed = await asyncio.gather(versions(), listings)
+        files = dict(zip(roots, listed, strict=True))
+        found: dict[str, str] = {}
+        for s in sought:
+            file_id = files[s.store].get(s.path)
+            if file_id is None or (s.secret is not None and s.secret not in current):
+                continue
+            version = current.get(s.secret) if s.secret is not None else None
+            found[s.key] = delivered_digest(s.kind, file_id, version)
+        return found
+
+    def _sought(self, key: str) -> _Sought | None:
+        parsed = FleetKey.parse(key)
+        destination = self._platform.destination(parsed.destination) if parsed else None
+        if parsed is None or destination is None:
+            return None
+        external = parsed.kind == Delivery.EXTERNAL_SECRET
+        if external and (destination.secret_store is None or self._platform.aws is None):
+            return None
+        base = destination.state_store.path
+        target = parsed.target(base)
+        return _Sought(
+            key=key,
+            kind=parsed.kind,
+            store=self.deliveries.store(destination),
+            root="/".join(filter(None, (base, parsed.destination))),
+            path=target.path(target.external_file if external else target.sealed_file),
+            secret=secret_id(target) if external else None,
+        )
 
     async def _issue(
         self, ctx: Context, issue: Issue, current: CredentialsOutputs | None

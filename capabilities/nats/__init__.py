@@ -15,17 +15,23 @@ holds, the spec, the capability's memory and the clock, is what a pass does:
 
 The outputs name the user and its current key, and why that key is new when this capability
 made it so: Credentials reads that to say why it issues. The worker's half is in `actions`.
+
+Its fingerprint (`FleetKey`, `user_digest`) is the user, keyed by account and id, and what of it
+a pass repairs or reacts to; the fleet read finds it for every workload of an account in the one
+listing of that account's users.
 """
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from capabilities import ASSIGNED_ON_APPLY
-from idp.capability import Actions, Capability, Change, Context, Plan, dump
+from idp.capability import Actions, Capability, Change, Context, Fingerprint, Plan, digest, dump
 from idp.credentials import IssueReason, key_rotation_due
 from idp.durations import format_duration
 from idp.models import Model, NatsSpec, Workload
@@ -108,6 +114,69 @@ class NatsPlan(Plan):
     revoke: list[str] = Field([], description="Replaced keys whose grace is over.")
     key_reason: IssueReason | None = Field(
         None, description="What the outputs say of the key the user has after this plan."
+    )
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    """What a workload's fingerprint is keyed by: its user, by the account whose listing the
+    fleet read finds it in and its id there (`<account id>/<user id>`).
+
+    By id, not by name: the name is something a pass repairs, and a user deleted and made again
+    by hand under the same name is another user (another id, another key), which the workload's
+    own pass must see (it would recreate its own)."""
+
+    account_id: str
+    user_id: str
+
+    SEPARATOR: ClassVar[str] = "/"
+    # Synadia's ids are opaque (27-character KSUIDs today); one that could not be parsed back,
+    # or that a fleet entry could not hold, gives no key, never a wrong one.
+    _PART: ClassVar[re.Pattern[str]] = re.compile(r"[^\s/]+")
+    _MAX: ClassVar[int] = 400
+
+    @property
+    def text(self) -> str:
+        return f"{self.account_id}{self.SEPARATOR}{self.user_id}"
+
+    @classmethod
+    def of(cls, user: UserView) -> "FleetKey | None":
+        """None when the ids cannot make a key: the workload then keeps its own drift checks."""
+        key = cls(user.account_id, user.id)
+        return key if cls.parse(key.text) == key else None
+
+    @classmethod
+    def parse(cls, key: str) -> "FleetKey | None":
+        """None for a key of another form (a newer worker's, say)."""
+        match key.split(cls.SEPARATOR):
+            case [account_id, user_id] if len(key) <= cls._MAX and all(
+                cls._PART.fullmatch(part) for part in (account_id, user_id)
+            ):
+                return cls(account_id, user_id)
+        return None
+
+
+def user_digest(user: UserView) -> str:
+    """The digest of a fingerprint, which the workload's observe (one GET of the user) and the
+    fleet read (the listing of its account, whose items are the same NatsUserViewResponse) both
+    compute from the user as `UserView.of` reads it, so that the same user gives the same digest.
+
+    It covers what the plan reads of the user and a pass repairs or reacts to: the name, the JWT
+    lifetime and the managed permissions (`drift`), the account (`check_account`, by id or by
+    name), and the current public key, on which Credentials issues when it changed out of band.
+    The permissions are taken as Synadia gives them, not as sets the way `drift` compares them:
+    a finer digest can only wake a workload for nothing (someone re-ordered a list: one pass),
+    never miss a drift. Left out: the limits and other JWT settings, which are the account's or
+    an operator's to set and no pass touches; and the JWT, a credential for a bearer user."""
+    settings = user.jwt_settings
+    return digest(
+        {
+            "name": user.name,
+            "account": [user.account_id, user.account_name],
+            "public_key": user.public_key,
+            "jwt_expires_in_secs": user.jwt_expires_in_secs,
+            "permissions": settings.model_dump(mode="json", include={"pub", "sub", "resp"}),
+        }
     )
 
 
@@ -194,6 +263,16 @@ class Nats(Capability[NatsObservation, NatsPlan]):
             key_reason=plan.key_reason,
         )
         return dump(outputs)
+
+    def fingerprint(self, ctx: Context, observation: NatsObservation) -> Fingerprint | None:
+        """Only when the user exists: the fleet read leaves out a key whose user it does not
+        find. What else the plan depends on wakes the workload by itself: the clock (a rotation
+        or revocation due) through `deadline`, a spec change or a rotate request as a message."""
+        user = observation.user
+        key = None if user is None else FleetKey.of(user)
+        if user is None or key is None:
+            return None
+        return Fingerprint(key=key.text, digest=user_digest(user))
 
     def deadline(self, ctx: Context) -> datetime | None:
         """The next revocation or scheduled rotation."""

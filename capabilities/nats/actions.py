@@ -6,8 +6,16 @@ holds, once the worker has resolved the system, the account and its signing key 
 listings, the first time). The account's users are listed, to find the user by name, only when a
 create may have gone through unrecorded (`unrecorded`). `Synadia` is also how Credentials reaches
 Synadia.
+
+Calls per fleet sweep (`fleet_observe`), whatever the number of workloads: one GET of the users of
+each account that holds a watched workload's user (`GET /accounts/{accountId}/nats-users`), so A
+calls for A accounts where the workloads' own passes make one GET each. The published API neither
+pages nor filters that listing: each answer carries every user of the account, others' included,
+with its JWT, so its size grows with the account (about 2 KB a user from the emulator) while the
+calls do not.
 """
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -17,12 +25,14 @@ from temporalio import activity
 
 from capabilities.nats import (
     ROTATE,
+    FleetKey,
     NatsMemory,
     NatsObservation,
     NatsOutputs,
     NatsPlan,
     Revocation,
     explain_nats,
+    user_digest,
 )
 from idp.capability import Actions, Context, Outcome, Report, dump
 from idp.credentials import IssueReason
@@ -39,9 +49,13 @@ from idp.natsusers import (
     revoke_keys,
 )
 from idp.platform import SynadiaConfig
-from idp.synadia import SynadiaApiError, SynadiaClient
+from idp.synadia import NatsUser, SynadiaApiError, SynadiaClient, SynadiaNotFoundError
 
 log = logging.getLogger(__name__)
+
+# Account listings the fleet read makes at once: a platform has few accounts, but one that has
+# many must not open a connection for each.
+_LISTINGS_AT_ONCE = 8
 
 
 class Synadia:
@@ -186,6 +200,30 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
             handled=[ROTATE] if requested else [],
         )
 
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        """The digest (`user_digest`) of each of `keys` whose user its account still holds,
+        from one listing of the users of each account the keys name, whatever their number (see
+        the module's doc for the cost). A key of another form, a user gone and an account gone
+        are left out, which wakes those workloads; any other failure raises, which wakes all."""
+        wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
+        if not wanted:
+            return {}
+        accounts = sorted({k.account_id for k in wanted.values()})
+        limit = asyncio.Semaphore(_LISTINGS_AT_ONCE)
+        async with self._synadia.client() as client:
+
+            async def listing(account_id: str) -> list[NatsUser]:
+                async with limit:
+                    return await _users_of(client, account_id)
+
+            listings = await asyncio.gather(*(listing(a) for a in accounts))
+        users = {(u.account.id, u.id): u for listed in listings for u in listed}
+        return {
+            key: user_digest(UserView.of(user))
+            for key, k in wanted.items()
+            if (user := users.get((k.account_id, k.user_id))) is not None
+        }
+
     async def explain(
         self, ctx: Context, plan: NatsPlan, observation: NatsObservation
     ) -> list[str]:
@@ -230,6 +268,15 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
                 await revoke_keys(client, account_id, keys)
             if user is not None and await client.delete_nats_user(user.id):
                 log.info("deleted NATS user %s (%s)", user.name, user.id)
+
+
+async def _users_of(client: SynadiaClient, account_id: str) -> list[NatsUser]:
+    """Every user of the account; none when the account is gone (404), so that only the
+    workloads whose users were in it wake (their passes say why), not the whole fleet."""
+    try:
+        return await client.list_nats_users(account_id)
+    except SynadiaNotFoundError:
+        return []
 
 
 def _outcome(plan: NatsPlan, user: UserView) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import yaml
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from idp.manifests import (
     workload_claims,
@@ -81,6 +81,31 @@ class Delivered(Model):
 class DeliveryState(Model):
     in_place: bool
     problem: str | None = None
+    # What a fleet read compares in place of what `check` read (capabilities/credentials): ids
+    # a listing shows, never the secret.
+    file_id: str | None = Field(
+        None,
+        description="The git object id of the delivered file in the state store, as check read "
+        "it; None without one: another delivery, a missing file, or text that cannot tell it "
+        "(`git_object_id`).",
+    )
+    secret_version: str | None = Field(
+        None,
+        description="external-secret: the id of the Secrets Manager version labelled AWSCURRENT "
+        "when check looked; None when it found no secret.",
+    )
+
+
+def git_object_id(text: str | None) -> str | None:
+    """The git object id of a state-store file whose text `StateStore.read` gave: the id
+    `StateStore.files` lists for it (SHA-1 repositories, git's default, as the store assumes),
+    so that a fleet read compares files without reading them. None when there is no text, or
+    when it holds U+FFFD: read puts that in for bytes that are not UTF-8, and the text no
+    longer has the file's id."""
+    if text is None or "\ufffd" in text:
+        return None
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def fingerprint(creds: NatsCreds) -> str:

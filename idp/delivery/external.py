@@ -8,14 +8,14 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
 from botocore.client import BaseClient
 from pydantic import SecretStr
 
-from idp.aws.client import invoke_aws
+from idp.aws.client import call_aws, invoke_aws
 from idp.aws.grants import AwsGrant, ownership_condition, partition
 from idp.aws.tags import MANAGED_BY, SYSTEM_TAG, WORKLOAD_TAG
 from idp.delivery import (
@@ -28,6 +28,7 @@ from idp.delivery import (
     check_annotations,
     credential_annotations,
     credential_metadata,
+    git_object_id,
     metadata_from,
     parse_manifest,
     revealed,
@@ -48,6 +49,9 @@ for _name in ("botocore.endpoint", "botocore.parsers"):
         logging.getLogger(_name).setLevel(logging.INFO)
 
 EXTERNAL_SECRETS_API = "external-secrets.io/v1"
+# ListSecrets' largest page, and the most values one of its filters takes.
+_LIST_PAGE = 100
+_FILTER_VALUES = 10
 # Fixed for all time: request tokens derived from it must stay the same across releases.
 _TOKEN_NAMESPACE = uuid.UUID("5b0f8a4e-2f49-4c1e-9d8e-6a1c1d1e0b7a")
 
@@ -114,6 +118,44 @@ def render_external_secret(
     }
 
 
+def current_version(stages: Mapping[str, list[str]]) -> str | None:
+    """The version AWSCURRENT labels, of a secret's versions and their stages (DescribeSecret's
+    VersionIdsToStages, ListSecrets' SecretVersionsToStages); None when none is."""
+    return next((version for version, labels in stages.items() if "AWSCURRENT" in labels), None)
+
+
+def listed_versions(secrets: BaseClient, names: Collection[str]) -> dict[str, str | None]:
+    """The current version (`current_version`) of each of `names` that exists and is not
+    scheduled for deletion, from ListSecrets, which shows no value: ceil(S/100) calls for the S
+    secrets its name filter matches (`_name_prefixes`). For a fleet read; like every listing it
+    is eventually consistent, so a change of the last minutes may show only in the next one."""
+    wanted = set(names)
+    if not wanted:
+        return {}
+    found: dict[str, str | None] = {}
+    filters = [{"Key": "name", "Values": _name_prefixes(wanted)}]
+    params: dict[str, Any] = {"MaxResults": _LIST_PAGE, "Filters": filters}
+    while True:
+        page = call_aws(secrets, "list_secrets", **params)
+        for entry in page.get("SecretList") or []:
+            # Without IncludePlannedDeletion AWS leaves those out; so does this, either way.
+            if entry.get("Name") in wanted and not entry.get("DeletedDate"):
+                stages = entry.get("SecretVersionsToStages") or {}
+                found[entry["Name"]] = current_version(stages)
+        if not page.get("NextToken"):
+            return found
+        params["NextToken"] = page["NextToken"]
+
+
+def _name_prefixes(names: Collection[str]) -> list[str]:
+    """At most 10 name prefixes (ListSecrets' limit for one filter; its name filter matches the
+    start of a name, case-sensitively) that cover `names`, as narrow as that allows: the names
+    themselves, else their systems' (`idp/<system>/`), else all of idp's (`idp/`). Their own
+    names are made of DNS labels, which the filter's pattern allows."""
+    systems = sorted({"/".join(name.split("/")[:2]) + "/" for name in names})
+    return next((p for p in (sorted(names), systems) if len(p) <= _FILTER_VALUES), ["idp/"])
+
+
 def _tags(described: Mapping[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in described.get("Tags") or []}
 
@@ -139,6 +181,10 @@ def aws_grants(platform: Platform) -> list[AwsGrant]:
         AwsGrant(
             "ExternalSecretDeliveryObserveSecrets", ("secretsmanager:DescribeSecret",), secret
         ),
+        # The fleet read of the Credentials capability (`listed_versions`). ListSecrets takes no
+        # resource, so this lets the worker list the names, tags and version ids of every
+        # secret in the region; never a value.
+        AwsGrant("ExternalSecretDeliveryFleetRead", ("secretsmanager:ListSecrets",), ("*",)),
         # TagResource only as CreateSecret's tags: the code never tags a secret afterwards.
         AwsGrant(
             "ExternalSecretDeliveryCreateSecrets",
@@ -334,21 +380,30 @@ class ExternalSecretDelivery:
         name = secret_id(target)
         described = await self._describe(target)
         problem: str | None = None
+        version: str | None = None
         if described is None:
             problem = f"Secrets Manager secret {name} does not exist"
         elif described.get("DeletedDate"):
             problem = f"Secrets Manager secret {name} is scheduled for deletion"
         else:
+            stages = described.get("VersionIdsToStages") or {}
+            version = current_version(stages)
             token = request_token(target.owner, target.purpose, credential.version)
-            if "AWSCURRENT" not in (described.get("VersionIdsToStages") or {}).get(token, []):
+            if "AWSCURRENT" not in stages.get(token, []):
                 problem = (
                     f"the current version of Secrets Manager secret {name} is not credential "
                     f"version {credential.version}"
                 )
+        file_id: str | None = None
         if problem is None:
             files = await self._store.read(target.directory)
-            problem = self._manifest_problem(target, credential, files.get(target.external_file))
-        return DeliveryState(in_place=problem is None, problem=problem)
+            text = files.get(target.external_file)
+            problem = self._manifest_problem(target, credential, text)
+            file_id = git_object_id(text)
+        # Which version is current and the manifest's id: what a fleet read compares.
+        return DeliveryState(
+            in_place=problem is None, problem=problem, file_id=file_id, secret_version=version
+        )
 
     async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
         files = await self._store.read(target.directory)

@@ -21,6 +21,7 @@ from idp.delivery import (
     can_resume,
     check_annotations,
     credential_annotations,
+    git_object_id,
     metadata_from,
     parse_manifest,
     revealed,
@@ -144,11 +145,14 @@ class SealedSecretDelivery:
         )
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:
-        annotations, problem = self._inspect(target, await self._store.read(target.directory))
+        files = await self._store.read(target.directory)
+        annotations, problem = self._inspect(target, files)
         problem = problem or check_annotations(
             annotations, credential, target.path(target.sealed_file)
         )
-        return DeliveryState(in_place=problem is None, problem=problem)
+        # Everything it judged is in this one file: its id stands for it in a fleet read.
+        file_id = git_object_id(files.get(target.sealed_file))
+        return DeliveryState(in_place=problem is None, problem=problem, file_id=file_id)
 
     async def current(self, target: DeliveryTarget) -> CredentialMetadata | None:
         # An edited ciphertext still says, in its annotations, which credential it was.

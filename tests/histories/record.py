@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -30,8 +31,10 @@ from idp.models import ApiAggregator, Workload  # noqa: E402
 from idp.platform import AwsConfig, ClusterIdentity, Platform, SynadiaConfig  # noqa: E402
 from idp.sealing import CertificateSource  # noqa: E402
 from starter.operations import apply_aggregator, apply_workload, delete_aggregator  # noqa: E402
+from worker import start_fleet_observer  # noqa: E402
 from workflows.aggregator import ApiAggregatorWorkflow  # noqa: E402
 from workflows.messages import RotateRequest, WaitReadyRequest  # noqa: E402
+from workflows.observer import observer_id  # noqa: E402
 from workflows.state import Phase  # noqa: E402
 from workflows.workload import WorkloadWorkflow  # noqa: E402
 
@@ -290,8 +293,37 @@ async def port_run(client: Client, repo: Path, name: str) -> WorkflowHandle:
         return handle
 
 
+async def fleet_observer(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """A workload found in sync is watched and sleeps; a hand edit wakes it through the fleet
+    observer's sweep, the pass repairs it, and it is watched again."""
+    await start_fleet_observer(client, OBSERVED_PLATFORMS[name], QUEUE)
+    await apply_workload(client, QUEUE, workload(name))
+    handle = client.get_workflow_handle(workload(name).workflow_id)
+    await ready(handle, 1)
+    # The run that is watched, woken and repaired: it continues as new after that.
+    watched = client.get_workflow_handle(handle.id, run_id=(await handle.describe()).run_id)
+    await until(handle, lambda s: s.watched)
+    clone = repo.parent / f"clone-{name}"
+    git("clone", "--quiet", str(repo), str(clone))
+    git("rm", "--quiet", f"dev/demo/{name}/serviceaccount.yaml", cwd=clone)
+    git("commit", "--quiet", "-m", "hand delete", cwd=clone)
+    git("push", "--quiet", "origin", "main", cwd=clone)
+    await until(handle, repaired)
+    await until(handle, lambda s: s.watched)
+    WORKLOAD_HISTORIES[name] = watched
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    observer = client.get_workflow_handle(observer_id(QUEUE))
+    await observer.terminate("recorded")
+    return observer
+
+
 # Scenarios that also leave a workload history worth keeping (its Port publishing).
 WORKLOAD_HISTORIES: dict[str, WorkflowHandle] = {}
+# Scenarios that run with the fleet observer, a drift interval short enough to watch, and the
+# platform they ran with.
+OBSERVED = {"fleet-observer"}
+OBSERVED_PLATFORMS: dict[str, Platform] = {}
 
 
 def with_aws(platform: Platform, url: str) -> Platform:
@@ -328,6 +360,7 @@ SCENARIOS: dict[str, Scenario] = {
     "api-aggregator-lifecycle": api_aggregator,
     "port-run": port_run,
     "workload-refusals": refusals,
+    "fleet-observer": fleet_observer,
 }
 
 
@@ -352,7 +385,12 @@ async def record_all(
         scenario = SCENARIOS[name]
         with tempfile.TemporaryDirectory() as tmp:
             repo = bare_repo(Path(tmp) / "state.git")
-            platform = with_nats(with_aws(platform_for(repo), aws_url), synadia, keys)
+            if name in OBSERVED:
+                bare = platform_for(repo, timedelta(seconds=3), fleet_observer=True)
+            else:
+                bare = platform_for(repo)
+            platform = with_nats(with_aws(bare, aws_url), synadia, keys)
+            OBSERVED_PLATFORMS[name] = platform
             async with running_worker(client, platform, QUEUE, Path(tmp) / "cache"):
                 handle = await scenario(client, repo, name)
                 histories = {name: await handle.fetch_history()}

@@ -21,6 +21,7 @@ from activities.heartbeat import heartbeating
 from activities.platform import platform_digest
 from idp import fleet
 from idp.capability import Actions, Fingerprint
+from idp.errors import PermanentError
 from idp.models import Model
 from idp.platform import Platform
 from workflows import search_attributes as sa
@@ -28,9 +29,17 @@ from workflows.messages import SignalRequest
 
 log = logging.getLogger(__name__)
 
-# Signals in flight at once: enough to wake a fleet after a platform change in seconds without
-# flooding the frontend.
+# Signals in flight at once, so as not to flood the frontend.
 SIGNALS_AT_ONCE = 32
+# Woken workloads each run a pass, which for a workflow evicted from the worker's cache starts
+# with a replay of its history: a thousand at once time out their workflow tasks and starve
+# everything else on the worker (measured at 4,000 workloads). So wakes go out at this rate at
+# least, or faster where that would not spread them over half the drift interval: still well
+# within the interval, in which drift must be found.
+WAKES_PER_SECOND = 10
+# A fleet read that fails wakes every workload on it, so a blip (a 5xx, a dropped connection)
+# is worth these retries first, this many seconds apart.
+READ_RETRIES = (1.0, 5.0)
 
 
 class SweepInput(Model):
@@ -86,19 +95,33 @@ class FleetActivities:
         )
 
     async def _read(self, name: str, keys: list[str]) -> dict[str, str] | None:
-        """The capability's fleet read, None when it failed."""
+        """The capability's fleet read, None when it failed, retries included."""
         actions = self._actions.get(name)
-        try:
-            if actions is None:
-                raise LookupError(f"capability {name} is not installed on this worker")
-            return await actions.fleet_observe(keys)
-        except Exception as error:
-            # The type only: an exception's text may quote what a client sent.
-            log.warning("fleet read of %s failed (%s)", name, type(error).__name__)
+        if actions is None:
+            log.warning("fleet read of %s failed: not installed on this worker", name)
             return None
+        for pause in (*READ_RETRIES, None):
+            try:
+                return await actions.fleet_observe(keys)
+            except Exception as error:
+                # Misconfigured (a PermanentError), another try cannot do better.
+                if isinstance(error, PermanentError):
+                    pause = None
+                again = "" if pause is None else f"; again in {pause:g} s"
+                # The type only: an exception's text may quote what a client sent.
+                log.warning("fleet read of %s failed (%s)%s", name, type(error).__name__, again)
+                if pause is None:
+                    return None
+                await asyncio.sleep(pause)
+        return None
 
     async def _members(self) -> list[Member]:
-        query = f'{sa.KIND.name} = "Workload" AND ExecutionStatus = "Running"'
+        """The watched workloads of this task queue: another's have a platform file, and so
+        capabilities and a fleet observer, of their own."""
+        queue = activity.info().task_queue.replace("\\", "\\\\").replace('"', '\\"')
+        query = (
+            f'{sa.KIND.name} = "Workload" AND ExecutionStatus = "Running" AND TaskQueue = "{queue}"'
+        )
         members = []
         async for execution in self._client.list_workflows(query):
             entries = execution.typed_search_attributes.get(sa.FLEET)
@@ -116,9 +139,11 @@ class FleetActivities:
         }
 
     async def _wake(self, reasons: dict[str, str], request_id: str) -> None:
-        """Signal `reconcile` to each; the same request id on a retried sweep, so a workload
-        woken twice acts once."""
+        """Signal `reconcile` to each, paced (WAKES_PER_SECOND); the same request id on a
+        retried sweep, so a workload woken twice acts once."""
         limit = asyncio.Semaphore(SIGNALS_AT_ONCE)
+        half = self._platform.reconcile.drift_interval.total_seconds() / 2
+        gap = 1 / max(WAKES_PER_SECOND, len(reasons) / half)
 
         async def wake(workflow_id: str, why: str) -> None:
             async with limit:
@@ -128,7 +153,12 @@ class FleetActivities:
                 except Exception as error:
                     log.info("could not wake %s (%s)", workflow_id, type(error).__name__)
 
-        await asyncio.gather(*(wake(w, why) for w, why in sorted(reasons.items())))
+        sent = []
+        for workflow_id, why in sorted(reasons.items()):
+            if sent:
+                await asyncio.sleep(gap)
+            sent.append(asyncio.create_task(wake(workflow_id, why)))
+        await asyncio.gather(*sent)
 
 
 def _by_capability(members: list[Member]) -> dict[str, dict[str, tuple[str, list[str]]]]:

@@ -7,9 +7,9 @@ Starts the same stack as `idpctl dev` (Temporal dev server with its SQLite file,
 own process, moto for the registry step, a bare git repository, and the rest of `idpctl dev`'s
 processes) in a temporary directory, applies N workloads (ECR repository and IAM role in moto,
 ServiceAccount in git; no NATS user) and waits until all are Ready. Then, for the window, it
-leaves them alone (drift checks every `--drift`; with `--fleet-observer`, the platform's
-`reconcile.fleetObserver` is on and the window starts once every workload is watched, which
-takes one drift interval after its first pass: docs/fleet.md) and measures, over the window only
+leaves them alone (drift checks every `--drift`, with `reconcile.fleetObserver: false`; with
+`--fleet-observer`, it is true and the window starts once every workload is watched, from its
+first pass on: docs/fleet.md) and measures, over the window only
 (bench/measure.py says how): the CPU time and resident memory of every process of the stack
 (the worker, its git children, the Temporal server, each emulator) from /proc; and Temporal
 Cloud's billable actions, counted from the history of every workflow in the namespace (every
@@ -224,7 +224,9 @@ if __name__ == "__main__":
     parser.add_argument("--drift", type=parse_duration, default=timedelta(minutes=10))
     parser.add_argument("--sample-seconds", type=float, default=5, help="how often to sample RSS")
     parser.add_argument(
-        "--fleet-observer", action="store_true", help="reconcile.fleetObserver on (docs/fleet.md)"
+        "--fleet-observer",
+        action="store_true",
+        help="reconcile.fleetObserver true, else false (docs/fleet.md)",
     )
     args = parser.parse_args()
     window = timedelta(minutes=args.minutes)

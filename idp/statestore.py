@@ -90,7 +90,7 @@ def _record(owner: str) -> bytes:
 
 def record_id(owner: str) -> str:
     """The object id of every record `owner` holds: its records are found by id, unread."""
-    return _blob_id(_record(owner))
+    return blob_id(_record(owner))
 
 
 @dataclass(frozen=True)
@@ -644,9 +644,9 @@ def _plan(
             removed.append(path)
         for path, data in sorted((desired | records).items()):
             mode, oid = state.get(path, ("", ""))
-            if mode in _REGULAR_FILE_MODES and oid == _blob_id(data):
+            if mode in _REGULAR_FILE_MODES and oid == blob_id(data):
                 continue
-            state[path] = ("100644", _blob_id(data))
+            state[path] = ("100644", blob_id(data))
             contents[path] = data
             written.append(path)
         effects.append((written, removed))
@@ -675,7 +675,7 @@ def _records(change: Change) -> dict[str, bytes]:
 def _own_blobs(change: Change) -> set[str]:
     """Object ids whose text names the change's owner as holder of anything it claims: its
     record, and its own files (which carry whatever marks it as their owner)."""
-    own = {_blob_id(text.encode()) for text in change.files.values()}
+    own = {blob_id(text.encode()) for text in change.files.values()}
     if change.owner is not None:
         own.add(record_id(change.owner))
     return own
@@ -725,7 +725,7 @@ def _result(commit: str | None, effect: _Effect) -> ChangeResult | OwnedByAnothe
     return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
 
 
-def _blob_id(data: bytes) -> str:
+def blob_id(data: bytes) -> str:
     """The object id git gives this content (SHA-1 repositories, git's default)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 

@@ -31,14 +31,14 @@ from test_api_capability import (
     API,
     Pass,
     aggregator_worker,
-    until,
+    context,
     until_routed,
     workload,
     writes,
 )
 
 from activities.capabilities import capability_activities
-from capabilities.api import KEY_LIMIT, FleetKey, api_digest, hostnames_digest
+from capabilities.api import KEY_LIMIT, ApiObservation, FleetKey, api_digest
 from capabilities.api import actions as api_actions
 from idp.capability import Fingerprint
 from idp.models import ApiAggregator, ApiTarget, Workload
@@ -157,20 +157,18 @@ def test_the_key_names_the_workload_and_its_hostnames_while_they_fit() -> None:
     assert key.holder == "shop/orders"
     assert FleetKey.parse("workload/shop/orders@") == FleetKey("shop", "orders")
 
-    # The longest names and hostnames there are: the hostnames go by their digest instead.
+    # The longest names and hostnames there are: up to the limit, named; beyond it, no key,
+    # and the workload keeps its own drift checks.
     long = workload("n" * 63, system="s" * 63)
-    hostnames = [f"{'h' * 63}.{'x' * 63}.{'y' * 63}.{i}{'z' * 56}.com" for i in range(10)]
+    hostnames = [f"{'h' * 63}.{'x' * 63}.{'y' * 63}.{i}{'z' * 56}.com" for i in range(2)]
     assert all(len(h) == 253 for h in hostnames)
-    hashed = FleetKey.of(long, reversed(hostnames))
-    assert hashed.hashed == hostnames_digest(hostnames) and hashed.hostnames == ()
-    assert hashed.text == f"{long.workflow_id}#{hashed.hashed}"
-    assert len(hashed.text) <= KEY_LIMIT
-    assert FleetKey.parse(hashed.text) == hashed
-    # Fingerprint's own pattern takes it: at most 400 characters, no whitespace.
-    Fingerprint(key=hashed.text, digest=api_digest({}))
-    # Up to the limit, named.
     fits = FleetKey.of(long, hostnames[:1])
-    assert fits.hashed is None and len(fits.text) <= KEY_LIMIT
+    assert fits is not None and len(fits.text) <= KEY_LIMIT
+    # Fingerprint's own pattern takes it: at most 400 characters, no whitespace.
+    Fingerprint(key=fits.text, digest=api_digest({}))
+    assert FleetKey.of(long, hostnames) is None
+    observation = ApiObservation(held=dict.fromkeys(hostnames))
+    assert API.fingerprint(context(long), observation) is None
 
 
 @pytest.mark.parametrize(
@@ -184,8 +182,7 @@ def test_the_key_names_the_workload_and_its_hostnames_while_they_fit() -> None:
         "workload/shop/orders/x@a.example.com",
         "workload/shop/orders@a.example.com,,b.example.com",
         "workload/shop/orders@A.example.com",
-        "workload/shop/orders#0123",
-        "workload/shop/orders#0123456789abcdeg",
+        "workload/shop/orders",  # no hostnames part
     ],
 )
 def test_a_key_of_another_form_is_not_ours(key: str) -> None:
@@ -494,39 +491,3 @@ async def test_a_failing_aggregator_leaves_out_only_the_keys_naming_it(
         assert read.asked.queries[(f"api-aggregator/{old}", "held")] == 1
         await aggregator_handle(client, old).terminate()
         await aggregator_handle(client, broken).terminate()
-
-
-async def test_hostnames_too_long_to_name_are_found_among_the_running_aggregators(
-    client, repo, queue, tmp_path
-):
-    # Two hostnames of 200-odd characters: a key naming both would exceed 400.
-    first, second = (f"{c * 60}.{'b' * 60}.{'c' * 60}.{queue}.example.com" for c in "xy")
-    elsewhere = f"{queue}.example.com"
-    platform = platform_for(repo)
-    async with aggregator_worker(client, platform, queue, writes(platform, tmp_path)):
-        for hostname, name in ((first, "first"), (second, "second"), (elsewhere, "else")):
-            await operations.apply_aggregator(client, queue, aggregator(hostname, name))
-        p, read = Pass(client, queue), FleetRead(client, queue)
-        w = workload("orders", (first, "/orders"), (second, "/o"))
-        recorded = await routed(p, w)
-        # A neighbour on the third, which holds nothing of this workload's.
-        await routed(Pass(client, queue), workload("carts", (elsewhere, "/carts")))
-
-        key = FleetKey.parse(recorded.key)
-        assert key is not None and key.hashed == hostnames_digest([first, second])
-        assert len(recorded.key) <= KEY_LIMIT
-        # Visibility lists a new aggregator a little after it starts: read until all three are.
-        every = {(f"api-aggregator/{h}", HELD_BY): 1 for h in (first, second, elsewhere)}
-
-        async def listed() -> bool:
-            found = await read(recorded.key)
-            return read.asked.queries == every and found == {recorded.key: recorded.digest}
-
-        await until(listed)
-        assert read.asked.listings == 1
-
-        # Withdrawn from one of its hostnames: the digest of those it is found on no longer
-        # matches the key, which is left out, and the pass registers there again.
-        await _withdrawn_by_hand(client, second, queue, w)
-        assert await read(recorded.key) == {}
-        assert await plan_now(p, w) == f"register 1 target(s) with {second} (not registered yet)"

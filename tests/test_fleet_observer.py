@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.cli import Cli, eventually, write_platform
@@ -22,7 +23,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from idp.capability import Fingerprint
+from activities.fleet import FleetActivities, SweepResult
+from idp.capability import Actions, Context, Fingerprint, Report
 from idp.fleet import entry, fits
 from idp.models import Workload
 from idp.platform import Platform
@@ -64,6 +66,18 @@ async def sweeps(client: Client, queue: str) -> int:
     return sum(
         1 for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
     )
+
+
+async def last_sweep(client: Client, queue: str) -> SweepResult:
+    """What the observer's last finished sweep reported."""
+    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
+    (done,) = [
+        e.activity_task_completed_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    ][-1:]
+    (result,) = await client.data_converter.decode(done.result.payloads, [SweepResult])
+    return result
 
 
 async def length(handle: WorkflowHandle) -> int:
@@ -116,6 +130,10 @@ async def test_a_watched_workload_sleeps_without_a_timer_while_the_observer_swee
     after = {name: await length(h) for name, h in fleet.items()}
     # Not one event: no drift timer fired, no activity ran.
     assert after == before
+    # Only this task queue's workloads: the session's server holds other tests' watched ones,
+    # whose capabilities this worker's platform file may not even offer.
+    swept = await last_sweep(client, queue)
+    assert (swept.members, swept.woken, swept.failed) == (len(fleet), 0, [])
     for handle in fleet.values():
         status = await handle.query(WorkloadWorkflow.status)
         # Its own check, only should the observer be gone, is a week away.
@@ -285,3 +303,36 @@ def test_entries_too_long_for_one_search_attribute_value_leave_the_workload_unwa
     assert not fits([long] * 5)
     assert fits([long] * 4)
     assert len(json.dumps([long] * 4, separators=(",", ":")).encode()) <= 2048
+
+
+class Flaky(Actions[Any, Any]):
+    """A capability's worker half whose fleet read fails the first `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    async def observe(self, ctx: Context) -> Any:
+        raise NotImplementedError
+
+    async def apply(self, ctx: Context, plan: Any, observation: Any) -> Report:
+        raise NotImplementedError
+
+    async def teardown(self, ctx: Context) -> Report:
+        raise NotImplementedError
+
+    async def fleet_observe(self, keys: list[str]) -> dict[str, str]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("a blip")
+        return dict.fromkeys(keys, "same")
+
+
+@pytest.mark.parametrize(("failures", "found"), [(1, {"k": "same"}), (3, None)])
+async def test_a_fleet_read_is_retried_before_it_counts_as_failed(
+    client: Client, platform: Platform, failures: int, found: dict[str, str] | None
+) -> None:
+    # Failed, it wakes every workload on the capability: a blip must not.
+    flaky = Flaky(failures)
+    sweep = FleetActivities(client, platform, {"Flaky": flaky})
+    assert await sweep._read("Flaky", ["k"]) == found
+    assert flaky.calls == min(failures + 1, 3)

@@ -111,10 +111,12 @@ class Api(Capability[ApiObservation, ApiPlan]):
         # reports what the aggregators hold now.
         return None if plan else report(ctx, answers_of(observation, {})).outputs
 
-    def fingerprint(self, ctx: Context, observation: ApiObservation) -> Fingerprint:
+    def fingerprint(self, ctx: Context, observation: ApiObservation) -> Fingerprint | None:
         """Keyed by the hostnames observe asked (`FleetKey`), the digest of what each holds for
         the workload (`api_digest`): what the fleet read gives for the same aggregators."""
         key = FleetKey.of(ctx.workload, observation.held)
+        if key is None:
+            return None
         return Fingerprint(key=key.text, digest=api_digest(observation.held))
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
@@ -338,37 +340,25 @@ _HOSTNAME_CHARS = re.compile(r"[a-z0-9.*-]+")
 @dataclass(frozen=True)
 class FleetKey:
     """What a workload's Api fingerprint is keyed by: the workload, and the hostnames its observe
-    asked, so that the fleet read asks the same aggregators what they hold for it.
+    asked, so that the fleet read asks the same aggregators what they hold for it:
+    `workload/<system>/<name>@<hostname>,<hostname>` (sorted). No label or hostname holds '@'
+    or ',', nor any whitespace.
 
-    Named, `workload/<system>/<name>@<hostname>,<hostname>` (sorted), whenever that fits the 400
-    characters of a key. It may not: a workload id takes up to 136 characters and a hostname up
-    to 253, so two long hostnames overflow it. The key then names them by their digest,
-    `workload/<system>/<name>#<digest>` (153 characters at most), and the fleet read looks among
-    the running aggregators of its task queue (a visibility listing) for those holding targets
-    of the workload. Those are the hostnames a workload in sync asks, as a rule: each one its
-    spec names holds its targets, or the pass would register there. The digest confirms it, or
-    the key is left out and the workload woken: so once after a pass that still asked a
-    hostname its outputs knew but where nothing was held any more (the next asks only the
-    spec's). The named form stays the usual one: it needs no listing and covers that case too.
-
-    No label or hostname holds '@', '#' or ',', nor any whitespace.
+    A workload id takes up to 136 characters and a hostname up to 253, so two long hostnames
+    would not fit the 400 characters of a key: such a workload keeps its own drift checks.
     """
 
     system: str
     name: str
     hostnames: tuple[str, ...] = ()
-    hashed: str | None = None
 
     NAMED: ClassVar[str] = "@"
-    HASHED: ClassVar[str] = "#"
 
     @classmethod
-    def of(cls, workload: Workload, hostnames: Iterable[str]) -> "FleetKey":
-        system, name = workload.metadata.system, workload.metadata.name
-        named = cls(system, name, tuple(sorted(hostnames)))
-        if len(named.text) <= KEY_LIMIT:
-            return named
-        return cls(system, name, hashed=hostnames_digest(named.hostnames))
+    def of(cls, workload: Workload, hostnames: Iterable[str]) -> "FleetKey | None":
+        """None when the key would not fit."""
+        key = cls(workload.metadata.system, workload.metadata.name, tuple(sorted(hostnames)))
+        return key if len(key.text) <= KEY_LIMIT else None
 
     @property
     def holder(self) -> str:
@@ -378,25 +368,17 @@ class FleetKey:
     @property
     def text(self) -> str:
         workflow_id = ids.workload_id(self.system, self.name)
-        if self.hashed is not None:
-            return f"{workflow_id}{self.HASHED}{self.hashed}"
         return f"{workflow_id}{self.NAMED}{','.join(self.hostnames)}"
 
     @classmethod
     def parse(cls, key: str) -> "FleetKey | None":
         """None for a key of another form (a newer worker's, say)."""
         workflow_id, named, listed = key.partition(cls.NAMED)
-        if named:
-            hostnames = tuple(listed.split(",")) if listed else ()
-            workload = _workload(workflow_id)
-            if workload is None or not all(_HOSTNAME_CHARS.fullmatch(h) for h in hostnames):
-                return None
-            return cls(*workload, hostnames=hostnames)
-        workflow_id, hashed, found = key.partition(cls.HASHED)
+        hostnames = tuple(listed.split(",")) if listed else ()
         workload = _workload(workflow_id)
-        if not hashed or workload is None or not re.fullmatch(r"[0-9a-f]{16}", found):
+        if not named or workload is None or not all(map(_HOSTNAME_CHARS.fullmatch, hostnames)):
             return None
-        return cls(*workload, hashed=found)
+        return cls(*workload, hostnames=hostnames)
 
 
 def _workload(workflow_id: str) -> tuple[str, str] | None:
@@ -406,11 +388,6 @@ def _workload(workflow_id: str) -> tuple[str, str] | None:
     if not labels or ids.workload_id(system, name) != workflow_id:
         return None
     return system, name
-
-
-def hostnames_digest(hostnames: Iterable[str]) -> str:
-    """How a key of the hashed form names its hostnames."""
-    return digest(sorted(hostnames))
 
 
 def api_digest(held: Mapping[str, Held | None]) -> str:

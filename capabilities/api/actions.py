@@ -6,11 +6,8 @@ A pass queries each hostname it looks at (`held`), whatever its outcome. The fle
 watched workloads name, whatever their number (one per 500 workloads on a hostname, to keep each
 answer well below the server's payload limit), where their own passes make one query per
 workload and hostname each drift interval. A query adds no event to the aggregator's history.
-Only a workload whose hostnames are too long to name in its key (`FleetKey`) costs more: for
-those, one visibility listing of the task queue's running aggregators (no billable action) and
-one `held_by` query to each of them, still one per aggregator for the whole sweep. An aggregator
-run still on a build without `held_by` is asked `held` workload by workload, as their passes
-would, until it continues as new onto a newer one.
+An aggregator run still on a build without `held_by` is asked `held` workload by workload, as
+their passes would, until it continues as new onto a newer one.
 """
 
 import asyncio
@@ -37,7 +34,6 @@ from capabilities.api import (
     api_digest,
     explain_routes,
     hostnames,
-    hostnames_digest,
     registrations,
     report,
     unheld,
@@ -103,38 +99,19 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
         what observe would find on the hostnames it names, from one `held_by` query per
         aggregator for every key naming it. An aggregator that does not run holds nothing, as
         observe reads it. A key of another form is left out, which wakes its workload, and so
-        is each key naming a hostname whose query failed (every key of the hashed form, when
-        an aggregator listed for them failed): a failing aggregator wakes only the workloads
-        that route through it. Read-only."""
+        is each key naming a hostname whose query failed: a failing aggregator wakes only the
+        workloads that route through it. Read-only."""
         wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
-        named = {key: k for key, k in wanted.items() if k.hashed is None}
-        hashed = {key: k for key, k in wanted.items() if k.hashed is not None}
         asking: dict[str, set[str]] = collections.defaultdict(set)
-        for k in named.values():
+        for k in wanted.values():
             for hostname in k.hostnames:
                 asking[hostname].add(k.holder)
-        # Hostnames the hashed keys may name: every aggregator running on this task queue.
-        listed = await self._running_aggregators() if hashed else []
-        for hostname in listed or []:
-            asking[hostname] |= {k.holder for k in hashed.values()}
-
         answers, failed = await self._held_by_all(asking)
-        found = {
+        return {
             key: api_digest({h: _held_for(answers[h], k.holder) for h in k.hostnames})
-            for key, k in named.items()
+            for key, k in wanted.items()
             if failed.isdisjoint(k.hostnames)
         }
-        if listed is None or not failed.isdisjoint(listed):
-            return found
-        for key, k in hashed.items():
-            mine = {
-                hostname: held
-                for hostname in listed
-                if (held := _held_for(answers[hostname], k.holder)) is not None and held.targets
-            }
-            if hostnames_digest(mine) == k.hashed:
-                found[key] = api_digest(mine)
-        return found
 
     async def _held_by_all(
         self, asking: dict[str, set[str]]
@@ -198,23 +175,6 @@ class ApiActions(Actions[ApiObservation, ApiPlan]):
         if any(answer is None for answer in answers):
             return None
         return {h: a for h, a in zip(holders, answers, strict=True) if a is not None}
-
-    async def _running_aggregators(self) -> list[str] | None:
-        """The hostnames of the aggregators running on this task queue, by visibility (which
-        lags a little: an aggregator started moments ago may be missing, and is then found at
-        the next sweep); None when the listing failed."""
-        queue = activity.info().task_queue
-        query = (
-            f"WorkflowType = {_quoted(AGGREGATOR_WORKFLOW)} AND ExecutionStatus = 'Running' "
-            f"AND TaskQueue = {_quoted(queue)}"
-        )
-        try:
-            found = [e.id async for e in activity.client().list_workflows(query)]
-        except Exception as error:
-            log.warning("listing the aggregators failed (%s)", type(error).__name__)
-            return None
-        # Only aggregator ids name a hostname (aggregator_hostname leaves any other as it is).
-        return sorted({h for i in found if (h := ids.aggregator_hostname(i)) != i})
 
     async def _held(self, hostname: str, me: str) -> Held | None:
         return await self._ask(hostname, "held", me, Held)
@@ -284,9 +244,3 @@ def _held_for(answer: dict[str, Held] | None, holder: str) -> Held | None:
     """What an aggregator's answer holds for `holder`; None where no aggregator runs, as
     observe reads it."""
     return None if answer is None else answer[holder]
-
-
-def _quoted(value: str) -> str:
-    """A string in a visibility query."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"

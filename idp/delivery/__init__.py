@@ -44,7 +44,7 @@ from idp.manifests import (
 )
 from idp.models import Delivery, Model, Workload
 from idp.platform import Destination
-from idp.statestore import Change, Claim
+from idp.statestore import Change, Claim, blob_id
 from idp.synadia import NatsCreds
 
 NATS = "nats"
@@ -104,8 +104,7 @@ def git_object_id(text: str | None) -> str | None:
     longer has the file's id."""
     if text is None or "\ufffd" in text:
         return None
-    data = text.encode()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+    return blob_id(text.encode())
 
 
 def fingerprint(creds: NatsCreds) -> str:

@@ -36,31 +36,17 @@ from test_api_capability import (
     workload,
     writes,
 )
+from test_ownership import aggregator
 
 from activities.capabilities import capability_activities
 from capabilities.api import KEY_LIMIT, ApiObservation, FleetKey, api_digest
 from capabilities.api import actions as api_actions
 from idp.capability import Fingerprint
-from idp.models import ApiAggregator, ApiTarget, Workload
+from idp.models import ApiTarget, Workload
 from idp.routes import Held, RegisterTargets, Registration, TargetResult, TargetState
 from starter import operations
 
 HELD_BY = "held_by"
-
-
-def aggregator(hostname: str, name: str) -> ApiAggregator:
-    """An ApiAggregator of its own name, so that each writes a directory of its own."""
-    return ApiAggregator.model_validate(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "hostname": hostname,
-                "gateway": {"name": "edge", "namespace": "gateways"},
-                "destination": "dev",
-                "namespace": "platform",
-            },
-        }
-    )
 
 
 def aggregator_handle(client: Client, hostname: str) -> WorkflowHandle[Any, Any]:
@@ -224,8 +210,8 @@ async def test_what_a_pass_records_is_what_the_fleet_read_finds(client, repo, qu
     first, second = f"a-{queue}.example.com", f"b-{queue}.example.com"
     platform = platform_for(repo)
     async with aggregator_worker(client, platform, queue, writes(platform, tmp_path)):
-        await operations.apply_aggregator(client, queue, aggregator(first, "first"))
-        await operations.apply_aggregator(client, queue, aggregator(second, "second"))
+        await operations.apply_aggregator(client, queue, aggregator("first", first))
+        await operations.apply_aggregator(client, queue, aggregator("second", second))
         p, read = Pass(client, queue), FleetRead(client, queue)
         w = workload("orders", (first, "/orders"), (second, "/o"))
         recorded = await routed(p, w)
@@ -328,8 +314,8 @@ async def test_every_change_a_pass_acts_on_changes_the_digest(
     hostname, other = f"{queue}.example.com", f"other-{queue}.example.com"
     platform = platform_for(repo)
     async with aggregator_worker(client, platform, queue, writes(platform, tmp_path)):
-        await operations.apply_aggregator(client, queue, aggregator(hostname, "public"))
-        await operations.apply_aggregator(client, queue, aggregator(other, "other"))
+        await operations.apply_aggregator(client, queue, aggregator("public", hostname))
+        await operations.apply_aggregator(client, queue, aggregator("other", other))
         p, read = Pass(client, queue), FleetRead(client, queue)
         w = workload("orders", (hostname, "/orders"), (other, "/o"))
         recorded = await routed(p, w)
@@ -357,7 +343,7 @@ async def test_another_workloads_change_leaves_this_digest_alone(client, repo, q
     hostname = f"{queue}.example.com"
     platform = platform_for(repo)
     async with aggregator_worker(client, platform, queue, writes(platform, tmp_path)):
-        await operations.apply_aggregator(client, queue, aggregator(hostname, "public"))
+        await operations.apply_aggregator(client, queue, aggregator("public", hostname))
         read = FleetRead(client, queue)
         p, w = Pass(client, queue), workload("orders", (hostname, "/orders"))
         recorded = await routed(p, w)
@@ -391,8 +377,8 @@ async def test_a_whole_fleet_costs_one_query_per_aggregator(
     first, second = f"a-{queue}.example.com", f"b-{queue}.example.com"
     platform = platform_for(repo)
     async with aggregator_worker(client, platform, queue, writes(platform, tmp_path)):
-        await operations.apply_aggregator(client, queue, aggregator(first, "first"))
-        await operations.apply_aggregator(client, queue, aggregator(second, "second"))
+        await operations.apply_aggregator(client, queue, aggregator("first", first))
+        await operations.apply_aggregator(client, queue, aggregator("second", second))
         fleet = [
             workload(f"w{i}", (first, f"/w{i}"), *([(second, f"/w{i}")] if i % 3 == 0 else []))
             for i in range(12)
@@ -461,7 +447,7 @@ async def test_a_failing_aggregator_leaves_out_only_the_keys_naming_it(
     platform = platform_for(repo)
     write = writes(platform, tmp_path)
     async with aggregator_worker(client, platform, queue, write, OldAggregator, BrokenAggregator):
-        await operations.apply_aggregator(client, queue, aggregator(hostname, "public"))
+        await operations.apply_aggregator(client, queue, aggregator("public", hostname))
         await client.start_workflow(
             OldAggregator.run, old, id=f"api-aggregator/{old}", task_queue=queue
         )

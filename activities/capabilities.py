@@ -93,8 +93,8 @@ def capability_activities(
             now = ctx
             if plan:
                 # Read back what the apply left, so that the workload sleeps on it from now
-                # on rather than after a pass of its own one drift interval later: at scale,
-                # that second pass of every new workload would cost as much as onboarding it.
+                # on rather than after a pass of its own one drift interval later, which every
+                # new workload of a large onboarding would take at about the same time.
                 now = after(ctx, report)
                 observation = await actions.observe(now)
                 if capability.plan(now, observation):

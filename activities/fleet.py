@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SIGNALS_AT_ONCE = 32
 # Woken workloads each run a pass, which for a workflow evicted from the worker's cache starts
 # with a replay of its history: a thousand at once time out their workflow tasks and starve
-# everything else on the worker (measured at 4,000 workloads). So wakes go out at this rate at
+# everything else on the worker (seen in a 10,000-workload run). So wakes go out at this rate at
 # least, or faster where that would not spread them over half the drift interval: still well
 # within the interval, in which drift must be found.
 WAKES_PER_SECOND = 10

@@ -172,8 +172,13 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
     took = time.monotonic() - edited
     # One sweep per interval finds it; the pass that repairs it takes about a second more.
     assert took < DRIFT.total_seconds() + 5, took
-    status = await fleet[edited_name].query(WorkloadWorkflow.status)
-    assert [(c.type, c.reason) for c in status.conditions] == [("Manifests", "DriftRepaired")]
+
+    async def conditions() -> list[tuple[str, str]]:
+        status = await fleet[edited_name].query(WorkloadWorkflow.status)
+        return [(c.type, c.reason) for c in status.conditions]
+
+    # The push lands before the workflow hears that the activity which made it has completed.
+    await eventually(conditions, lambda found: found == [("Manifests", "DriftRepaired")])
     assert {name: await length(fleet[name]) for name in others} == others
     # The pass that repaired it cannot tell what its commit left (no fingerprint), so the
     # workload checks on its own one interval later, finds it in sync, and sleeps watched again

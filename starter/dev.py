@@ -586,7 +586,9 @@ async def start(stack: Stack) -> None:
         *(arg for origin in ui_origins for arg in ("--ui-origin", origin)),
         "--allow-loopback-ui-without-token",
     ], extra_env={codec_server.TOKEN_ENV: stack.codec_token or ""})  # fmt: skip
-    stack.spawn("moto", [binary("moto_server"), "-H", stack.host, "-p", str(stack.aws_port)])
+    stack.spawn("moto", [
+        sys.executable, "-m", "emulators.aws", "--host", stack.host, "--port", str(stack.aws_port),
+    ])  # fmt: skip
     token = {"SYNADIA_EMULATOR_TOKEN": stack.synadia_token or ""}
     stack.spawn("synadia", [
         sys.executable, "-m", "emulators.synadia",

@@ -1,0 +1,55 @@
+"""`python -m emulators.aws --host H --port N`: moto, standing in for AWS, one request at a time.
+
+moto's own server answers each request on a thread of its own, but its backends are not safe
+for that: a DescribeRepositories that iterates the registry while a CreateRepository adds to it
+fails with "dictionary changed size during iteration", returned as a 500. AWS never answers so,
+and at a few thousand workloads a fleet read meets it on every try (seen in a 10,000-workload
+run). Requests are still read and written on threads of their own; only moto's work is serial.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
+
+
+def serial(app: Any) -> Any:
+    """`app` with one request in it at a time, its answer read whole inside."""
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    return serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m emulators.aws", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # moto names itself in some answers (presigned URLs) by this port, as its own server sets it.
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_simple(
+        args.host,
+        args.port,
+        serial(DomainDispatcherApplication(create_backend_app)),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()

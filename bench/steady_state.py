@@ -8,8 +8,9 @@ own process, moto for the registry step, a bare git repository, and the rest of 
 processes) in a temporary directory, applies N workloads (ECR repository and IAM role in moto,
 ServiceAccount in git; no NATS user) and waits until all are Ready. Then, for the window, it
 leaves them alone (drift checks every `--drift`, with `reconcile.fleetObserver: false`; with
-`--fleet-observer`, it is true and the window starts once every workload is watched, from its
-first pass on: docs/fleet.md) and measures, over the window only
+`--fleet-observer`, it is true and the window starts with the observer's first sweep once every
+workload is watched, from its first pass on: docs/fleet.md; it prints how long each sweep of the
+window took) and measures, over the window only
 (bench/measure.py says how): the CPU time and resident memory of every process of the stack
 (the worker, its git children, the Temporal server, each emulator) from /proc; and Temporal
 Cloud's billable actions, counted from the history of every workflow in the namespace (every
@@ -25,7 +26,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from measure import (
@@ -41,12 +42,14 @@ from measure import (
 
 # bench/workers.py and bench/postgres_onboarding.py import it from here.
 from measure import cpu_seconds as cpu_seconds
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from idp.durations import format_duration, parse_duration
 from idp.models import Workload
 from starter import dev, operations, temporal
 from workflows.messages import WaitReadyRequest
+from workflows.observer import observer_id
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
@@ -138,6 +141,33 @@ async def all_watched(client: Client, workloads: int, drift: timedelta) -> float
     return time.perf_counter() - started
 
 
+async def sweeps(client: Client) -> list[tuple[datetime, datetime | None]]:
+    """The fleet observer's sweeps in its current run: when each was scheduled and when it
+    completed (None while it runs)."""
+    history = await client.get_workflow_handle(observer_id("idp")).fetch_history()
+    scheduled: dict[int, datetime] = {}
+    completed: dict[int, datetime] = {}
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.event_time.ToDatetime(UTC)
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = event.activity_task_completed_event_attributes.scheduled_event_id
+            completed[done] = event.event_time.ToDatetime(UTC)
+    return [(at, completed.get(event_id)) for event_id, at in scheduled.items()]
+
+
+async def next_sweep(client: Client, drift: timedelta) -> datetime:
+    """When the observer scheduled its next sweep, waiting for it: a window from then of one
+    interval holds exactly one sweep, whole, however long it takes."""
+    seen = {at for at, _ in await sweeps(client)}
+    deadline = time.monotonic() + drift.total_seconds() + 60
+    while not (new := [at for at, _ in await sweeps(client) if at not in seen]):
+        if time.monotonic() > deadline:
+            raise SystemExit("error: the fleet observer did not sweep within an interval")
+        await asyncio.sleep(1)
+    return new[0]
+
+
 async def main(
     workloads: int, window: timedelta, drift: timedelta, sample_every: float, fleet: bool
 ) -> None:
@@ -155,8 +185,11 @@ async def main(
             watched_after = await all_watched(client, workloads, drift) if fleet else None
             ids = [item.workflow_id for item in items]
             meter = ProcessMeter.of_stack(stack)
+            # History lengths take a while to read at 10,000: read before the wait for the
+            # sweep, so that all of it falls in the window.
             before = await current_runs(client, ids)
             can_before = await continued_as_new(client)
+            first = await next_sweep(client, drift) if fleet else None
             metric_before = await server_actions(stack.server_metrics_url, client.namespace)
             since = time.time_ns()
             meter.begin()
@@ -173,6 +206,7 @@ async def main(
             events = await events_between(client, before, after)
             can = await continued_as_new(client) - can_before
             by_type = await history_actions(client, since, until)
+            swept = [s for s in await sweeps(client) if s[0] >= first] if first else []
         finally:
             stack.stop()
 
@@ -185,7 +219,12 @@ async def main(
           f"{format_duration(drift)}; {workloads} applied in {apply_seconds:.0f}s")  # fmt: skip
     if watched_after is not None:
         print(f"fleet observer on: all {workloads} watched {watched_after:.0f}s after the last "
-              "was Ready; the window started then")  # fmt: skip
+              "was Ready; the window started with the observer's next sweep")  # fmt: skip
+        end = datetime.fromtimestamp(until / 1e9, UTC)
+        for at, done in swept:
+            if at < end:
+                took = "still running" if done is None else f"{(done - at).total_seconds():.1f} s"
+                print(f"  a sweep in the window: {took} from scheduled to completed")
     else:
         print("fleet observer off: every workload checks on its own")
     worker_cpu = 100 * meter.own("worker") / meter.seconds

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from starter.replay import from_files, replay
+from workflows.observer import SWEEP_AT_FIXED_RATE
+from workflows.steps import patched
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -20,12 +24,22 @@ def test_histories_cover_every_scenario() -> None:
         "port-run",
         "refusals",
         "fleet-observer",
+        "baseline-fleet-observer",
+        "baseline-continue-as-new",
     ):
         assert f"workload-{scenario}" in names
     assert {"api-aggregator-lifecycle", "port-run", "fleet-observer"} <= names
+    assert "baseline-fleet-observer" in names
 
 
 async def test_every_committed_history_replays() -> None:
     outcomes = await replay(from_files(HISTORIES))
     assert len(outcomes) == len(HISTORIES)
     assert [o for o in outcomes if o.error] == []
+
+
+def test_a_patch_newer_than_the_baseline_is_asked_on_its_own() -> None:
+    # A run recorded after the baseline has its marker and did not take the new branch: were
+    # the new patch folded in, replaying that run would take it.
+    with pytest.raises(ValueError, match="newer than baseline"):
+        patched(SWEEP_AT_FIXED_RATE)

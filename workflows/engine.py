@@ -6,10 +6,11 @@ into conditions, events, metrics and search attributes (Crossplane's managed rec
 conditions the same way, while each ExternalClient only observes and acts). On delete it tears
 them down in reverse order.
 
-A capability's first run in a workflow is gated by a patch keyed on its name, so installing one
-on the workers of a fleet never breaks the replay of running workflows: replaying a pass recorded
-without it skips it, and the next live pass takes it up. The patch id carries the pass number
-because the SDK memoises `patched` per id for a whole run: with one id per capability, a run
+Installing a capability on the workers of a fleet never breaks the replay of running workflows:
+a pass runs only what its recorded settings offered, so replaying a pass recorded without it
+skips it, and the next live pass takes it up. Runs begun before the settings were trusted for
+this (before workflows.steps.BASELINE) gate its first run by a patch keyed on its name and the
+pass: the SDK memoises `patched` per id for a whole run, and with one id per capability, a run
 that replayed without the capability would never take it up until it continued as new.
 """
 
@@ -39,14 +40,22 @@ with workflow.unsafe.imports_passed_through():
     from idp.errors import PermanentError
     from workflows import metrics
     from workflows.state import ConditionStatus, Phase, WorkloadState
-    from workflows.steps import STEP_RETRY, STEP_TIMEOUT, StepFailed, failure, is_permanent
+    from workflows.steps import (
+        ROLLOUT,
+        STEP_RETRY,
+        STEP_TIMEOUT,
+        StepFailed,
+        failure,
+        is_permanent,
+        patched,
+    )
 
 DELETED = Outcome.DELETED.value
 MISSING = "CapabilityMissing"
 
 
 def rollout_patch(name: str, passes: int) -> str:
-    return f"capability-{name}-{passes}"
+    return f"{ROLLOUT}{name}-{passes}"
 
 
 class Engine:
@@ -121,7 +130,7 @@ class Engine:
     def _rolled_out(self, capability: Capability[Any, Any]) -> bool:
         if capability.name in self.state.rolled_out:
             return True
-        if not workflow.patched(rollout_patch(capability.name, self.state.passes)):
+        if not patched(rollout_patch(capability.name, self.state.passes)):
             return False  # replaying a pass recorded before this capability was installed
         self.state.rolled_out.append(capability.name)
         return True

@@ -19,8 +19,14 @@ with workflow.unsafe.imports_passed_through():
     from idp.models import Model
     from workflows.steps import STEP_RETRY, STEP_TIMEOUT, failure
 
+# Sweeps start one interval apart, however long each takes, so that drift is found within one
+# interval; before this, each waited one interval after the last had ended.
+SWEEP_AT_FIXED_RATE = "sweep-at-fixed-rate"
 # Sweeps per run: its history stays a few hundred events, whatever the fleet.
 SWEEPS_PER_RUN = 100
+# Between a sweep that took its whole interval and the next: the fleet's workloads and the
+# systems it reads get a breath.
+MIN_PAUSE = timedelta(seconds=1)
 # Before a sweep has said what the platform's drift interval is, and after one failed.
 RETRY_AFTER = timedelta(minutes=1)
 
@@ -43,6 +49,7 @@ class FleetObserverWorkflow:
         sweeps, interval = input.sweeps, input.interval
         for _ in range(SWEEPS_PER_RUN):
             sweeps += 1
+            began = workflow.now()
             try:
                 result = await workflow.execute_activity_method(
                     FleetActivities.sweep,
@@ -61,7 +68,10 @@ class FleetObserverWorkflow:
                 continue
             workflow.set_current_details(_details(sweeps, result))
             interval = timedelta(seconds=result.interval_seconds)
-            await workflow.sleep(interval, summary="next sweep")
+            pause = interval
+            if workflow.patched(SWEEP_AT_FIXED_RATE):
+                pause = max(began + interval - workflow.now(), MIN_PAUSE)
+            await workflow.sleep(pause, summary="next sweep")
         workflow.continue_as_new(ObserverInput(sweeps=sweeps, interval=interval))
 
 

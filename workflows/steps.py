@@ -27,6 +27,13 @@ STEP_TIMEOUT = timedelta(minutes=2)
 
 # Changes to what running workflows send, each gated by workflow.patched so that histories
 # recorded before them keep replaying.
+# A run that begins on code with this one records it in place of the patches older than it
+# (FOLDED): one marker and one TemporalChangeVersion upsert a run instead of one of each per
+# patch (a new workload passed 5).
+BASELINE = "baseline-2026-12"
+# The first run of a capability in a workflow, one id per capability and pass
+# (workflows/engine.py).
+ROLLOUT = "capability-"
 # The aggregator's phase is derived from every condition (refused targets are Degraded, not
 # Ready), which changes the IdpPhase search attribute it upserts.
 PHASE_FROM_CONDITIONS = "phase-from-conditions"
@@ -39,9 +46,23 @@ AUTO_UPGRADE_ON_CONTINUE_AS_NEW = "auto-upgrade-on-continue-as-new"
 # timer, and publishes what the observer must find (docs/fleet.md): other timers, and a search
 # attribute upsert.
 FLEET_OBSERVED = "fleet-observed"
+# What BASELINE stands for. A patch added after it is asked with workflow.patched alone: a run
+# recorded between the two has the BASELINE marker and did not take the new branch.
+FOLDED = frozenset({AUTO_UPGRADE_ON_CONTINUE_AS_NEW, FLEET_OBSERVED})
 # How long a watched workload sleeps at most: should the observer be gone (terminated, its
 # workers stopped), each workload still checks on its own, at less than one action a day.
 WATCHED_BACKSTOP = timedelta(days=7)
+
+
+def patched(patch_id: str) -> bool:
+    """`workflow.patched(patch_id)` for a patch BASELINE stands for, with no marker of its own
+    in a run that began on code with BASELINE. The SDK memoises each id for the run, and
+    BASELINE is asked first: a run recorded before it (replaying, no BASELINE marker) answers
+    False for the whole run and asks each id as it did, while a new run answers True once and
+    never asks the others."""
+    if patch_id not in FOLDED and not patch_id.startswith(ROLLOUT):
+        raise ValueError(f"{patch_id} is newer than {BASELINE}: ask workflow.patched itself")
+    return workflow.patched(BASELINE) or workflow.patched(patch_id)
 
 
 class StepFailed(Exception):
@@ -151,7 +172,7 @@ def continue_as_new_if_suggested(next_input: Any, now: bool = False) -> None:
     suggested = now or workflow.info().is_continue_as_new_suggested()
     if suggested and workflow.all_handlers_finished():
         # Asked only when continuing: a pass that goes on records no marker.
-        upgrade = workflow.patched(AUTO_UPGRADE_ON_CONTINUE_AS_NEW)
+        upgrade = patched(AUTO_UPGRADE_ON_CONTINUE_AS_NEW)
         workflow.continue_as_new(
             next_input,
             initial_versioning_behavior=(

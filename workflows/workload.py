@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         continue_as_new_if_suggested,
         details,
         failure,
+        patched,
         read_settings,
         reject,
         wait_for_work,
@@ -353,7 +354,7 @@ class WorkloadWorkflow:
             if current:
                 workflow.upsert_search_attributes([sa.FLEET.value_unset()])
             return False
-        if not workflow.patched(FLEET_OBSERVED):
+        if not patched(FLEET_OBSERVED):
             return False
         if entries != current:
             workflow.upsert_search_attributes([sa.FLEET.value_set(entries)])

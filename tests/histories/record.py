@@ -322,7 +322,7 @@ async def fleet_observer(client: Client, repo: Path, name: str) -> WorkflowHandl
 WORKLOAD_HISTORIES: dict[str, WorkflowHandle] = {}
 # Scenarios that run with the fleet observer, a drift interval short enough to watch, and the
 # platform they ran with.
-OBSERVED = {"fleet-observer"}
+OBSERVED = {"fleet-observer", "baseline-fleet-observer"}
 OBSERVED_PLATFORMS: dict[str, Platform] = {}
 
 
@@ -361,6 +361,11 @@ SCENARIOS: dict[str, Scenario] = {
     "port-run": port_run,
     "workload-refusals": refusals,
     "fleet-observer": fleet_observer,
+    # Recorded again after workflows.steps.BASELINE, which records one marker in place of the
+    # rollout, fleet-observed and auto-upgrade patches, and the observer's sweeps at a fixed
+    # rate: the new runs' form must replay too.
+    "baseline-fleet-observer": fleet_observer,
+    "workload-baseline-continue-as-new": continue_as_new,
 }
 
 

@@ -29,7 +29,13 @@ def serial(app: Any) -> Any:
 
     def serve(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         with lock:
-            return list(app(environ, start_response))
+            answer = app(environ, start_response)
+            try:
+                return list(answer)
+            finally:
+                # As a WSGI server would, once the answer is read (PEP 3333).
+                if hasattr(answer, "close"):
+                    answer.close()
 
     return serve
 

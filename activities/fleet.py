@@ -100,20 +100,20 @@ class FleetActivities:
         if actions is None:
             log.warning("fleet read of %s failed: not installed on this worker", name)
             return None
-        for pause in (*READ_RETRIES, None):
+        pauses = iter(READ_RETRIES)
+        while True:
             try:
                 return await actions.fleet_observe(keys)
             except Exception as error:
                 # Misconfigured (a PermanentError), another try cannot do better.
-                if isinstance(error, PermanentError):
-                    pause = None
+                permanent = isinstance(error, PermanentError)
+                pause = None if permanent else next(pauses, None)
                 again = "" if pause is None else f"; again in {pause:g} s"
                 # The type only: an exception's text may quote what a client sent.
                 log.warning("fleet read of %s failed (%s)%s", name, type(error).__name__, again)
                 if pause is None:
                     return None
                 await asyncio.sleep(pause)
-        return None
 
     async def _members(self) -> list[Member]:
         """The watched workloads of this task queue: another's have a platform file, and so

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import running
+
 from idp import ids
 from idp.gateway import aggregator_directory, render_aggregator
 from idp.models import ApiAggregator, ApiTarget, Workload
@@ -201,4 +203,4 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=int, default=200)
-    asyncio.run(main(parser.parse_args().targets))
+    running.run(main(parser.parse_args().targets))

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import running
+
 from idp.models import Workload
 from starter import dev, operations, temporal
 from workflows.messages import RotateRequest, WaitReadyRequest
@@ -142,4 +144,4 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--nats", action="store_true", help="workloads with a NATS user")
     args = parser.parse_args()
-    asyncio.run(main(args.samples, args.burst, args.nats))
+    running.run(main(args.samples, args.burst, args.nats))

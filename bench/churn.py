@@ -20,7 +20,6 @@ whenever its mounted secret changes: one per delivery).
 """
 
 import argparse
-import asyncio
 import os
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import no_churn
+import running
 import yaml
 from moto.server import ThreadedMotoServer
 from temporalio.testing import WorkflowEnvironment
@@ -221,4 +221,4 @@ async def main(days: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=30)
-    asyncio.run(main(parser.parse_args().days))
+    running.run(main(parser.parse_args().days))

@@ -9,7 +9,6 @@ machine noise, and prints one table. A micro-benchmark of the codec alone follow
 """
 
 import argparse
-import asyncio
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import running
 from pydantic import BaseModel
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
@@ -175,7 +175,7 @@ if __name__ == "__main__":
     parser.add_argument("--activities", type=int, default=20)
     parser.add_argument("--payload-bytes", type=int, default=1024)
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.activities, args.payload_bytes))
+    running.run(main(args.runs, args.activities, args.payload_bytes))
     # Skip interpreter teardown: the SDK's Rust threads can abort it (temporalio/sdk-python#300),
     # which would turn a finished benchmark into exit code 134.
     sys.stdout.flush()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import running
 import yaml
 from onboarding import ready
 
@@ -174,4 +175,4 @@ if __name__ == "__main__":
     parser.add_argument("--workloads", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5)
     arguments = parser.parse_args()
-    asyncio.run(measure(arguments.workloads, arguments.runs))
+    running.run(measure(arguments.workloads, arguments.runs))

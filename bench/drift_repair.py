@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import running
 from steady_state import all_watched, apply_all, free_port, workload
 from temporalio.client import Client
 
@@ -302,4 +303,4 @@ if __name__ == "__main__":
     parser.add_argument("--workloads", type=int, default=24)
     parser.add_argument("--drift", type=parse_duration, default=timedelta(seconds=30))
     args = parser.parse_args()
-    asyncio.run(main(args.workloads, args.drift))
+    running.run(main(args.workloads, args.drift))

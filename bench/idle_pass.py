@@ -18,6 +18,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import running
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
@@ -113,4 +114,4 @@ async def main(passes: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=5)
-    asyncio.run(main(parser.parse_args().passes))
+    running.run(main(parser.parse_args().passes))

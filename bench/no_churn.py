@@ -10,7 +10,6 @@ wrote: commits, Secrets Manager versions, credential issuances.
 """
 
 import argparse
-import asyncio
 import logging
 import os
 import subprocess
@@ -20,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import boto3
+import running
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from moto.server import ThreadedMotoServer
@@ -176,4 +176,4 @@ synadia:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=100)
-    asyncio.run(main(parser.parse_args().passes))
+    running.run(main(parser.parse_args().passes))

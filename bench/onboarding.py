@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import running
 from measure import (
     NOT_IN_HISTORY,
     MeteredStack,
@@ -249,4 +250,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,500,1000")
     sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
-    asyncio.run(main(sizes))
+    running.run(main(sizes))

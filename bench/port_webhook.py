@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import running
 
 from idp.portwebhook import signed_headers
 from starter import dev
@@ -176,4 +177,4 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    asyncio.run(main(args.samples, args.burst, args.concurrency))
+    running.run(main(args.samples, args.burst, args.concurrency))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import running
 from temporalio.client import Client, WorkflowHandle
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -189,4 +190,4 @@ if __name__ == "__main__":
     parser.add_argument("--drift", default="4h", help="the reconciler's drift interval (4h)")
     parser.add_argument("--reconciles", type=int, default=100)
     args = parser.parse_args()
-    asyncio.run(main(args.days, parse_duration(args.drift), args.reconciles))
+    running.run(main(args.days, parse_duration(args.drift), args.reconciles))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import running
 from onboarding import ready
 from steady_state import cpu_seconds
 
@@ -112,4 +113,4 @@ async def measure(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", type=int, default=100)
-    asyncio.run(measure(parser.parse_args().workloads))
+    running.run(measure(parser.parse_args().workloads))

@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import running
+from measure import byte_compile
 from onboarding import ready, workload
 
 from starter import dev, temporal
@@ -110,6 +112,7 @@ async def measure(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         if args.count_git:
             os.environ["PATH"] = f"{git_shim(root)}:{os.environ['PATH']}"
+        byte_compile()
         stack = dev.Stack(
             root / "stack", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
         )
@@ -184,7 +187,7 @@ def main() -> None:
     parser.add_argument("--count-git", action="store_true")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
-    result = asyncio.run(measure(args))
+    result = running.run(measure(args))
     n = result["n"]
     own, git = result["worker_cpu"], result["git_children_cpu"]
     print(json.dumps(result, indent=1))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import running
 from measure import (
     NOT_IN_HISTORY,
     MeteredStack,
@@ -274,4 +275,4 @@ if __name__ == "__main__":
         parser.error(
             f"--minutes: the window must cover one drift interval ({format_duration(args.drift)})"
         )
-    asyncio.run(main(args.workloads, window, args.drift, args.sample_seconds, args.fleet_observer))
+    running.run(main(args.workloads, window, args.drift, args.sample_seconds, args.fleet_observer))

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import running
 from onboarding import workload
 from steady_state import cpu_seconds
 from temporalio.api.enums.v1 import EventType, TimeoutType
@@ -431,4 +432,4 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     configurations = [int(count) for count in args.workers.split(",")]
-    asyncio.run(main(args.workloads, args.takeover_workloads, configurations))
+    running.run(main(args.workloads, args.takeover_workloads, configurations))

@@ -5,6 +5,10 @@ for that: a DescribeRepositories that iterates the registry while a CreateReposi
 fails with "dictionary changed size during iteration", returned as a 500. AWS never answers so,
 and at a few thousand workloads a fleet read meets it on every try (seen in a 10,000-workload
 run). Requests are still read and written on threads of their own; only moto's work is serial.
+
+Served by waitress rather than moto's werkzeug server, which closes the connection after every
+answer: AWS keeps connections open, and a client that had to reconnect for each call (boto3's
+pool does) would spend on it what it never spends against AWS.
 """
 
 import argparse
@@ -15,12 +19,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import run_simple
+import waitress
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 
 def serial(app: Any) -> Any:
@@ -48,12 +48,14 @@ def main() -> None:
     # moto names itself in some answers (presigned URLs) by this port, as its own server sets it.
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run_simple(
-        args.host,
-        args.port,
+    # More connections than waitress's default 100: each worker's boto3 clients pool 10 apiece.
+    waitress.serve(
         serial(DomainDispatcherApplication(create_backend_app)),
-        threaded=True,
-        request_handler=MotoRequestHandler,
+        host=args.host,
+        port=args.port,
+        threads=4,
+        connection_limit=1000,
+        ident="moto",
     )
 
 

@@ -88,8 +88,8 @@ def capability_activities(
             observation = await actions.observe(ctx)
             plan = capability.plan(ctx, observation)
             report = reported(await actions.apply(ctx, plan, observation), plan)
-            if report.status != "Ready" or not has_fleet_read(capability):
-                return report
+            if report.status != "Ready" or not has_fleet_read(capability) or report.fingerprint:
+                return report  # not in sync, no fleet read, or the apply knew what it left
             now = ctx
             if plan:
                 # Read back what the apply left, so that the workload sleeps on it from now

@@ -11,9 +11,13 @@ from temporalio import activity
 T = TypeVar("T")
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=15)
+# Half the timeout: a heartbeat reaches the server in time even behind a busy event loop, and
+# an activity done sooner sends none. Temporal Cloud bills each one that reaches the server; at
+# every 3 s, a loaded 500-workload onboarding sent 1.6 per workload beside 15 other actions.
+EVERY = HEARTBEAT_TIMEOUT.total_seconds() / 2
 
 
-async def heartbeating(work: Awaitable[T], every: float = 3.0) -> T:
+async def heartbeating(work: Awaitable[T], every: float = EVERY) -> T:
     task = asyncio.ensure_future(work)
     try:
         while True:

@@ -20,7 +20,7 @@ a timeout queues behind).
 
 What bounds that wait:
 - an activity the dead worker was running is retried once its heartbeat timeout expires
-  (activities/heartbeat.py HEARTBEAT_TIMEOUT, 15 s, heartbeats every 3 s), after the retry
+  (activities/heartbeat.py HEARTBEAT_TIMEOUT, 15 s, heartbeats every 7.5 s), after the retry
   policy's first interval (1 s); one without a heartbeat timeout waits out its whole
   start-to-close timeout (publish_workload: 1 minute);
 - a workflow task of a workflow cached on the dead worker is queued on that worker's sticky queue

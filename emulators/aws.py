@@ -5,10 +5,6 @@ for that: a DescribeRepositories that iterates the registry while a CreateReposi
 fails with "dictionary changed size during iteration", returned as a 500. AWS never answers so,
 and at a few thousand workloads a fleet read meets it on every try (seen in a 10,000-workload
 run). Requests are still read and written on threads of their own; only moto's work is serial.
-
-Served by waitress rather than moto's werkzeug server, which closes the connection after every
-answer: AWS keeps connections open, and a client that had to reconnect for each call (boto3's
-pool does) would spend on it what it never spends against AWS.
 """
 
 import argparse
@@ -19,8 +15,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import waitress
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
 
 
 def serial(app: Any) -> Any:
@@ -48,14 +48,12 @@ def main() -> None:
     # moto names itself in some answers (presigned URLs) by this port, as its own server sets it.
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # More connections than waitress's default 100: each worker's boto3 clients pool 10 apiece.
-    waitress.serve(
+    run_simple(
+        args.host,
+        args.port,
         serial(DomainDispatcherApplication(create_backend_app)),
-        host=args.host,
-        port=args.port,
-        threads=4,
-        connection_limit=1000,
-        ident="moto",
+        threaded=True,
+        request_handler=MotoRequestHandler,
     )
 
 

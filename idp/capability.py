@@ -189,7 +189,8 @@ class Report(Model):
         None,
         description="What a fleet read must find for this workload to stay asleep; only "
         "when the capability has a fleet read and the pass found it in sync, or, after an "
-        "apply, a second observe did.",
+        "apply, a second observe did. An apply that knows what it left without reading it "
+        "back (what its creates answered) may set it; the second observe is then skipped.",
     )
 
 

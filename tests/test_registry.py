@@ -27,7 +27,7 @@ from support.awscalls import REGISTRY_READS, CallCounter
 from support.moto import MOTO_ACCOUNT_ID, moto_auth, reset_moto
 
 from capabilities.registry.aws import apply, observe, teardown
-from capabilities.registry.capability import RegistryPlan, plan_registry
+from capabilities.registry.capability import RegistryPlan, plan_registry, registry_fingerprint
 from capabilities.registry.target import RegistryTarget
 from idp.aws.client import AwsClients, call_aws, map_client_error
 from idp.aws.ecr import lifecycle_policy, normalize_lifecycle, validate_lifecycle_policy
@@ -141,7 +141,7 @@ def ensure(target: RegistryTarget, spec: RegistrySpec, clients: AwsClients) -> P
     """One pass, as the capability's activity makes it: observe, plan, apply."""
     observation = observe(target, spec, clients)
     plan = plan_registry(spec, observation)
-    output = apply(plan, observation, clients)
+    output, _ = apply(plan, observation, clients)
     return Pass(plan, output.repository_uri, output.role_arn)
 
 
@@ -153,6 +153,29 @@ def assert_quiet_pass(clients: AwsClients, target: RegistryTarget, spec: Registr
 
 
 # --- create and steady state -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("managed", [False, True], ids=["plain", "with-managed-policy"])
+def test_a_create_tells_what_a_read_back_would_find(
+    clients: AwsClients, target: RegistryTarget, managed: bool
+) -> None:
+    """A new workload sleeps on the fingerprint of what its create made, taken from the
+    answers: it must be the one its own observe and the fleet read give, or every new workload
+    would be woken by the first sweep."""
+    arns = [make_policy(clients, "extra")] if managed else []
+    spec = RegistrySpec(managed_policy_arns=arns)
+    observation = observe(target, spec, clients)
+    plan = plan_registry(spec, observation)
+
+    _, made = apply(plan, observation, clients)
+
+    assert made is not None
+    read_back = observe(target, spec, clients)
+    assert registry_fingerprint(made) == registry_fingerprint(read_back) is not None
+    # Anything but a create from nothing is read back.
+    clients.ecr.delete_lifecycle_policy(repositoryName=target.repository_name)
+    observation = observe(target, spec, clients)
+    assert apply(plan_registry(spec, observation), observation, clients)[1] is None
 
 
 def test_create_makes_repository_and_role_as_specified(

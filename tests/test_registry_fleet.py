@@ -75,11 +75,18 @@ async def test_what_a_pass_records_is_what_the_fleet_read_finds(
     ctx = context(workload(registry={"managedPolicyArns": [managed] if with_managed else []}))
     reconcile = capability_activities(REGISTRY, actions)[0]
 
-    created = await ActivityEnvironment().run(reconcile, ctx)
+    with CallCounter(actions.clients()) as counter:
+        created = await ActivityEnvironment().run(reconcile, ctx)
     recorded = (await ActivityEnvironment().run(reconcile, ctx)).fingerprint
 
-    # The pass that creates reads back what it made, so the workload is watched at once.
+    # The pass that creates takes the fingerprint of what it made from its creates' answers,
+    # without reading it back (its only reads are the two that find nothing), so the workload
+    # is watched at once, on what the next pass records.
     assert created.reason == "Created" and created.fingerprint == recorded
+    assert [c for c in counter.calls if c not in counter.writes] == [
+        "ecr:DescribeRepositories",
+        "iam:GetRole",
+    ]
     assert recorded is not None
     # Attached policies are in the digest exactly when the pass listed them.
     assert recorded.key == f"{REPOSITORY}|{ROLE}" + ("|attached" if with_managed else "")

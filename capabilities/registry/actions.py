@@ -12,6 +12,7 @@ from capabilities.registry.capability import (
     RegistryOutput,
     RegistryPlan,
     explain_registry,
+    registry_fingerprint,
 )
 from capabilities.registry.target import RegistryTarget
 from idp.aws.client import AwsClients
@@ -76,8 +77,11 @@ class RegistryActions(Actions[RegistryObservation, RegistryPlan]):
     async def apply(
         self, ctx: Context, plan: RegistryPlan, observation: RegistryObservation
     ) -> Report:
-        output = await asyncio.to_thread(aws.apply, plan, observation, self.clients())
-        return report(plan, output)
+        output, made = await asyncio.to_thread(aws.apply, plan, observation, self.clients())
+        applied = report(plan, output)
+        if made is None:
+            return applied  # the activity reads back what the apply left
+        return applied.model_copy(update={"fingerprint": registry_fingerprint(made)})
 
     async def explain(
         self, ctx: Context, plan: RegistryPlan, observation: RegistryObservation

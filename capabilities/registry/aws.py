@@ -80,6 +80,14 @@ def _repository_state(ecr: BaseClient, repo: Mapping[str, Any]) -> RepositorySta
         {"LifecyclePolicyNotFoundException"},
         repositoryName=repo["repositoryName"],
     )
+    return _repository(repo, tags.get("tags"), lifecycle and lifecycle["lifecyclePolicyText"])
+
+
+def _repository(
+    repo: Mapping[str, Any], tags: list[dict[str, str]] | None, lifecycle: str | None
+) -> RepositoryState:
+    """`repo` as DescribeRepositories or CreateRepository describes it (the same fields), with
+    its tags and lifecycle policy text."""
     encryption = repo.get("encryptionConfiguration", {})
     return RepositoryState(
         uri=repo["repositoryUri"],
@@ -88,8 +96,8 @@ def _repository_state(ecr: BaseClient, repo: Mapping[str, Any]) -> RepositorySta
         scan_on_push=repo.get("imageScanningConfiguration", {}).get("scanOnPush"),
         encryption_type=encryption.get("encryptionType", "AES256"),
         kms_key=encryption.get("kmsKey"),
-        tags=tag_dict(tags.get("tags")),
-        lifecycle_policy=lifecycle and lifecycle["lifecyclePolicyText"],
+        tags=tag_dict(tags),
+        lifecycle_policy=lifecycle,
     )
 
 
@@ -195,8 +203,11 @@ def _roles(iam: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]:
     return {role["RoleName"]: role for role in roles if role["RoleName"] in names}
 
 
-def apply(plan: RegistryPlan, observed: RegistryObservation, clients: AwsClients) -> RegistryOutput:
-    """Send the plan's calls in order and name what exists now.
+def apply(
+    plan: RegistryPlan, observed: RegistryObservation, clients: AwsClients
+) -> tuple[RegistryOutput, RegistryObservation | None]:
+    """Send the plan's calls in order and name what exists now; with it, when the plan made
+    both the repository and the role from nothing, what a fresh observe would find (`_made`).
 
     A create that AWS answers with "already exists" (something made it since observe, or a
     crash after the create) is a TransientError (idp/aws/client.py): the retry observes again,
@@ -212,11 +223,41 @@ def apply(plan: RegistryPlan, observed: RegistryObservation, clients: AwsClients
         log.info("registry of %s/%s: %s", target.system, target.name, plan.summary())
     repository = observed.repository
     role = observed.role
-    return RegistryOutput(
+    output = RegistryOutput(
         repository_uri=repository.uri
         if repository
         else answers["create_repository"]["repository"]["repositoryUri"],
         role_arn=role.arn if role else answers["create_role"]["Role"]["Arn"],
+    )
+    return output, _made(plan, observed, answers)
+
+
+def _made(
+    plan: RegistryPlan, observed: RegistryObservation, answers: Mapping[str, dict[str, Any]]
+) -> RegistryObservation | None:
+    """When `plan` made both from nothing: each as its create answered, with the tags, the
+    lifecycle policy, the inline policy and the attachments the plan sent, which is all a new
+    resource holds. This spares the read-back of a new workload (6 calls), which IAM's eventual
+    consistency can also answer with a role not found yet. None for any other plan."""
+    if sorted(plan.created) != ["repository", "role"] or plan.repaired:
+        return None
+    sent = {call.operation: call.params for call in plan.calls}
+    attached = [c.params["PolicyArn"] for c in plan.calls if c.operation == "attach_role_policy"]
+    tags = sent["create_role"]["Tags"]
+    listed = lists_attached_policies(attached, tag_dict(tags))
+    return observed.model_copy(
+        update={
+            "repository": _repository(
+                answers["create_repository"]["repository"],
+                sent["create_repository"]["tags"],
+                sent["put_lifecycle_policy"]["lifecyclePolicyText"],
+            ),
+            "role": _role_state(
+                {**answers["create_role"]["Role"], "Tags": tags},
+                sent["put_role_policy"]["PolicyDocument"],
+                attached if listed else None,
+            ),
+        }
     )
 
 

@@ -162,6 +162,17 @@ def registry_digest(repository: RepositoryState, role: RoleState) -> str:
     return digest({"repository": repo, "role": iam})
 
 
+def registry_fingerprint(observation: RegistryObservation) -> Fingerprint | None:
+    """Only when both exist: a workload missing one is not in sync, and the fleet read leaves
+    out a key whose repository or role it does not find."""
+    repository, role = observation.repository, observation.role
+    if repository is None or role is None:
+        return None
+    target = observation.target
+    key = FleetKey(target.repository_name, target.role_name, role.attached_policies is not None)
+    return Fingerprint(key=key.text, digest=registry_digest(repository, role))
+
+
 @dataclass
 class _Steps:
     changes: list[Change] = field(default_factory=list)
@@ -583,14 +594,7 @@ class Registry(Capability[RegistryObservation, RegistryPlan]):
         )
 
     def fingerprint(self, ctx: Context, observation: RegistryObservation) -> Fingerprint | None:
-        """Only when both exist: a workload missing one is not in sync, and the fleet read
-        leaves out a key whose repository or role it does not find."""
-        repository, role = observation.repository, observation.role
-        if repository is None or role is None:
-            return None
-        target = observation.target
-        key = FleetKey(target.repository_name, target.role_name, role.attached_policies is not None)
-        return Fingerprint(key=key.text, digest=registry_digest(repository, role))
+        return registry_fingerprint(observation)
 
     def describe(self, outputs: Mapping[str, Any]) -> list[str]:
         output = RegistryOutput.model_validate(outputs)

@@ -253,7 +253,33 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+# Ports already handed out by this process, which nothing may listen on yet.
+_HANDED_OUT: set[int] = set()
+# Where to look for a free port when the kernel's range for outgoing connections is unknown.
+_EPHEMERAL_FLOOR = 32768
+
+
 def free_port(host: str) -> int:
+    """A port nothing listens on, for a process about to listen on it. Chosen below the kernel's
+    range for outgoing connections: a port that bind(0) hands out is one any outgoing connection
+    on the machine may take before that process binds it (seen once as the Synadia emulator's
+    "Address already in use" while the tests ran)."""
+    try:
+        floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        floor = _EPHEMERAL_FLOOR
+    # A system whose outgoing range starts low leaves no room below it: bind(0), as before.
+    for _ in range(200 if floor > 11000 else 0):
+        port = secrets.randbelow(floor - 10000) + 10000
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -17,11 +17,11 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 EVERY = HEARTBEAT_TIMEOUT.total_seconds() / 2
 
 
-async def heartbeating(work: Awaitable[T], every: float = EVERY) -> T:
+async def heartbeating(work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(work)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
+            done, _ = await asyncio.wait({task}, timeout=EVERY)
             if done:
                 return task.result()
             activity.heartbeat()

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -27,13 +26,6 @@ from starter import dev, operations, temporal
 from workflows.messages import RotateRequest, WaitReadyRequest
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl": "7d"}}
 
@@ -81,7 +73,9 @@ def percentile(values: list[float], q: float) -> float:
 
 async def main(samples: int, burst: int, nats: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
-        stack = dev.Stack(Path(tmp), "127.0.0.1", free_port(), free_port())
+        stack = dev.Stack(
+            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+        )
         try:
             await dev.start(stack)
             client = await temporal.connect(temporal.TemporalSettings(address=stack.address))

@@ -31,7 +31,7 @@ from typing import Any
 
 import boto3
 import running
-from steady_state import all_watched, apply_all, free_port, workload
+from steady_state import all_watched, apply_all, workload
 from temporalio.client import Client
 
 from activities.capabilities import settings_of
@@ -254,7 +254,9 @@ def worker_actions(platform: Platform, cache: Path) -> dict[str, Actions[Any, An
 
 async def main(workloads: int, drift: timedelta) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-drift-") as tmp:
-        stack = dev.Stack(Path(tmp), "127.0.0.1", free_port(), free_port())
+        stack = dev.Stack(
+            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+        )
         stack.drift_interval = format_duration(drift)
         stack.fleet_observer = True
         try:

@@ -59,7 +59,6 @@ it, a marker per workflow task as `command_BatchMarkers`).
 from __future__ import annotations
 
 import asyncio
-import compileall
 import os
 import platform
 import re
@@ -106,9 +105,6 @@ class MeteredStack(dev.Stack):
 
     server_metrics_port: int = 0
 
-    def __post_init__(self) -> None:
-        byte_compile()
-
     def spawn(
         self,
         name: str,
@@ -125,17 +121,6 @@ class MeteredStack(dev.Stack):
     @property
     def server_metrics_url(self) -> str:
         return f"http://{self.host}:{self.server_metrics_port}/metrics"
-
-
-def byte_compile() -> None:
-    """Compile the project's modules, as installing it does (pip byte-compiles a package; the
-    image is built so). The workflow sandbox imports the workflow modules afresh for every
-    workflow it starts or replays: with PYTHONDONTWRITEBYTECODE set and no cache, each of those
-    imports would compile their source again, a cost no deployment pays."""
-    root = Path(dev.__file__).resolve().parents[1]
-    for package in ("activities", "capabilities", "emulators", "idp", "starter", "workflows"):
-        compileall.compile_dir(root / package, quiet=1)
-    compileall.compile_file(root / "worker.py", quiet=1)
 
 
 # ---- processes, from /proc --------------------------------------------------------------------

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -30,12 +29,6 @@ from idp.portwebhook import signed_headers
 from starter import dev
 
 REPORT_TIMEOUT = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -117,7 +110,9 @@ def report_seconds(sender: Sender, runs: dict[str, dict[str, Any]]) -> list[floa
 
 async def main(samples: int, burst: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
-        stack = dev.Stack(Path(tmp), "127.0.0.1", free_port(), free_port())
+        stack = dev.Stack(
+            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+        )
         try:
             await dev.start(stack)
             limits = httpx.Limits(max_connections=concurrency * 2)

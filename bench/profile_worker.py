@@ -26,7 +26,6 @@ from pathlib import Path
 
 import httpx
 import running
-from measure import byte_compile
 from onboarding import ready, workload
 
 from starter import dev, temporal
@@ -112,7 +111,6 @@ async def measure(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         if args.count_git:
             os.environ["PATH"] = f"{git_shim(root)}:{os.environ['PATH']}"
-        byte_compile()
         stack = dev.Stack(
             root / "stack", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
         )

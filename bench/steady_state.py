@@ -22,7 +22,6 @@ tables and stops everything.
 
 import argparse
 import asyncio
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -57,12 +56,6 @@ from workflows.workload import WorkloadWorkflow
 SYSTEM = "steady"
 APPLY_CONCURRENCY = 50
 DESCRIBE_CONCURRENCY = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def workload(index: int) -> Workload:
@@ -175,7 +168,9 @@ async def main(
     machine = machine_line()
     print(f"\n{machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="idp-steady-") as tmp:
-        stack = MeteredStack(Path(tmp), "127.0.0.1", free_port(), free_port())
+        stack = MeteredStack(
+            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+        )
         stack.drift_interval = format_duration(drift)
         stack.fleet_observer = fleet
         try:

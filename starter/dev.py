@@ -271,15 +271,9 @@ def free_port(host: str) -> int:
     # A system whose outgoing range starts low leaves no room below it: bind(0), as before.
     for _ in range(200 if floor > 11000 else 0):
         port = secrets.randbelow(floor - 10000) + 10000
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
+        if port not in _HANDED_OUT and port_free(host, port):
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

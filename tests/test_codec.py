@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import stat
 import sys
 import uuid
@@ -67,12 +66,6 @@ def plain_payload(text: str) -> Payload:
 def env_without_keys(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "IDP_"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---- the codec ---------------------------------------------------------------------------------
@@ -559,7 +552,7 @@ async def read_until(process: asyncio.subprocess.Process, needle: str, seen: lis
 async def test_the_temporal_cli_decodes_through_a_codec_server_process(
     encrypted_run: EncryptedRun,
 ) -> None:
-    port = free_port()
+    port = dev.free_port("127.0.0.1")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "starter.codec_server", "--port", str(port), "--ui-origin", UI,
         cwd=ROOT,
@@ -619,7 +612,7 @@ def payload_data(document: object) -> bytes:
 
 async def test_codec_server_process_refuses_to_start_without_a_token() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starter.codec_server", "--port", str(free_port()),
+        sys.executable, "-m", "starter.codec_server", "--port", str(dev.free_port("127.0.0.1")),
         cwd=ROOT, env=env_without_keys(IDP_CODEC_KEYS=f"k1:{generate_key()}"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -729,7 +722,9 @@ async def test_dev_stack_encrypts_and_points_the_ui_at_its_codec_server(
 ) -> None:
     # dev.start exports the stack's keys into this process; undo that after the test.
     monkeypatch.setenv("IDP_CODEC_KEYS", "placeholder")
-    stack = dev.Stack(tmp_path / ".idp", "127.0.0.1", free_port(), free_port())
+    stack = dev.Stack(
+        tmp_path / ".idp", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+    )
     try:
         await dev.start(stack)
         keys_mode = stat.S_IMODE(stack.codec_keys_file.stat().st_mode)
@@ -769,6 +764,8 @@ async def test_dev_stack_encrypts_and_points_the_ui_at_its_codec_server(
         stack.stop()
 
     # A second start reuses the key: the database it encrypted stays readable.
-    again = dev.Stack(tmp_path / ".idp", "127.0.0.1", free_port(), free_port())
+    again = dev.Stack(
+        tmp_path / ".idp", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
+    )
     dev.load_codec_secrets(again)
     assert again.codec_keys == stack.codec_keys

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from idp.sealing import (
     unseal,
     unseal_sealed_secret,
 )
+from starter.dev import free_port
 
 UPSTREAM_SCOPES = [SealingScope.STRICT, SealingScope.NAMESPACE_WIDE, SealingScope.CLUSTER_WIDE]
 
@@ -572,14 +572,8 @@ def test_url_serving_garbage_is_permanent(cert_server: CertServer) -> None:
         CertificateCache().get(source)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_unreachable_url_is_transient() -> None:
-    source = CertificateSource(url=f"http://127.0.0.1:{free_port()}/v1/cert.pem")
+    source = CertificateSource(url=f"http://127.0.0.1:{free_port('127.0.0.1')}/v1/cert.pem")
     with pytest.raises(TransientError, match=r"could not be reached \(ConnectError\)"):
         CertificateCache(timeout=2).get(source)
 

@@ -25,12 +25,14 @@ from test_nats_capabilities import (  # noqa: F401 (fixtures)
     platform,
     platform_for,
     remote,
+    someone_changes,
     total_calls,
     workload,
 )
 
 from activities.capabilities import capability_activities
 from capabilities import credentials, nats
+from capabilities.credentials import CredentialsOutputs
 from capabilities.nats import NatsOutputs
 from capabilities.nats.actions import NatsActions
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
@@ -246,6 +248,45 @@ async def test_every_drift_a_pass_acts_on_changes_what_the_fleet_read_finds(
     await wf.reconcile()
     again = await in_sync(wf)
     assert await fleet_read(wf).fleet_observe([again.key]) == {again.key: again.digest}
+
+
+@pytest.mark.parametrize("why", ["refresh", "secret-deleted"])
+async def test_an_issuance_that_rotates_the_key_reads_back_in_sync(
+    platform: Platform,  # noqa: F811 (the fixture imported above)
+    emulator: SynadiaEmulator,  # noqa: F811
+    remote: Path,  # noqa: F811
+    tmp_path: Path,
+    why: str,
+) -> None:
+    """A refresh, or a re-issue after the delivered secret went, downloads on a new key of the
+    user, which the Nats outputs of the same pass do not know yet. The issuance is still read
+    back in sync: the workload sleeps on what it delivered from this pass on, rather than after a
+    pass of its own one drift interval later."""
+    wf = flow(platform, tmp_path)
+    await wf.reconcile()
+    v1, user = wf.credentials(), wf.nats()
+    now = datetime.now(UTC)
+    if why == "refresh":
+        now = v1.next_refresh_at
+    else:
+        someone_changes(remote, tmp_path, v1.location, None)
+    reconcile = capability_activities(credentials.capability, wf.actions[CREDENTIALS])[0]
+    ctx = wf.context(credentials.capability, now)
+    report = await ActivityEnvironment().run(reconcile, ctx)
+    assert report.reason == "Issued"
+    v2 = CredentialsOutputs.model_validate(report.outputs)
+    assert v2.public_key != user.public_key and v2.replaced_keys == [user.public_key]
+    fingerprint = report.fingerprint
+    assert fingerprint is not None
+    found = await wf.actions[CREDENTIALS].fleet_observe([fingerprint.key])
+    assert found == {fingerprint.key: fingerprint.digest}
+
+    # The next pass's Nats records the new key as no capability's doing, and nothing is issued.
+    wf.outputs[CREDENTIALS] = report.outputs
+    after = await wf.reconcile(now)
+    assert wf.nats().public_key == v2.public_key and wf.nats().key_reason is None
+    assert not after[NATS].plan and not after[CREDENTIALS].plan
+    assert emulator.creds_issued(user.user_id) == 2
 
 
 # ---- cost ----------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ class CredentialsOutputs(CredentialMetadata):
     delivery_digest: str
     next_refresh_at: datetime = Field(description="By the workflow's clock and the policy.")
     reason: IssueReason
+    replaced_keys: list[str] = Field(
+        default_factory=list,
+        description="The user keys this issuance rotated away from (left valid or revoked). "
+        "The Nats outputs of the same pass still name one: they were recorded before it.",
+    )
 
 
 class CredentialsObservation(Model):
@@ -299,8 +304,13 @@ def policy_reason(ctx: Context) -> IssueReason | None:
     spec = nats_spec(ctx.workload)
     user = nats_user(ctx)
     current = ctx.own(CredentialsOutputs)
+    public_key = user.public_key
     issued = None
     if current is not None:
+        if public_key in current.replaced_keys:
+            # The issuance's own rotation, which the Nats pass records next time: not a key
+            # changed since, so the read-back after it finds the credential in sync.
+            public_key = current.public_key
         issued = Issued(
             public_key=current.public_key,
             permissions_digest=current.permissions_digest,
@@ -308,7 +318,7 @@ def policy_reason(ctx: Context) -> IssueReason | None:
             next_refresh_at=current.next_refresh_at,
         )
     return issue_reason(
-        issued, public_key=user.public_key, key_reason=user.key_reason, spec=spec, now=ctx.now
+        issued, public_key=public_key, key_reason=user.key_reason, spec=spec, now=ctx.now
     )
 
 

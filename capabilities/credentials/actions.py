@@ -123,7 +123,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             assert current is not None  # the policy issues the first version
             message = f"version {current.version} delivered to {current.location}"
             return Report(message=message, outputs=ctx.outputs)
-        delivered = await self._issue(ctx, issue, current)
+        delivered, replaced = await self._issue(ctx, issue, current)
         spec = nats_spec(ctx.workload)
         outputs = CredentialsOutputs(
             **delivered.credential.model_dump(),
@@ -133,6 +133,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             delivery_digest=delivery_digest(spec),
             next_refresh_at=next_refresh(spec.credentials, ctx.now),
             reason=issue.reason,
+            replaced_keys=replaced,
         )
         drifted = issue.reason == IssueReason.DELIVERY_DRIFT
         return Report(
@@ -201,7 +202,8 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
 
     async def _issue(
         self, ctx: Context, issue: Issue, current: CredentialsOutputs | None
-    ) -> Delivered:
+    ) -> tuple[Delivered, list[str]]:
+        """What was delivered, and the user keys the download rotated away from."""
         workload = ctx.workload
         nats = nats_spec(workload)
         user_id = nats_user(ctx).user_id
@@ -231,7 +233,9 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
                     who,
                     resumed.location,
                 )
-                return resumed
+                # That attempt's rotations are unknown here; a Nats record still naming the
+                # key it left costs one more pass, never an issuance.
+                return resumed, []
 
             async def delivered_key() -> DeliveredKey:
                 if current is None:
@@ -258,7 +262,8 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             ", ".join(download.kept) or "none",
             ", ".join(download.revoked) or "none",
         )
-        return await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, message)
+        delivered = await delivery.deliver(target, {SECRET_KEY: creds.text}, credential, message)
+        return delivered, download.kept + download.revoked
 
     async def _delivered_key(
         self, destination: Destination, kind: Delivery, target: DeliveryTarget

@@ -310,8 +310,9 @@ class Capability(ABC, Generic[Obs, P]):
 
     def holds(self, ctx: Context) -> bool:
         """Whether a delete must run its teardown: by default when it has outputs or memory.
-        Never when it made nothing, so a workload whose capability never got anywhere (an
-        unknown destination, say) stays deletable."""
+        Otherwise the engine still runs it when the last pass failed, since that pass may have
+        made something before failing, but lets a refusal through, so a workload whose
+        capability never got anywhere (an unknown destination, say) stays deletable."""
         return ctx.outputs is not None or bool(ctx.memory)
 
     def in_sync(self, ctx: Context, observation: Obs) -> Report:

@@ -173,3 +173,41 @@ async def test_a_registry_switched_off_is_released_as_the_deletion_policy_says(
     assert ecr.describe_repositories(repositoryNames=[f"{queue}/cart"])["repositories"]
     manifest = yaml.safe_load(read(repo, "dev/shop/cart/serviceaccount.yaml"))
     assert "annotations" not in manifest["metadata"]
+
+
+async def test_a_delete_after_a_refused_first_pass_removes_what_that_pass_made(
+    client: Client, aws_url: str, tmp_path: Path
+) -> None:
+    """The first pass creates the repository and the role, then IAM refuses to attach a managed
+    policy that does not exist: the pass records nothing. Deleting the workload still removes
+    what it made, found by name and tags."""
+    queue = task_queue()
+    repo = bare_repo(tmp_path / "state.git")
+    missing = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/{queue}-missing"
+    w = workload(queue, deletionPolicy="Delete", registry={"managedPolicyArns": [missing]})
+    ecr = boto3.client("ecr", region_name=REGION, endpoint_url=aws_url)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=aws_url)
+
+    def made() -> tuple[list[str], list[str]]:
+        repositories = [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]]
+        roles = [r["RoleName"] for r in iam.list_roles()["Roles"]]
+        return [r for r in repositories if r.startswith(f"{queue}/")], [
+            r for r in roles if queue in r
+        ]
+
+    async with running_worker(client, aws_platform(repo, aws_url), queue, tmp_path / "c"):
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle(w.workflow_id)
+        status = await until(handle, lambda s: s.phase == Phase.DEGRADED)
+        condition = registry_condition(status)
+        assert condition.permanent and "Registry" not in status.outputs, condition
+        repositories, roles = made()
+        assert repositories == [f"{queue}/cart"] and len(roles) == 1
+
+        await handle.signal(WorkloadWorkflow.delete)
+        final = await handle.result()
+
+    assert final["phase"] == "Deleted"
+    assert made() == ([], [])
+    deleted = next(c for c in final["conditions"] if c["type"] == "Registry")
+    assert deleted["reason"] == "Deleted" and "repository" in deleted["message"], deleted

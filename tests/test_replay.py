@@ -18,6 +18,7 @@ def test_histories_cover_every_scenario() -> None:
         "drift-repair",
         "continue-as-new",
         "delete",
+        "delete-after-refused-pass",
         "registry-lifecycle",
         "nats-rotation",
         "api-routes",

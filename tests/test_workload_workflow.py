@@ -263,6 +263,28 @@ async def test_delete_removes_the_files_and_completes(client, repo, queue, syste
     assert commits(repo)[-1] == f"delete Workload {system}/hello generation 1"
 
 
+async def test_a_workload_that_never_got_anywhere_is_still_deletable(
+    client, repo, queue, system, tmp_path
+):
+    """Its destination is not in the platform file, so every pass is refused and nothing is
+    recorded. The delete still looks for what such a pass may have left; that teardown is
+    refused too, which the condition says, and the workload is deleted all the same."""
+    async with running_worker(client, platform_for(repo), queue, tmp_path / "cache"):
+        w = workload(system, destination="nowhere")
+        await apply_workload(client, queue, w)
+        handle = client.get_workflow_handle_for(WorkloadWorkflow.run, w.workflow_id)
+        await until(lambda s: s.phase == Phase.DEGRADED, handle)
+        await handle.signal(WorkloadWorkflow.delete)
+        result = await asyncio.wait_for(handle.result(), 30)
+    assert result.phase == Phase.DELETED
+    (manifests,) = [c for c in result.conditions if c.type == "Manifests"]
+    assert manifests.reason == "Deleted"
+    assert manifests.message.startswith(
+        "nothing recorded, and the teardown of what its failed pass may have left was refused: "
+    ), manifests.message
+    assert "nowhere" in manifests.message
+
+
 async def _event_types(handle: WorkflowHandle) -> list[int]:
     history = await handle.fetch_history()
     return [event.event_type for event in history.events]

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         ROLLOUT,
         STEP_RETRY,
         STEP_TIMEOUT,
+        TEARDOWN_AFTER_FAILED_PASS,
         StepFailed,
         failure,
         is_permanent,
@@ -275,8 +276,9 @@ class Engine:
     # ---- delete ---------------------------------------------------------------------------
 
     async def teardown(self, settings: RuntimeSettings) -> None:
-        """Tear down, in reverse order, every capability holding outputs or memory; StepFailed
-        when one fails (the loop retries after its backoff)."""
+        """Tear down, in reverse order, every capability holding outputs or memory, and look for
+        what a failed pass of another may have left; StepFailed when one fails (the loop retries
+        after its backoff)."""
         state = self.state
         holding = state.outputs.keys() | state.memory.keys()
         missing = sorted(holding - set(settings.installed))
@@ -289,6 +291,38 @@ class Engine:
             if capability.holds(ctx):
                 report = await self._teardown(capability, ctx)
                 self.deleted(capability.name, report.message)
+            elif self._failed_last(capability.name) and workflow.patched(
+                TEARDOWN_AFTER_FAILED_PASS
+            ):
+                await self._teardown_leftovers(capability, ctx)
+
+    def _failed_last(self, name: str) -> bool:
+        condition = self.state.condition(name)
+        return (
+            condition is not None
+            and condition.status == ConditionStatus.FALSE
+            and condition.reason != DELETED
+        )
+
+    async def _teardown_leftovers(self, capability: Capability[Any, Any], ctx: Context) -> None:
+        """The teardown of a capability whose failed pass recorded nothing, though its apply may
+        have made something before it failed; a teardown looks by name and leaves what is not
+        the workload's. A refusal here (say, a destination that never existed) does not hold up
+        the delete: it ends in the capability's Deleted condition, which names it."""
+        name = capability.name
+        try:
+            report = await self._teardown(capability, ctx)
+        except StepFailed:
+            condition = self.state.condition(name)
+            if condition is None or not condition.permanent:
+                raise
+            self.deleted(
+                name,
+                f"nothing recorded, and the teardown of what its failed pass may have left was "
+                f"refused: {condition.message}",
+            )
+            return
+        self.deleted(name, report.message)
 
     async def _teardown(self, capability: Capability[Any, Any], ctx: Context) -> Report:
         """Run its teardown and forget what it held; StepFailed when it fails."""
@@ -334,7 +368,8 @@ def unsettled(state: WorkloadState, name: str) -> bool:
     """Whether the capability's last pass failed in a way a retry may fix (a timeout, a 5xx):
     that failure may have come after its apply made something, which the workflow then never
     recorded. Read from the condition the engine keeps anyway, so histories recorded before
-    Context had the field decide the same. A refusal (bad input, access denied) made nothing."""
+    Context had the field decide the same. A refusal (bad input, access denied) is not: a
+    retry would be refused too. What a refused pass made is found by the delete's teardown."""
     condition = state.condition(name)
     return (
         condition is not None

@@ -46,6 +46,10 @@ AUTO_UPGRADE_ON_CONTINUE_AS_NEW = "auto-upgrade-on-continue-as-new"
 # timer, and publishes what the observer must find (docs/fleet.md): other timers, and a search
 # attribute upsert.
 FLEET_OBSERVED = "fleet-observed"
+# A delete also tears down a capability that recorded nothing but whose last pass failed: its
+# apply may have made something first (a repository, then a role policy IAM refused). One more
+# teardown activity on such a delete.
+TEARDOWN_AFTER_FAILED_PASS = "teardown-after-failed-pass"
 # What BASELINE stands for. A patch added after it is asked with workflow.patched alone: a run
 # recorded between the two has the BASELINE marker and did not take the new branch.
 FOLDED = frozenset({AUTO_UPGRADE_ON_CONTINUE_AS_NEW, FLEET_OBSERVED})

@@ -154,6 +154,19 @@ async def registry_lifecycle(client: Client, repo: Path, name: str) -> WorkflowH
     return handle
 
 
+async def delete_after_refused_pass(client: Client, repo: Path, name: str) -> WorkflowHandle:
+    """The first pass makes the repository and the role, then IAM refuses a managed policy that
+    does not exist; the delete tears down what that pass recorded nothing of."""
+    missing = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/{name}-missing"
+    w = workload(name, deletionPolicy="Delete", registry={"managedPolicyArns": [missing]})
+    await apply_workload(client, QUEUE, w)
+    handle = client.get_workflow_handle(w.workflow_id)
+    await until_phase(handle, Phase.DEGRADED)
+    await handle.signal(WorkloadWorkflow.delete)
+    await handle.result()
+    return handle
+
+
 async def nats_rotation(client: Client, repo: Path, name: str) -> WorkflowHandle:
     """Issue, check, rotate with immediate revocation, then delete (revoke and remove the user)."""
     w = workload(name, nats={"permissions": {"publish": {"allow": ["orders.>"]}}})
@@ -356,6 +369,7 @@ SCENARIOS: dict[str, Scenario] = {
     "workload-degraded-recovered": degraded_then_recovered,
     "workload-continue-as-new": continue_as_new,
     "workload-delete": delete,
+    "workload-delete-after-refused-pass": delete_after_refused_pass,
     "workload-api-routes": api_routes,
     "api-aggregator-lifecycle": api_aggregator,
     "port-run": port_run,

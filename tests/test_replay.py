@@ -27,6 +27,8 @@ def test_histories_cover_every_scenario() -> None:
         "fleet-observer",
         "baseline-fleet-observer",
         "baseline-continue-as-new",
+        "compact-continue-as-new",
+        "compact-fleet-observer",
     ):
         assert f"workload-{scenario}" in names
     assert {"api-aggregator-lifecycle", "port-run", "fleet-observer"} <= names

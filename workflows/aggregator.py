@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -465,7 +465,7 @@ class ApiAggregatorWorkflow:
     def _sync_search_attributes(self) -> None:
         if not self._settings.reconcile.search_attributes:
             return
-        desired: list[SearchAttributePair[Any]] = [
+        desired: list[SearchAttributeUpdate[Any]] = [
             sa.KIND.value_set("ApiAggregator"),
             sa.PHASE.value_set(self.state.phase.value),
         ]

@@ -291,9 +291,7 @@ class Engine:
             if capability.holds(ctx):
                 report = await self._teardown(capability, ctx)
                 self.deleted(capability.name, report.message)
-            elif self._failed_last(capability.name) and workflow.patched(
-                TEARDOWN_AFTER_FAILED_PASS
-            ):
+            elif self._failed_last(capability.name) and patched(TEARDOWN_AFTER_FAILED_PASS):
                 await self._teardown_leftovers(capability, ctx)
 
     def _failed_last(self, name: str) -> bool:

@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.common import (
     SearchAttributeIndexedValueType,
     SearchAttributeKey,
-    SearchAttributePair,
+    SearchAttributeUpdate,
 )
 
 from idp.capability import installed
@@ -38,7 +38,7 @@ ALL: list[SearchAttributeKey] = [
 ]
 
 
-def upsert_changed(desired: list[SearchAttributePair[Any]]) -> None:
+def upsert_changed(desired: list[SearchAttributeUpdate[Any]]) -> None:
     """From workflow code: upsert only the attributes whose value differs, so an unchanged pass
     adds no event to history."""
     current = workflow.info().typed_search_attributes

@@ -29,8 +29,11 @@ STEP_TIMEOUT = timedelta(minutes=2)
 # recorded before them keep replaying.
 # A run that begins on code with this one records it in place of the patches older than it
 # (FOLDED): one marker and one TemporalChangeVersion upsert a run instead of one of each per
-# patch (a new workload passed 5).
-BASELINE = "baseline-2026-12"
+# patch.
+BASELINE = "baseline-2026-12b"
+# The baseline before it, which runs begun on earlier code recorded; it stands for
+# FOLDED_EARLIER (a new workload passed 5 patches before it).
+EARLIER_BASELINE = "baseline-2026-12"
 # The first run of a capability in a workflow, one id per capability and pass
 # (workflows/engine.py).
 ROLLOUT = "capability-"
@@ -50,23 +53,34 @@ FLEET_OBSERVED = "fleet-observed"
 # apply may have made something first (a repository, then a role policy IAM refused). One more
 # teardown activity on such a delete.
 TEARDOWN_AFTER_FAILED_PASS = "teardown-after-failed-pass"
+# A run's first pass uses the settings the run read as it began, rather than reading them
+# again in the same workflow task; a new workload's first upsert carries the Provisioning
+# phase, and a pass's last one carries IdpFleet. Three commands fewer for a new workload (a
+# local activity, two upserts), each a billable action.
+COMPACT_PASSES = "compact-passes"
+FOLDED_EARLIER = frozenset({AUTO_UPGRADE_ON_CONTINUE_AS_NEW, FLEET_OBSERVED})
 # What BASELINE stands for. A patch added after it is asked with workflow.patched alone: a run
 # recorded between the two has the BASELINE marker and did not take the new branch.
-FOLDED = frozenset({AUTO_UPGRADE_ON_CONTINUE_AS_NEW, FLEET_OBSERVED})
+FOLDED = FOLDED_EARLIER | {TEARDOWN_AFTER_FAILED_PASS, COMPACT_PASSES}
 # How long a watched workload sleeps at most: should the observer be gone (terminated, its
 # workers stopped), each workload still checks on its own, at less than one action a day.
 WATCHED_BACKSTOP = timedelta(days=7)
 
 
 def patched(patch_id: str) -> bool:
-    """`workflow.patched(patch_id)` for a patch BASELINE stands for, with no marker of its own
-    in a run that began on code with BASELINE. The SDK memoises each id for the run, and
-    BASELINE is asked first: a run recorded before it (replaying, no BASELINE marker) answers
-    False for the whole run and asks each id as it did, while a new run answers True once and
-    never asks the others."""
-    if patch_id not in FOLDED and not patch_id.startswith(ROLLOUT):
+    """`workflow.patched(patch_id)` for a patch a baseline stands for, with no marker of its own
+    in a run that began on code with that baseline. The SDK memoises each id for the run, and
+    the baselines are asked first, newest first: a run recorded before one (replaying, without
+    its marker) answers False for the whole run and asks on as it did, while a new run answers
+    True once and never asks the others."""
+    rollout = patch_id.startswith(ROLLOUT)
+    if patch_id not in FOLDED and not rollout:
         raise ValueError(f"{patch_id} is newer than {BASELINE}: ask workflow.patched itself")
-    return workflow.patched(BASELINE) or workflow.patched(patch_id)
+    if workflow.patched(BASELINE):
+        return True
+    if (rollout or patch_id in FOLDED_EARLIER) and workflow.patched(EARLIER_BASELINE):
+        return True
+    return workflow.patched(patch_id)
 
 
 class StepFailed(Exception):

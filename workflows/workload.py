@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RawValue, SearchAttributePair
+from temporalio.common import RawValue, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.state import ConditionStatus, Phase, WorkloadState, blocking
     from workflows.steps import (
+        COMPACT_PASSES,
         FLEET_OBSERVED,
         STEP_RETRY,
         StepFailed,
@@ -290,6 +291,10 @@ class WorkloadWorkflow:
     @workflow.run
     async def run(self, input: WorkloadInput) -> WorkloadStatus:
         await self._read_settings()
+        fresh = True  # the settings were read in this workflow task
+        if self._provisions_first() and patched(COMPACT_PASSES):
+            # The first pass's phase goes in the same upsert as what every workload shows.
+            self.state.phase = Phase.PROVISIONING
         self._sync_search_attributes()
         while True:
             if self.state.deleting:
@@ -303,8 +308,9 @@ class WorkloadWorkflow:
                 self._set_phase(Phase.PAUSED)
             else:
                 self._reconciling = True
-                await self._reconcile()
+                await self._reconcile(fresh)
                 self._reconciling = False
+            fresh = False
             self._publish()
             continue_as_new_if_suggested(
                 WorkloadInput(workload=self.state.workload, state=self.state),
@@ -340,37 +346,55 @@ class WorkloadWorkflow:
         """Whether the fleet observer checks this workload for drift, so that the loop sleeps
         with no drift timer (docs/fleet.md); keeps IdpFleet to what the observer must find,
         and clears it when the observer must leave the workload alone."""
+        entries = self._fleet_entries()
+        change = self._fleet_change(entries)
+        if change is not None:
+            workflow.upsert_search_attributes([change])
+        return entries is not None and patched(FLEET_OBSERVED)
+
+    def _fleet_entries(self) -> list[str] | None:
         settings, state = self._settings, self.state
-        entries = None
         if (
             settings.reconcile.fleet_observer
             and settings.reconcile.search_attributes
             and state.phase == Phase.READY
             and not (state.failures or state.paused or state.deleting)
         ):
-            entries = self._engine.fleet_entries(settings)
+            return self._engine.fleet_entries(settings)
+        return None
+
+    def _fleet_change(self, entries: list[str] | None) -> SearchAttributeUpdate[Any] | None:
+        """The IdpFleet upsert that `entries` call for, if any."""
         current = workflow.info().typed_search_attributes.get(sa.FLEET)
         if entries is None:
-            if current:
-                workflow.upsert_search_attributes([sa.FLEET.value_unset()])
-            return False
-        if not patched(FLEET_OBSERVED):
-            return False
-        if entries != current:
-            workflow.upsert_search_attributes([sa.FLEET.value_set(entries)])
-        return True
+            return sa.FLEET.value_unset() if current else None
+        if not patched(FLEET_OBSERVED) or entries == current:
+            return None
+        return sa.FLEET.value_set(entries)
 
-    async def _reconcile(self) -> None:
+    def _provisions_first(self) -> bool:
+        """Whether the loop's first pass applies a generation not applied yet."""
+        state = self.state
+        return (
+            not state.deleting and not state.paused and state.observed_generation < state.generation
+        )
+
+    async def _reconcile(self, fresh: bool) -> None:
+        """One pass; `fresh` when the run read the settings in this workflow task."""
         generation = self.state.generation
         if self.state.observed_generation < generation:
             self._set_phase(Phase.PROVISIONING)
         self.state.reconcile_requested = False
-        await self._read_settings()
+        if not (fresh and patched(COMPACT_PASSES)):
+            await self._read_settings()
         ok = await self._engine.reconcile(self._settings)
         self.state.observed_generation = generation
         self.state.failures = 0 if ok else self.state.failures + 1
-        self._set_phase(self.state.settled_phase())
-        self._sync_search_attributes()
+        compact = patched(COMPACT_PASSES)
+        # With IdpFleet in the same upsert, the loop's sleep finds nothing left to upsert.
+        self._set_phase(self.state.settled_phase(), fleet=compact)
+        if not compact:
+            self._sync_search_attributes()
         metrics.reconcile_pass("Workload")
 
     async def _teardown(self) -> bool:
@@ -418,17 +442,20 @@ class WorkloadWorkflow:
             return
         self.state.published = shown
 
-    def _set_phase(self, phase: Phase) -> None:
-        if phase != self.state.phase:
-            self.state.phase = phase
-            self._sync_search_attributes()
+    def _set_phase(self, phase: Phase, *, fleet: bool = False) -> None:
+        """With `fleet`, sync the search attributes, IdpFleet included, even if the phase
+        stays."""
+        changed = phase != self.state.phase
+        self.state.phase = phase
+        if changed or fleet:
+            self._sync_search_attributes(fleet=fleet)
         workflow.set_current_details(self._details())
 
-    def _sync_search_attributes(self) -> None:
+    def _sync_search_attributes(self, *, fleet: bool = False) -> None:
         if not self._settings.reconcile.search_attributes:
             return
         workload = self.state.workload
-        desired: list[SearchAttributePair[Any]] = [
+        desired: list[SearchAttributeUpdate[Any]] = [
             sa.KIND.value_set("Workload"),
             sa.SYSTEM.value_set(workload.metadata.system),
             sa.PHASE.value_set(self.state.phase.value),
@@ -436,6 +463,8 @@ class WorkloadWorkflow:
             sa.OWNER.value_set(workload.spec.owner),
             *self._engine.attributes(),
         ]
+        if fleet and (change := self._fleet_change(self._fleet_entries())) is not None:
+            desired.append(change)
         sa.upsert_changed(desired)
 
     def _details(self) -> str:

@@ -335,7 +335,7 @@ async def fleet_observer(client: Client, repo: Path, name: str) -> WorkflowHandl
 WORKLOAD_HISTORIES: dict[str, WorkflowHandle] = {}
 # Scenarios that run with the fleet observer, a drift interval short enough to watch, and the
 # platform they ran with.
-OBSERVED = {"fleet-observer", "baseline-fleet-observer"}
+OBSERVED = {"fleet-observer", "baseline-fleet-observer", "compact-fleet-observer"}
 OBSERVED_PLATFORMS: dict[str, Platform] = {}
 
 
@@ -380,6 +380,10 @@ SCENARIOS: dict[str, Scenario] = {
     # rate: the new runs' form must replay too.
     "baseline-fleet-observer": fleet_observer,
     "workload-baseline-continue-as-new": continue_as_new,
+    # And after the baseline that folded in COMPACT_PASSES, whose first pass sends three
+    # commands fewer.
+    "compact-fleet-observer": fleet_observer,
+    "workload-compact-continue-as-new": continue_as_new,
 }
 
 

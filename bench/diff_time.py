@@ -20,7 +20,6 @@ standalone activity on the worker, 8 workloads at a time).
 """
 
 import argparse
-import asyncio
 import os
 import platform
 import shlex
@@ -35,7 +34,7 @@ from typing import Any
 
 import running
 import yaml
-from onboarding import ready
+from onboarding import all_ready
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS)]  # the workload documents the tests use
@@ -121,9 +120,7 @@ async def measure(n: int, runs: int) -> None:
             client = await temporal.connect(temporal.TemporalSettings(address=stack.address))
             applied = write(root / "applied", names)
             started = time.perf_counter()
-            await asyncio.gather(
-                *(ready(client, Workload.model_validate(document(name))) for name in names)
-            )
+            await all_ready(client, [Workload.model_validate(document(name)) for name in names])
             onboarding = time.perf_counter() - started
             one, many = applied[0], root / "applied"
             fresh = root / "new"

@@ -5,8 +5,9 @@
 For each N, on a fresh local stack (`idpctl dev`'s parts in a temporary directory: Temporal dev
 server with its SQLite file, the worker as its own process, moto, the Synadia emulator with a real
 nats-server, a bare git repository): N workloads, each with a registry, a NATS user and sealed
-credentials and its manifests, applied at once through update-with-start; the clock stops when
-every one is Ready. Activity executions come from the workflows' histories afterwards, and beside
+credentials and its manifests, applied at once through update-with-start (at most APPLYING
+applies awaiting their answer, then each waits for Ready); the clock stops when every one is
+Ready. Activity executions come from the workflows' histories afterwards, and beside
 them the credentials Synadia issued (its issuance history: downloads, and how many are still
 valid) and the deliveries (commits that changed a SealedSecret): issued should equal delivered,
 and every valid one be a delivered one.
@@ -61,6 +62,10 @@ from workflows.messages import WaitReadyRequest
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
+# Applies awaiting their answer at once. All N at once left some waiting past their RPC deadline
+# on a loaded 2-core machine: the update is answered only once the new workflow's first task
+# has run, behind every other workflow task queued on the worker.
+APPLYING = 100
 NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl": "7d"}}
 
 
@@ -75,14 +80,22 @@ def workload(system: str, name: str) -> Workload:
     )
 
 
-async def ready(client, item: Workload) -> None:
-    result = await operations.apply_workload(client, "idp", item)
+async def ready(client, item: Workload, applying: asyncio.Semaphore) -> None:
+    async with applying:
+        result = await operations.apply_workload(client, "idp", item)
     status = await client.get_workflow_handle(item.workflow_id).execute_update(
         WorkloadWorkflow.wait_ready,
         WaitReadyRequest(generation=result.generation, timeout_seconds=1800),
     )
     if status.phase != Phase.READY:
         raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
+
+
+async def all_ready(client, items: list[Workload]) -> None:
+    """Apply every one of `items`, at most APPLYING awaiting their answer, and wait until each
+    is Ready."""
+    applying = asyncio.Semaphore(APPLYING)
+    await asyncio.gather(*(ready(client, item, applying) for item in items))
 
 
 def sealed_deliveries(repo: Path) -> int:
@@ -172,7 +185,7 @@ async def onboard_size(n: int) -> dict[str, Any]:
             meter = ProcessMeter.of_stack(stack)
             meter.begin()
             started = time.perf_counter()
-            await asyncio.gather(*(ready(client, item) for item in items))
+            await all_ready(client, items)
             durable = time.perf_counter() - started
             meter.end()
             await settle(stack, client.namespace)

@@ -15,7 +15,6 @@ worker, the backends for PostgreSQL), from /proc.
 """
 
 import argparse
-import asyncio
 import os
 import platform
 import shlex
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 import running
-from onboarding import ready
+from onboarding import all_ready
 from steady_state import cpu_seconds
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -86,7 +85,7 @@ async def measure(n: int) -> None:
             pids = {name: process.pid for name, process in stack.processes.items()}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.perf_counter()
-            await asyncio.gather(*(ready(client, item) for item in items))
+            await all_ready(client, items)
             seconds = time.perf_counter() - started
             after = {name: cpu_seconds(pid) for name, pid in pids.items()}
             made = databases(stack, items)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import running
-from onboarding import ready, workload
+from onboarding import all_ready, workload
 
 from starter import dev, temporal
 
@@ -136,7 +136,7 @@ async def measure(args: argparse.Namespace) -> dict:
             t0, c0, mach0 = thread_cpu(pid), proc_cpu(pid), machine_cpu()
             others0 = {n: proc_cpu(p.pid) for n, p in stack.processes.items() if n != "worker"}
             started = time.perf_counter()
-            await asyncio.gather(*(ready(client, item) for item in items))
+            await all_ready(client, items)
             seconds = time.perf_counter() - started
             t1, c1, mach1 = thread_cpu(pid), proc_cpu(pid), machine_cpu()
             others1 = {n: proc_cpu(p.pid) for n, p in stack.processes.items() if n != "worker"}

@@ -465,8 +465,9 @@ def actions_table(
     for name, counted in by_type.items():
         lines.append(line(name, str(counted.runs), counted))
     lines.append(line("total", str(total.runs), total))
-    lines.append(line(f"per workload (/{workloads})", "", total, 1 / workloads, 1))
-    if per_day_window is not None:
+    if workloads:
+        lines.append(line(f"per workload (/{workloads})", "", total, 1 / workloads, 1))
+    if workloads and per_day_window is not None:
         scale = 86400 / per_day_window / workloads
         lines.append(line("per workload per day", "", total, scale, 0))
     if total.markers:

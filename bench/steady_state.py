@@ -17,7 +17,8 @@ Cloud's billable actions, counted from the history of every workflow in the name
 type and run), events whose time falls in the window, scaled to one idle workload for a day,
 beside the dev server's own `action` metric. History growth comes from each workflow's history
 length before and after the window (following a continue-as-new to the new run). Prints the
-tables and stops everything.
+tables and stops everything. `--workloads 0` measures the stack by itself (the observer still
+sweeps): the floor beneath the other figures.
 """
 
 import argparse
@@ -44,6 +45,7 @@ from measure import (
 from measure import cpu_seconds as cpu_seconds
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from idp.durations import format_duration, parse_duration
 from idp.models import Workload
@@ -137,8 +139,13 @@ async def all_watched(client: Client, workloads: int, drift: timedelta) -> float
 
 async def sweeps(client: Client) -> list[tuple[datetime, datetime | None]]:
     """The fleet observer's sweeps in its current run: when each was scheduled and when it
-    completed (None while it runs)."""
-    history = await client.get_workflow_handle(observer_id("idp")).fetch_history()
+    completed (None while it runs); none before the worker has started it."""
+    try:
+        history = await client.get_workflow_handle(observer_id("idp")).fetch_history()
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return []
     scheduled: dict[int, datetime] = {}
     completed: dict[int, datetime] = {}
     for event in history.events:
@@ -206,10 +213,11 @@ async def main(
         finally:
             stack.stop()
 
-    per_day = events / workloads / (window / timedelta(days=1))
     window_seconds = (until - since) / 1e9
     actions = sum(t.total for t in by_type.values())
-    actions_per_day = actions / workloads * 86400 / window_seconds
+    # With no workloads, what the stack costs by itself: the floor beneath every other figure.
+    per_day = f"{events / workloads / (window / timedelta(days=1)):.0f}" if workloads else "-"
+    actions_per_day = f"{actions / workloads * 86400 / window_seconds:.1f}" if workloads else "-"
     print(f"\n{machine}")
     print(f"steps per workload: registry (moto), manifests (git); drift checks every "
           f"{format_duration(drift)}; {workloads} applied in {apply_seconds:.0f}s")  # fmt: skip
@@ -235,10 +243,10 @@ async def main(
         ("server CPU, % of one core (mean)", f"{server_cpu:.1f}"),
         ("server RSS, MiB (max)", f"{meter.rss_max('temporal'):.0f}"),
         ("worker RSS, MiB (median of samples)", f"{meter.rss_median('worker'):.0f}"),
-        ("history events per workload per day", f"{per_day:.0f}"),
+        ("history events per workload per day", per_day),
         ("history events in the window", f"{events}"),
         ("continue-as-new in the window", f"{can}"),
-        ("billable actions per idle workload per day", f"{actions_per_day:.1f}"),
+        ("billable actions per idle workload per day", actions_per_day),
     ]
     print(f"{'measure':<44} {'value':>10}")
     for name, value in rows:

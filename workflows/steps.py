@@ -56,7 +56,8 @@ TEARDOWN_AFTER_FAILED_PASS = "teardown-after-failed-pass"
 # A run's first pass uses the settings the run read as it began, rather than reading them
 # again in the same workflow task; a new workload's first upsert carries the Provisioning
 # phase, and a pass's last one carries IdpFleet. Three commands fewer for a new workload (a
-# local activity, two upserts), each a billable action.
+# local activity, two upserts), two billable actions: a local activity's marker is billed with
+# the others of its workflow task.
 COMPACT_PASSES = "compact-passes"
 FOLDED_EARLIER = frozenset({AUTO_UPGRADE_ON_CONTINUE_AS_NEW, FLEET_OBSERVED})
 # What BASELINE stands for. A patch added after it is asked with workflow.patched alone: a run

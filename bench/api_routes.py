@@ -129,9 +129,7 @@ async def routed(client, item: Workload, generation: int) -> None:
 
 async def end_to_end(n: int, tmp: Path) -> dict[str, float]:
     (tmp / "stack").mkdir()
-    stack = dev.Stack(
-        tmp / "stack", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-    )
+    stack = dev.Stack.on_free_ports(tmp / "stack")
     try:
         await dev.start(stack)
         client = await temporal.connect(temporal.TemporalSettings(address=stack.address))

@@ -73,9 +73,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def main(samples: int, burst: int, nats: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
-        stack = dev.Stack(
-            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = dev.Stack.on_free_ports(Path(tmp))
         try:
             await dev.start(stack)
             client = await temporal.connect(temporal.TemporalSettings(address=stack.address))

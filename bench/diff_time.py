@@ -102,13 +102,8 @@ async def measure(n: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-diff-time-") as tmp:
         root = Path(tmp)
         host = "127.0.0.1"
-        stack = dev.Stack(
-            root / "stack",
-            host,
-            dev.free_port(host),
-            dev.free_port(host),
-            postgres_port=dev.free_port(host),
-        )
+        stack = dev.Stack.on_free_ports(root / "stack", host)
+        stack.postgres_port = dev.free_port(host)
         names = [f"w{i:03}" for i in range(n)]
         cases: list[Case] = []
         try:

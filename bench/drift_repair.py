@@ -254,9 +254,7 @@ def worker_actions(platform: Platform, cache: Path) -> dict[str, Actions[Any, An
 
 async def main(workloads: int, drift: timedelta) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-drift-") as tmp:
-        stack = dev.Stack(
-            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = dev.Stack.on_free_ports(Path(tmp))
         stack.drift_interval = format_duration(drift)
         stack.fleet_observer = True
         try:

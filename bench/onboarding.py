@@ -170,9 +170,7 @@ async def settle(stack: MeteredStack, namespace: str, limit: float = 30) -> None
 
 async def onboard_size(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="idp-onboarding-") as tmp:
-        stack = MeteredStack(
-            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = MeteredStack.on_free_ports(Path(tmp))
         try:
             await dev.start(stack)
             client = await temporal.connect(

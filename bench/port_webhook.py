@@ -110,9 +110,7 @@ def report_seconds(sender: Sender, runs: dict[str, dict[str, Any]]) -> list[floa
 
 async def main(samples: int, burst: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
-        stack = dev.Stack(
-            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = dev.Stack.on_free_ports(Path(tmp))
         try:
             await dev.start(stack)
             limits = httpx.Limits(max_connections=concurrency * 2)

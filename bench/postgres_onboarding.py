@@ -69,13 +69,8 @@ def secret_commits(repo: Path) -> list[int]:
 async def measure(n: int) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-pg-onboarding-") as tmp:
         host = "127.0.0.1"
-        stack = dev.Stack(
-            Path(tmp),
-            host,
-            dev.free_port(host),
-            dev.free_port(host),
-            postgres_port=dev.free_port(host),
-        )
+        stack = dev.Stack.on_free_ports(Path(tmp), host)
+        stack.postgres_port = dev.free_port(host)
         try:
             await dev.start(stack)
             if stack.postgres is None:

@@ -111,9 +111,7 @@ async def measure(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         if args.count_git:
             os.environ["PATH"] = f"{git_shim(root)}:{os.environ['PATH']}"
-        stack = dev.Stack(
-            root / "stack", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = dev.Stack.on_free_ports(root / "stack")
         stack.root.mkdir()
         spy = None
         try:

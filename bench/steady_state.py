@@ -43,20 +43,17 @@ from measure import (
 
 # bench/workers.py and bench/postgres_onboarding.py import it from here.
 from measure import cpu_seconds as cpu_seconds
+from onboarding import all_ready
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from idp.durations import format_duration, parse_duration
 from idp.models import Workload
-from starter import dev, operations, temporal
-from workflows.messages import WaitReadyRequest
+from starter import dev, temporal
 from workflows.observer import observer_id
-from workflows.state import Phase
-from workflows.workload import WorkloadWorkflow
 
 SYSTEM = "steady"
-APPLY_CONCURRENCY = 50
 DESCRIBE_CONCURRENCY = 100
 
 
@@ -100,20 +97,9 @@ async def events_between(client: Client, before: dict[str, Run], after: dict[str
 
 
 async def apply_all(client: Client, items: list[Workload]) -> float:
-    gate = asyncio.Semaphore(APPLY_CONCURRENCY)
-
-    async def one(item: Workload) -> None:
-        async with gate:
-            result = await operations.apply_workload(client, "idp", item)
-            status = await client.get_workflow_handle(item.workflow_id).execute_update(
-                WorkloadWorkflow.wait_ready,
-                WaitReadyRequest(generation=result.generation, timeout_seconds=600),
-            )
-        if status.phase != Phase.READY:
-            raise SystemExit(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
-
+    """Seconds until every one of `items` is applied and Ready."""
     started = time.perf_counter()
-    await asyncio.gather(*(one(item) for item in items))
+    await all_ready(client, items)
     return time.perf_counter() - started
 
 
@@ -175,9 +161,7 @@ async def main(
     machine = machine_line()
     print(f"\n{machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="idp-steady-") as tmp:
-        stack = MeteredStack(
-            Path(tmp), "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-        )
+        stack = MeteredStack.on_free_ports(Path(tmp))
         stack.drift_interval = format_duration(drift)
         stack.fleet_observer = fleet
         try:

@@ -171,7 +171,7 @@ class Onboarding:
 async def onboard(workers: int, n: int, takeover: int) -> Onboarding:
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="idp-workers-") as tmp:
-        stack = dev.Stack(Path(tmp), host, dev.free_port(host), dev.free_port(host))
+        stack = dev.Stack.on_free_ports(Path(tmp), host)
         try:
             await dev.start(stack)
             names = [FIRST_WORKER] + [f"worker-{i}" for i in range(2, workers + 1)]

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import yaml
@@ -78,6 +78,13 @@ class Stack:
     fleet_observer: bool | None = None  # unset as in a new platform file; benches set it
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_signals: dict[str, signal.Signals] = field(default_factory=dict)
+
+    @classmethod
+    def on_free_ports(cls, root: Path, host: str = "127.0.0.1") -> Self:
+        """A stack at `root` whose server and UI take ports nothing listens on (the other
+        processes pick theirs as they start): what benches and tests run."""
+        return cls(root, host, free_port(host), free_port(host))
+
     codec_keys: str | None = field(default=None, repr=False)
     codec_token: str | None = field(default=None, repr=False)
     synadia_token: str | None = field(default=None, repr=False)

@@ -722,9 +722,7 @@ async def test_dev_stack_encrypts_and_points_the_ui_at_its_codec_server(
 ) -> None:
     # dev.start exports the stack's keys into this process; undo that after the test.
     monkeypatch.setenv("IDP_CODEC_KEYS", "placeholder")
-    stack = dev.Stack(
-        tmp_path / ".idp", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-    )
+    stack = dev.Stack.on_free_ports(tmp_path / ".idp")
     try:
         await dev.start(stack)
         keys_mode = stat.S_IMODE(stack.codec_keys_file.stat().st_mode)
@@ -764,8 +762,6 @@ async def test_dev_stack_encrypts_and_points_the_ui_at_its_codec_server(
         stack.stop()
 
     # A second start reuses the key: the database it encrypted stays readable.
-    again = dev.Stack(
-        tmp_path / ".idp", "127.0.0.1", dev.free_port("127.0.0.1"), dev.free_port("127.0.0.1")
-    )
+    again = dev.Stack.on_free_ports(tmp_path / ".idp")
     dev.load_codec_secrets(again)
     assert again.codec_keys == stack.codec_keys

@@ -291,16 +291,8 @@ class Engine:
             if capability.holds(ctx):
                 report = await self._teardown(capability, ctx)
                 self.deleted(capability.name, report.message)
-            elif self._failed_last(capability.name) and patched(TEARDOWN_AFTER_FAILED_PASS):
+            elif failed_last(self.state, capability.name) and patched(TEARDOWN_AFTER_FAILED_PASS):
                 await self._teardown_leftovers(capability, ctx)
-
-    def _failed_last(self, name: str) -> bool:
-        condition = self.state.condition(name)
-        return (
-            condition is not None
-            and condition.status == ConditionStatus.FALSE
-            and condition.reason != DELETED
-        )
 
     async def _teardown_leftovers(self, capability: Capability[Any, Any], ctx: Context) -> None:
         """The teardown of a capability whose failed pass recorded nothing, though its apply may
@@ -371,9 +363,19 @@ def unsettled(state: WorkloadState, name: str) -> bool:
     condition = state.condition(name)
     return (
         condition is not None
-        and condition.status == ConditionStatus.FALSE
+        and failed_last(state, name)
         and condition.waiting is None
         and not condition.permanent
+    )
+
+
+def failed_last(state: WorkloadState, name: str) -> bool:
+    """Whether the capability's last pass failed, whatever the cause: what it was making may
+    exist without being recorded."""
+    condition = state.condition(name)
+    return (
+        condition is not None
+        and condition.status == ConditionStatus.FALSE
         and condition.reason != DELETED
     )
 

@@ -28,6 +28,7 @@ what every resource kept there holds now.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -166,6 +167,22 @@ _Queued = tuple[Change, asyncio.Future[ChangeResult]]
 
 
 @dataclass(frozen=True)
+class _Found:
+    entries: dict[str, _Entry]  # every entry below the paths read: path -> entry
+    texts: dict[str, str]  # object id -> text, for each regular file among them when asked
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A read waiting for the clone."""
+
+    wanted: int  # the fetch it must see: the first to begin after it was asked for
+    paths: tuple[str, ...]
+    texts: bool  # also the text of each regular file below the paths
+    answer: asyncio.Future[_Found]
+
+
+@dataclass(frozen=True)
 class _Run:
     returncode: int
     stdout: bytes
@@ -223,10 +240,12 @@ class StateStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         # Reads share fetches: each needs the head as fetched after it was asked for, and
-        # onboarding queues hundreds of them behind one another (`_head_entries`).
+        # onboarding queues hundreds of them behind one another (`_at_head`).
         self._fetches_begun = 0
         self._fetched = 0  # which of them last succeeded
         self._head: str | None = None
+        self._reads: list[_Read] = []
+        self._reader: asyncio.Task[None] | None = None
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -244,29 +263,20 @@ class StateStore:
     async def read(self, directory: str) -> dict[str, str]:
         """The directory's files at the remote branch head: relative name -> text."""
         directory = _validated_directory(directory)
-        self._bind_loop()
-        wanted = self._fetches_begun + 1
-        async with self._exclusive():
-            entries = await self._head_entries(wanted, [directory])
-            paths = sorted(
-                path
-                for path, (mode, _) in entries.items()
-                if mode in _REGULAR_FILE_MODES and path.startswith(directory + "/")
-            )
-            if not paths:
-                return {}
-            names = [p.removeprefix(directory + "/") for p in paths]
-            return dict(zip(names, await self._texts([entries[p][1] for p in paths]), strict=True))
+        found = await self._at_head((directory,), texts=True)
+        prefix = directory + "/"
+        return {
+            path.removeprefix(prefix): found.texts[oid]
+            for path, (mode, oid) in sorted(found.entries.items())
+            if mode in _REGULAR_FILE_MODES and path.startswith(prefix)
+        }
 
     async def listing(self, change: Change) -> dict[str, str]:
         """What `preview` needs to tell what `apply(change)` would do, read at the remote branch
         head: path -> object id of the regular files in the change's directory, at its claims
         and among its owner's records. One fetch, and no blob is read."""
         change = _validated(change)
-        self._bind_loop()
-        wanted = self._fetches_begun + 1
-        async with self._exclusive():
-            entries = await self._head_entries(wanted, _paths_read(change))
+        entries = (await self._at_head(_paths_read(change))).entries
         prefix = change.directory + "/"
         claimed = {claim.path for claim in change.claims}
         mine = record_id(change.owner) if change.owner is not None else None
@@ -285,24 +295,69 @@ class StateStore:
         directories = [_validated_directory(directory) for directory in directories]
         if not directories:
             return {}  # ls-tree without a path would list the whole repository
-        self._bind_loop()
-        wanted = self._fetches_begun + 1
-        async with self._exclusive():
-            entries = await self._head_entries(wanted, directories)
+        entries = (await self._at_head(directories)).entries
         return {path: oid for path, (mode, oid) in entries.items() if mode in _REGULAR_FILE_MODES}
 
-    async def _head_entries(self, wanted: int, paths: Sequence[str]) -> dict[str, _Entry]:
-        """Every entry below `paths` at the remote head, with the clone held: as fetched by the
-        `wanted`th fetch or a later one, which began after the caller asked (it took
-        `_fetches_begun + 1` before queueing for the clone). So a read sees every push that
-        ended before it was asked for, and the reads queued behind one fetch share the next."""
+    async def _at_head(self, paths: Sequence[str], *, texts: bool = False) -> _Found:
+        """Every entry below `paths` at the remote head as fetched by a fetch that began after
+        this was asked for, so a read sees every push that ended before it. The reads waiting
+        for the clone together share that fetch, one ls-tree and one cat-file: onboarding asks
+        for hundreds at once, and each git process costs more than what it reads."""
+        loop = self._bind_loop()
+        read = _Read(self._fetches_begun + 1, tuple(paths), texts, loop.create_future())
+        self._reads.append(read)
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._drain_reads())
+        return await read.answer
+
+    async def _drain_reads(self) -> None:
+        while self._reads:
+            async with self._exclusive():
+                batch = [read for read in self._reads[:MAX_BATCH] if not read.answer.done()]
+                del self._reads[:MAX_BATCH]
+                if not batch:
+                    continue
+                try:
+                    answers = await self._answer(batch)
+                except asyncio.CancelledError:
+                    for read in batch:
+                        read.answer.cancel()
+                    raise
+                except Exception as error:
+                    for read in batch:
+                        if not read.answer.done():
+                            read.answer.set_exception(error)
+                    continue
+                for read, answer in zip(batch, answers, strict=True):
+                    if not read.answer.done():  # else its caller gave up
+                        read.answer.set_result(answer)
+
+    async def _answer(self, batch: Sequence[_Read]) -> list[_Found]:
+        """What each read of the batch asked for, the clone held."""
         await self._prepare()
-        if self._fetched < wanted:
+        # The fetch that begins now began after every read of the batch was asked for.
+        if self._fetched < max(read.wanted for read in batch):
             self._fetches_begun += 1
             begun = self._fetches_begun
             self._head = await self._fetch()
             self._fetched = begun
-        return await self._entries(self._head, paths) if self._head else {}
+        if not self._head:
+            return [_Found({}, {}) for _ in batch]
+        listed = await self._entries(self._head, sorted({p for read in batch for p in read.paths}))
+        ordered = sorted(listed)
+        entries = [_below(listed, ordered, read.paths) for read in batch]
+        blobs = sorted(
+            {
+                oid
+                for read, found in zip(batch, entries, strict=True)
+                if read.texts
+                for mode, oid in found.values()
+                if mode in _REGULAR_FILE_MODES
+            }
+        )
+        texts = dict(zip(blobs, await self._texts(blobs), strict=True)) if blobs else {}
+        pairs = zip(batch, entries, strict=True)
+        return [_Found(found, texts if read.texts else {}) for read, found in pairs]
 
     async def _texts(self, oids: Sequence[str]) -> list[str]:
         """The text of each blob, in order."""
@@ -318,6 +373,8 @@ class StateStore:
         if self._loop is not loop:
             self._loop = loop
             self._lock = asyncio.Lock()
+            self._reads = []
+            self._reader = None
             self._pending = []
             self._writer = None
         return loop
@@ -723,6 +780,19 @@ def _result(commit: str | None, effect: _Effect) -> ChangeResult | OwnedByAnothe
     if commit is None or (not written and not removed):
         return _NO_OP
     return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
+
+
+def _below(
+    entries: Mapping[str, _Entry], ordered: Sequence[str], paths: Sequence[str]
+) -> dict[str, _Entry]:
+    """Those of `entries` (their paths `ordered`) that `git ls-tree -r -- paths` would list."""
+    found = {path: entries[path] for path in paths if path in entries}
+    for path in paths:
+        # What lies below `path` sorts from `path/` up to `path0`, "0" coming right after "/".
+        start = bisect.bisect_left(ordered, path + "/")
+        end = bisect.bisect_left(ordered, path + "0", start)
+        found.update((p, entries[p]) for p in ordered[start:end])
+    return found
 
 
 def blob_id(data: bytes) -> str:

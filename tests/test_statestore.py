@@ -263,6 +263,34 @@ async def test_read_of_an_absent_directory_or_branch_is_empty(remote, tmp_path) 
     assert await store.read("dev/team-a/hell") == {}  # a prefix of a name is not the directory
 
 
+async def test_reads_asked_together_share_one_fetch_one_listing_and_one_blob_read(
+    remote, tmp_path
+) -> None:
+    store = store_for(remote, tmp_path)
+    names = [f"w{i}" for i in range(12)]  # w1 is a prefix of w10 and w11
+    await asyncio.gather(
+        *(store.apply(Change(f"dev/ns/{n}", {"a.yaml": f"n: {n}\n"}, n)) for n in names)
+    )
+    calls: list[str] = []
+    run_git = store._git
+
+    async def counted(*args: str, **kwargs):
+        calls.append(args[0])
+        return await run_git(*args, **kwargs)
+
+    store._git = counted  # type: ignore[method-assign]
+    reads = await asyncio.gather(
+        *(store.read(f"dev/ns/{n}") for n in names),
+        store.files(["dev/ns/w1"]),
+        store.listing(Change("dev/ns/w2", {}, "nothing")),
+    )
+
+    assert reads[: len(names)] == [{"a.yaml": f"n: {n}\n"} for n in names]
+    assert list(reads[-2]) == ["dev/ns/w1/a.yaml"]
+    assert list(reads[-1]) == ["dev/ns/w2/a.yaml"]
+    assert sorted(calls) == ["cat-file", "fetch", "ls-tree", "rev-parse"]
+
+
 async def test_another_branch_is_created_beside_an_existing_one(remote, tmp_path) -> None:
     await store_for(remote, tmp_path).apply(Change(DIR, FILES, "on main"))
     prod = StateStore(str(remote), "env/prod", tmp_path / "work" / "prod")

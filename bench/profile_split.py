@@ -78,6 +78,8 @@ def split(raw: Path, result: dict) -> tuple[dict[str, float], dict[str, float]]:
     groups: dict[str, str] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not (line.startswith("thread (") and count.isdigit()):
+            continue  # the pieces of a frame whose name py-spy printed with a line break in it
         frames = stack.split(";")
         groups[frames[0].split("(")[1].split(")")[0]] = group(frames[0])
         cost = classify(frames)

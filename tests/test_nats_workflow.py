@@ -236,7 +236,11 @@ async def test_simulated_days_issue_exactly_the_scheduled_refreshes(
     issued: int,
 ) -> None:
     repo = bare_repo(tmp_path / "state.git")
-    platform = nats_platform(repo, emulator, keys, search_attributes=False)
+    # A drift check every few simulated hours, not every ten minutes: five days stay a few dozen
+    # passes, and each refresh wakes the workflow on its own deadline anyway.
+    platform = nats_platform(
+        repo, emulator, keys, drift_interval=timedelta(hours=4), search_attributes=False
+    )
     w = workload(f"sim{uuid.uuid4().hex[:6]}", credentials={"ttl": ttl})
     async with await start_time_skipping() as env:
         async with running_worker(env.client, platform, "idp", tmp_path / "cache"):

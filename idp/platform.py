@@ -3,6 +3,7 @@
 It holds no secret itself: credentials are read from environment variables it names.
 """
 
+import fnmatch
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -177,6 +178,27 @@ class AwsConfig(Model):
             "'.', '_' or '-', starting with a letter or digit)",
         ),
     ] = ""
+    attachable_policies: list[
+        Annotated[
+            str,
+            Matches(
+                r"^arn:aws[a-z-]*:iam::(\d{12}|aws|\*):policy/[\w+=,.@/*-]{1,512}$",
+                "an IAM policy ARN such as arn:aws:iam::aws:policy/ReadOnlyAccess, where * "
+                "stands for any characters (arn:aws:iam::123456789012:policy/team-a/*)",
+            ),
+        ]
+    ] = Field(
+        [],
+        max_length=100,
+        description="The managed policies a workload may attach to its role through "
+        "spec.registry.managedPolicyArns. Empty, the default: none, so whoever writes a workload "
+        "cannot give its role more than its own repository. The worker's IAM policy (idpctl "
+        "platform iam-policy) grants AttachRolePolicy for these alone.",
+    )
+
+    def attachable(self, arn: str) -> bool:
+        """Whether `arn` is among `attachable_policies`, with IAM's ArnLike reading of *."""
+        return any(fnmatch.fnmatchcase(arn, pattern) for pattern in self.attachable_policies)
 
 
 LOCAL_ACCOUNTS_FIELD = "synadia.local.accounts"

@@ -81,7 +81,12 @@ def corpus_platform(
             # A failed pass is retried only after the backoff: a long one keeps a retry from
             # running into the next change's diff, so each pass read is the apply's own.
             "reconcile": {"driftInterval": "10m", "minBackoff": "10m", "maxBackoff": "10m"},
-            "aws": {"region": REGION, "accountId": MOTO_ACCOUNT_ID, "endpointUrl": aws_url},
+            "aws": {
+                "region": REGION,
+                "accountId": MOTO_ACCOUNT_ID,
+                "endpointUrl": aws_url,
+                "attachablePolicies": [f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/*"],
+            },
             "synadia": {
                 "url": emulator.api_url,
                 "tokenEnv": TOKEN_ENV,

@@ -111,7 +111,9 @@ def built_names(platform: Platform, w: Workload) -> dict[str, str]:
 
 def requests_for(actions: list[str], names: dict[str, str]) -> list[Request]:
     via_ecr = {"kms:ViaService": f"ecr.{REGION}.amazonaws.com"}
-    return [Request(a, names[a.split(":")[0]], OWNED | via_ecr) for a in actions]
+    # A policy the example platform file lets workloads attach.
+    attached = {"iam:PolicyARN": f"arn:aws:iam::{ACCOUNT}:policy/workloads/shop/reads"}
+    return [Request(a, names[a.split(":")[0]], OWNED | via_ecr | attached) for a in actions]
 
 
 # ---- statically ----------------------------------------------------------------------------------
@@ -181,6 +183,17 @@ def test_the_policy_grants_nothing_beyond_that() -> None:
         Request("iam:CreateRole", role),
         Request("ecr:CreateRepository", repository, tag_context("Request", {"team": "x"})),
         Request("iam:DeleteRole", role),
+        # Only the managed policies the platform file lists.
+        Request(
+            "iam:AttachRolePolicy",
+            role,
+            OWNED | {"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess"},
+        ),
+        Request(
+            "iam:AttachRolePolicy",
+            role,
+            OWNED | {"iam:PolicyARN": f"arn:aws:iam::{ACCOUNT}:policy/admin"},
+        ),
         Request(
             "iam:UpdateAssumeRolePolicy", role, tag_context("Resource", {"idp.managed-by": "x"})
         ),
@@ -263,6 +276,12 @@ def test_statements_follow_what_the_platform_file_enables() -> None:
     assert allowed(prefixed, Request("ecr:GetLifecyclePolicy", team))
     assert not allowed(prefixed, Request("ecr:GetLifecyclePolicy", team.replace("team/", "")))
 
+    # No policy a workload may attach, no right to attach any.
+    bare = example(aws={"region": REGION, "accountId": ACCOUNT})
+    assert not [
+        s for s in policy_document(bare)["Statement"] if "iam:AttachRolePolicy" in s["Action"]
+    ]
+
     with pytest.raises(PolicyError, match="needs no IAM policy"):
         policy_document(example(aws=None, synadia=None))
 
@@ -326,6 +345,7 @@ def moto_platform(aws_url: str, state_store: Path) -> Platform:
                 "accountId": MOTO_ACCOUNT_ID,
                 "endpointUrl": aws_url,
                 "repositoryPrefix": "team/",
+                "attachablePolicies": [f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/team-*"],
             },
         }
     )

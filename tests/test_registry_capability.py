@@ -45,6 +45,7 @@ def platform(aws_url: str, tmp_path: Path) -> Platform:
             account_id=MOTO_ACCOUNT_ID,
             endpoint_url=aws_url,
             repository_prefix="idp/",
+            attachable_policies=[f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/*"],
         ),
     )
 
@@ -217,6 +218,35 @@ async def test_a_foreign_repository_is_refused_by_the_plan_before_any_write(
         "resource to adopt it."
     )
     assert counter.writes == []
+
+
+async def test_a_managed_policy_the_platform_does_not_list_is_refused_before_any_call(
+    actions: RegistryActions, platform: Platform
+) -> None:
+    admin = "arn:aws:iam::aws:policy/AdministratorAccess"
+    own = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/reads"
+    ctx = context(workload(registry={"managedPolicyArns": [own, admin]}))
+    expected = (
+        f"spec.registry.managedPolicyArns[1]: {admin} is not a policy the platform lets "
+        f"workloads attach; allowed: arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/*"
+    )
+
+    # What idpctl apply and the Port bridge refuse before starting anything...
+    assert REGISTRY.check(ctx.workload.spec.registry, platform.aws) == [expected]
+    # ...the activity refuses too, for a spec that came in another way, calling nothing.
+    with CallCounter(actions.clients()) as counter:
+        with pytest.raises(PermanentError) as caught:
+            await actions.observe(ctx)
+    assert (str(caught.value), caught.value.reason) == (expected, "InvalidSpec")
+    assert counter.calls == []
+    # A platform that lists none lets none be attached.
+    assert platform.aws is not None
+    bare = platform.aws.model_copy(update={"attachable_policies": []})
+    assert REGISTRY.check(ctx.workload.spec.registry, bare) == [
+        f"spec.registry.managedPolicyArns[{i}]: {arn} is not a policy the platform lets "
+        "workloads attach; allowed: none (aws.attachablePolicies is empty)"
+        for i, arn in enumerate([own, admin])
+    ]
 
 
 async def test_teardown_reports_what_it_removed(

@@ -30,7 +30,12 @@ def aws_platform(repo: Path, aws_url: str) -> Platform:
     return base.model_copy(
         update={
             "destinations": [destination],
-            "aws": AwsConfig(region=REGION, account_id=MOTO_ACCOUNT_ID, endpoint_url=aws_url),
+            "aws": AwsConfig(
+                region=REGION,
+                account_id=MOTO_ACCOUNT_ID,
+                endpoint_url=aws_url,
+                attachable_policies=[f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/*"],
+            ),
         }
     )
 

@@ -13,6 +13,7 @@ from capabilities.registry.capability import (
     RegistryPlan,
     explain_registry,
     registry_fingerprint,
+    registry_problems,
 )
 from capabilities.registry.target import RegistryTarget
 from idp.aws.client import AwsClients
@@ -69,6 +70,11 @@ class RegistryActions(Actions[RegistryObservation, RegistryPlan]):
         return await asyncio.to_thread(work, target, ctx.workload.spec.registry, clients)
 
     async def observe(self, ctx: Context) -> RegistryObservation:
+        # What idpctl and the Port bridge refuse is refused here too, for a spec that came in
+        # without them (`temporal workflow update`) or a platform file changed since.
+        found = registry_problems(ctx.workload.spec.registry, self._aws)
+        if found:
+            raise PermanentError("; ".join(found), reason="InvalidSpec")
         return await self._run(ctx, aws.observe)
 
     async def fleet_observe(self, keys: list[str]) -> dict[str, str]:

@@ -554,6 +554,21 @@ def _policy_diff(
     return [f"{subject}:", *diff]
 
 
+def registry_problems(spec: RegistrySpec, settings: AwsConfig | None) -> list[str]:
+    """What only the platform file can tell is wrong with `spec.registry`: a managed policy it
+    does not let workloads attach (a workload naming AdministratorAccess would otherwise get
+    it from the worker's own rights)."""
+    if settings is None or not spec.enabled:
+        return []
+    allowed = ", ".join(settings.attachable_policies) or "none (aws.attachablePolicies is empty)"
+    return [
+        f"spec.registry.managedPolicyArns[{i}]: {arn} is not a policy the platform lets "
+        f"workloads attach; allowed: {allowed}"
+        for i, arn in enumerate(spec.managed_policy_arns)
+        if not settings.attachable(arn)
+    ]
+
+
 def _refuse(kind: str, name: str, target: RegistryTarget, why: str) -> PermanentError:
     return PermanentError(
         f"{kind} {name} already exists but is not managed by idp for workload "
@@ -576,6 +591,9 @@ class Registry(Capability[RegistryObservation, RegistryPlan]):
 
     def wanted(self, ctx: Context) -> bool:
         return ctx.workload.spec.registry.enabled
+
+    def check(self, section: RegistrySpec, settings: AwsConfig | None) -> list[str]:
+        return registry_problems(section, settings)
 
     def plan(self, ctx: Context, observation: RegistryObservation) -> RegistryPlan:
         return plan_registry(ctx.workload.spec.registry, observation)

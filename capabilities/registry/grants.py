@@ -32,6 +32,21 @@ def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
     owner = ownership_tags(names)
     owned, created = ownership_condition("Resource", owner), ownership_condition("Request", owner)
     domain = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
+    # Only the managed policies the platform lets workloads attach: without the condition, a
+    # workload naming AdministratorAccess would get it through the worker's own rights.
+    patterns = sorted(aws.attachable_policies)
+    attach = (
+        [
+            AwsGrant(
+                "RegistryAttachManagedPolicies",
+                ("iam:AttachRolePolicy",),
+                role,
+                {"ArnLike": {"iam:PolicyARN": patterns}},
+            )
+        ]
+        if patterns
+        else []
+    )
     return [
         # ECR authorizes a DescribeRepositories that names no repository, the fleet read's
         # listing, on ".../repository/*", which as a pattern also grants describing every
@@ -87,11 +102,8 @@ def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
         AwsGrant("RegistryFleetReadRoles", ("iam:GetAccountAuthorizationDetails",), ("*",)),
         AwsGrant("RegistryCreateRoles", ("iam:CreateRole",), role, created),
         # TagRole is also how IAM authorizes the tags given to CreateRole.
-        AwsGrant(
-            "RegistryConfigureRoles",
-            ("iam:AttachRolePolicy", "iam:PutRolePolicy", "iam:TagRole"),
-            role,
-        ),
+        AwsGrant("RegistryConfigureRoles", ("iam:PutRolePolicy", "iam:TagRole"), role),
+        *attach,
         AwsGrant(
             "RegistryChangeOwnedRoles",
             (

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from idp.aws.tags import MANAGED_BY
 
 # IAM's condition block: operator -> condition key -> value.
-Condition = Mapping[str, Mapping[str, str]]
+Condition = Mapping[str, Mapping[str, str | list[str]]]
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,12 @@ def _platform(
             )
         ],
         reconcile=ReconcileSettings(min_backoff=min_backoff, max_backoff=max_backoff),
-        aws=AwsConfig(region=REGION, account_id=MOTO_ACCOUNT_ID, endpoint_url=aws_url),
+        aws=AwsConfig(
+            region=REGION,
+            account_id=MOTO_ACCOUNT_ID,
+            endpoint_url=aws_url,
+            attachable_policies=[f"arn:aws:iam::{MOTO_ACCOUNT_ID}:policy/*"],
+        ),
         synadia=SynadiaConfig(
             url=synadia.api_url,
             token_env=SYNADIA_TOKEN_ENV,

@@ -48,7 +48,9 @@ def _conditions_hold(
                 return False  # IAM: a key missing from the request fails the condition
             if operator == "StringEquals":
                 holds = value in _listed(wanted)
-            elif operator == "StringLike":
+            elif operator in ("StringLike", "ArnLike"):
+                # ArnLike matches each of an ARN's colon-separated parts on its own; the
+                # patterns idp writes have a * only in a part that holds no colon.
                 holds = any(_wildcard(w, value, case_sensitive=True) for w in _listed(wanted))
             else:
                 raise ValueError(f"condition operator {operator} is not evaluated here")
@@ -128,6 +130,8 @@ class AwsCallRecorder:
         resource, tags = self._resource(service.service_name, region, params)
         given = {t["Key"]: t.get("Value", "") for t in params.get("tags", params.get("Tags", []))}
         context = tag_context("Request", given) | tag_context("Resource", tags)
+        if "PolicyArn" in params:
+            context["iam:PolicyARN"] = params["PolicyArn"]
         action = f"{service.signing_name}:{model.name}"
         self.calls.append(Recorded(model.name, Request(action, resource, context)))
 

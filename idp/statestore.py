@@ -38,10 +38,10 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import cast
+from typing import Any, cast
 
 from idp.errors import PermanentError, TransientError
 
@@ -174,12 +174,12 @@ class _Found:
 
 @dataclass(frozen=True)
 class _Read:
-    """A read waiting for the clone."""
-
     wanted: int  # the fetch it must see: the first to begin after it was asked for
     paths: tuple[str, ...]
     texts: bool  # also the text of each regular file below the paths
-    answer: asyncio.Future[_Found]
+
+
+_QueuedRead = tuple[_Read, asyncio.Future[_Found]]
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ class StateStore:
         self._fetches_begun = 0
         self._fetched = 0  # which of them last succeeded
         self._head: str | None = None
-        self._reads: list[_Read] = []
+        self._reads: list[_QueuedRead] = []
         self._reader: asyncio.Task[None] | None = None
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
@@ -304,33 +304,19 @@ class StateStore:
         for the clone together share that fetch, one ls-tree and one cat-file: onboarding asks
         for hundreds at once, and each git process costs more than what it reads."""
         loop = self._bind_loop()
-        read = _Read(self._fetches_begun + 1, tuple(paths), texts, loop.create_future())
-        self._reads.append(read)
+        answer: asyncio.Future[_Found] = loop.create_future()
+        self._reads.append((_Read(self._fetches_begun + 1, tuple(paths), texts), answer))
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._drain_reads())
-        return await read.answer
+        return await answer
 
     async def _drain_reads(self) -> None:
         while self._reads:
             async with self._exclusive():
-                batch = [read for read in self._reads[:MAX_BATCH] if not read.answer.done()]
+                batch = [(r, f) for r, f in self._reads[:MAX_BATCH] if not f.done()]
                 del self._reads[:MAX_BATCH]
-                if not batch:
-                    continue
-                try:
-                    answers = await self._answer(batch)
-                except asyncio.CancelledError:
-                    for read in batch:
-                        read.answer.cancel()
-                    raise
-                except Exception as error:
-                    for read in batch:
-                        if not read.answer.done():
-                            read.answer.set_exception(error)
-                    continue
-                for read, answer in zip(batch, answers, strict=True):
-                    if not read.answer.done():  # else its caller gave up
-                        read.answer.set_result(answer)
+                if batch:
+                    await _answer_batch(batch, self._answer([read for read, _ in batch]))
 
     async def _answer(self, batch: Sequence[_Read]) -> list[_Found]:
         """What each read of the batch asked for, the clone held."""
@@ -382,27 +368,7 @@ class StateStore:
     async def _drain(self) -> None:
         while self._pending:
             batch: list[_Queued] = []
-            self._take(batch)
-            if not batch:
-                continue
-            try:
-                results = await self._commit(batch)
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as error:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, OwnedByAnother):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+            await _answer_batch(batch, self._commit(batch))
 
     def _take(self, batch: list[_Queued]) -> None:
         """Move queued changes into the batch, up to its cap; callers that gave up are skipped."""
@@ -411,8 +377,13 @@ class StateStore:
         del self._pending[:room]
 
     async def _commit(self, batch: list[_Queued]) -> list[ChangeResult | OwnedByAnother]:
-        """One commit for the batch; results follow the batch, which may grow while retrying."""
+        """One commit for what is queued once the clone is ours (into `batch`, empty when
+        called); results follow the batch, which may grow while retrying."""
         async with self._exclusive():
+            # What was queued while a read held the clone rides along, costing no push of its own.
+            self._take(batch)
+            if not batch:
+                return []  # every caller gave up
             await self._prepare()
             rejection = ""
             deadline = asyncio.get_running_loop().time() + PUSH_RETRY_SECONDS
@@ -422,7 +393,7 @@ class StateStore:
                 if attempt > 1:
                     ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 8))
                     await asyncio.sleep(random.uniform(0, ceiling))
-                    # Whatever was queued meanwhile rides along: a lost race costs no extra push.
+                    # So does whatever was queued meanwhile: a lost race costs no extra push.
                     self._take(batch)
                 changes = [change for change, _ in batch]
                 head = await self._fetch()
@@ -780,6 +751,29 @@ def _result(commit: str | None, effect: _Effect) -> ChangeResult | OwnedByAnothe
     if commit is None or (not written and not removed):
         return _NO_OP
     return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
+
+
+async def _answer_batch(
+    batch: Sequence[tuple[object, asyncio.Future[Any]]], work: Awaitable[Sequence[object]]
+) -> None:
+    """Give each caller of the batch still waiting its answer from `work`, in batch order: an
+    answer that is an exception, or the failure of `work` itself, is raised to the caller. The
+    batch may grow while `work` runs (a commit retried takes what was queued meanwhile)."""
+    try:
+        answers = await work
+    except asyncio.CancelledError:
+        for _, future in batch:
+            future.cancel()
+        raise
+    except Exception as error:
+        answers = [error] * len(batch)
+    for (_, future), answer in zip(batch, answers, strict=True):
+        if future.done():
+            continue  # its caller gave up
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
 
 
 def _below(

@@ -42,7 +42,17 @@ class Model(BaseModel):
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 # RFC 3986 path characters, as the HTTPRoute CRD's validation rule allows them.
 _PATH_CHARACTERS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})+$")
-_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
+
+
+def policy_arn_pattern(*, wildcards: bool = False) -> str:
+    """An IAM managed policy's ARN; with `wildcards`, a pattern of them as IAM's ArnLike reads
+    it, where * in the account or the name stands for any characters."""
+    star = r"\*" if wildcards else ""
+    account = r"(\d{12}|aws|\*)" if wildcards else r"(\d{12}|aws)"
+    return rf"^arn:aws[a-z-]*:iam::{account}:policy/[\w+=,.@/{star}-]{{1,512}}$"
+
+
+_ARN = re.compile(policy_arn_pattern())
 
 
 def _owner(value: str) -> str:

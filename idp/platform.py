@@ -23,7 +23,7 @@ from idp import sections
 from idp.durations import Duration
 from idp.errors import PermanentError
 from idp.loading import TOO_DEEP, YamlLoader, describe_errors, yaml_problem
-from idp.models import API_VERSION, Delivery, Model
+from idp.models import API_VERSION, Delivery, Model, policy_arn_pattern
 from idp.names import Label, Matches, Subdomain, shown
 from idp.sealing import CertificateSource
 
@@ -182,7 +182,7 @@ class AwsConfig(Model):
         Annotated[
             str,
             Matches(
-                r"^arn:aws[a-z-]*:iam::(\d{12}|aws|\*):policy/[\w+=,.@/*-]{1,512}$",
+                policy_arn_pattern(wildcards=True),
                 "an IAM policy ARN such as arn:aws:iam::aws:policy/ReadOnlyAccess, where * "
                 "stands for any characters (arn:aws:iam::123456789012:policy/team-a/*)",
             ),

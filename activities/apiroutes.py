@@ -13,7 +13,7 @@ from idp.manifests import owner_records
 from idp.models import ApiAggregator, Model
 from idp.platform import Platform
 from idp.routes import RouteTarget
-from idp.statestore import Change
+from idp.statechange import Change
 
 
 class RoutesInput(Model):

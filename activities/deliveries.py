@@ -18,7 +18,8 @@ from idp.errors import PermanentError
 from idp.models import Delivery
 from idp.platform import Destination, Platform
 from idp.sealing import CertificateCache
-from idp.statestore import Change, StateStore
+from idp.statechange import Change
+from idp.statestore import StateStore
 
 
 class Deliveries:

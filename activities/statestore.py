@@ -7,7 +7,8 @@ from pathlib import Path
 from idp.manifests import digest
 from idp.models import Model
 from idp.platform import Destination
-from idp.statestore import ChangeResult, StateStore, state_store
+from idp.statechange import ChangeResult
+from idp.statestore import StateStore, state_store
 
 
 class ManifestsResult(Model):

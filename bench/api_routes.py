@@ -27,7 +27,8 @@ from idp import ids
 from idp.gateway import aggregator_directory, render_aggregator
 from idp.models import ApiAggregator, ApiTarget, Workload
 from idp.routes import RouteTarget
-from idp.statestore import Change, StateStore
+from idp.statechange import Change
+from idp.statestore import StateStore
 from starter import dev, operations, temporal
 from workflows.aggregator import ApiAggregatorWorkflow
 from workflows.messages import WaitReadyRequest

@@ -103,7 +103,6 @@ async def measure(n: int, runs: int) -> None:
         root = Path(tmp)
         host = "127.0.0.1"
         stack = dev.Stack.on_free_ports(root / "stack", host)
-        stack.postgres_port = dev.free_port(host)
         names = [f"w{i:03}" for i in range(n)]
         cases: list[Case] = []
         try:

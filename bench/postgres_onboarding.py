@@ -70,7 +70,6 @@ async def measure(n: int) -> None:
     with tempfile.TemporaryDirectory(prefix="idp-pg-onboarding-") as tmp:
         host = "127.0.0.1"
         stack = dev.Stack.on_free_ports(Path(tmp), host)
-        stack.postgres_port = dev.free_port(host)
         try:
             await dev.start(stack)
             if stack.postgres is None:

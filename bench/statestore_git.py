@@ -6,7 +6,8 @@ onboarding asks for them (each workload's Manifests listing and Credentials read
 
 For each batch size, a bare repository on disk (the remote) and a clone: the directories are
 written in batches of that many changes at once (one commit per batch when nothing else
-writes), then all of them are read at once, twice. Prints, per phase, the wall time, the CPU of
+writes), then all of them are read at once, twice. The remote keeps pushes as packs, as the
+local stack's does, unless --loose-remote. Prints, per phase, the wall time, the CPU of
 this process, and each git command's count and CPU (its children included: a push's
 receive-pack, a fetch's upload-pack).
 """
@@ -20,7 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from idp.statestore import Change, StateStore
+from idp.statechange import Change
+from idp.statestore import StateStore
+from starter.dev import keep_pushed_packs
 
 
 def cpu(who: int) -> float:
@@ -88,6 +91,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--directories", type=int, default=1000)
     parser.add_argument("--batches", type=int, nargs="+", default=[10, 50])
+    parser.add_argument(
+        "--loose-remote",
+        action="store_true",
+        help="leave the remote at git's default, unpacking small pushes into loose objects",
+    )
     args = parser.parse_args()
     for batch in args.batches:
         with tempfile.TemporaryDirectory(prefix="idp-statestore-") as tmp:
@@ -95,4 +103,6 @@ if __name__ == "__main__":
             subprocess.run(
                 ["git", "init", "-q", "--bare", "--initial-branch=main", remote], check=True
             )
+            if not args.loose_remote:
+                keep_pushed_packs(remote)
             asyncio.run(measure(Path(tmp), args.directories, batch))

@@ -33,7 +33,7 @@ from idp.manifests import (
 )
 from idp.models import ApiAggregator
 from idp.routes import RouteTarget
-from idp.statestore import Claim
+from idp.statechange import Claim
 
 ENVOY_GATEWAY = "envoy-gateway"
 NGINX_GATEWAY_FABRIC = "nginx-gateway-fabric"

@@ -27,7 +27,7 @@ import yaml
 
 from idp import ids
 from idp.models import Workload
-from idp.statestore import Claim, OwnedByAnother
+from idp.statechange import Claim, OwnedByAnother
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "idp"}
 ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"

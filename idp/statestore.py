@@ -38,12 +38,29 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from idp.errors import PermanentError, TransientError
+from idp.statechange import (
+    CONTROL_CHARACTERS,
+    REGULAR_FILE_MODES,
+    Change,
+    ChangeResult,
+    Entry,
+    OwnedByAnother,
+    Plan,
+    ancestors,
+    change_result,
+    own_blobs,
+    paths_read,
+    plan_batch,
+    record_id,
+    validated,
+    validated_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +80,6 @@ _PERMANENT_GIT_ERRORS = re.compile(
 )
 _URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-_REGULAR_FILE_MODES = ("100644", "100755")
 # Commits are assembled on this private ref, then pushed by sha; the branch is never local.
 _PENDING_REF = "refs/idp/pending"
 
@@ -78,97 +93,12 @@ _INHERITED_GIT_VARIABLES = (
     "GIT_COMMON_DIR",
     "GIT_NAMESPACE",
 )
-
-
-def record_holder(text: str) -> str | None:
-    """The holder an ownership record names: its one line, the owner's id."""
-    return text.strip() or None
-
-
-def _record(owner: str) -> bytes:
-    return f"{owner}\n".encode()
-
-
-def record_id(owner: str) -> str:
-    """The object id of every record `owner` holds: its records are found by id, unread."""
-    return blob_id(_record(owner))
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A name a change must hold alone (a directory, a Kubernetes object), and the path that
-    says who holds it: nobody while the path is absent, else `holder` of its text (None: the
-    text leaves the name free).
-
-    A `record` claim is written by the change: the path then holds the owner's id and nothing
-    else, which is how every other writer finds it. Any other claim is only read: the path is
-    written by its holder as part of its own files (a manifest's owner labels, say).
-    """
-
-    path: str
-    subject: str  # what the name is, as a refusal says it: "shop/web on destination dev"
-    remedy: str  # what the refused author can do about it
-    holder: Callable[[str], str | None] = record_holder
-    record: bool = False
-
-
-class OwnedByAnother(PermanentError):
-    """A change refused because another owner holds one of its claims."""
-
-    def __init__(self, claim: Claim, holder: str) -> None:
-        # Owners are workflow ids, `<kind>/<key>`: "workload/a/web" reads "workload a/web".
-        named = holder.replace("/", " ", 1)
-        super().__init__(
-            f"{claim.subject} is already written by {named}; {claim.remedy}",
-            reason="OwnedByAnother",
-        )
-        self.claim = claim
-        self.holder = holder
-
-
-@dataclass(frozen=True)
-class Change:
-    """Make `directory` hold `files`.
-
-    `owned` names the files this change manages when several writers share one directory (a
-    workload's manifests beside its delivered secret): only those names are written or deleted
-    and every other file is left alone. None manages the whole directory: files not in `files`
-    are deleted.
-
-    With an `owner`, the change holds its `claims` or does nothing: checked against the head it
-    is applied to, inside the fetch-rebase-retry loop, so of two writers racing for one name the
-    one whose push lands first wins and the other, re-applied on top of it, is refused with
-    OwnedByAnother. A removal (no files) whose names another owner holds leaves them alone and
-    succeeds, since nothing there is its own. Records of the owner below `records` that the
-    change no longer claims (all of them, for a removal) are deleted: that frees the names.
-    """
-
-    directory: str
-    files: Mapping[str, str]
-    message: str
-    owned: frozenset[str] | None = None
-    owner: str | None = None
-    claims: tuple[Claim, ...] = ()
-    records: str | None = None
-
-
-@dataclass(frozen=True)
-class ChangeResult:
-    commit: str | None
-    written: tuple[str, ...]
-    removed: tuple[str, ...]
-
-
-_NO_OP = ChangeResult(commit=None, written=(), removed=())
-
-# A tree entry: (mode, object id).
-_Entry = tuple[str, str]
 _Queued = tuple[Change, asyncio.Future[ChangeResult]]
 
 
 @dataclass(frozen=True)
 class _Found:
-    entries: dict[str, _Entry]  # every entry below the paths read: path -> entry
+    entries: dict[str, Entry]  # every entry below the paths read: path -> entry
     texts: dict[str, str]  # object id -> text, for each regular file among them when asked
 
 
@@ -189,20 +119,6 @@ class _Run:
     stderr: str
 
 
-# What one change did: (written, removed) paths, or why it was refused.
-_Effect = tuple[list[str], list[str]] | OwnedByAnother
-
-
-@dataclass
-class _Plan:
-    """What a batch does to the head: per-change effects, then the net edit for the commit."""
-
-    effects: list[_Effect]
-    deletions: list[str]
-    writes: dict[str, bytes]
-    messages: list[str]
-
-
 class StateStore:
     def __init__(
         self,
@@ -215,7 +131,7 @@ class StateStore:
     ) -> None:
         if not isinstance(url, str) or not url.strip() or url.startswith("-"):
             raise PermanentError(f"State store URL {redact_url(str(url))!r} is not a git URL.")
-        if _CONTROL_CHARACTERS.search(url + branch + author + email) or re.search(
+        if CONTROL_CHARACTERS.search(url + branch + author + email) or re.search(
             "[<>]", author + email
         ):
             raise PermanentError(
@@ -248,11 +164,12 @@ class StateStore:
         self._reader: asyncio.Task[None] | None = None
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
+        self._pushed: str | None = None  # the branch head our last commit left, if it was
 
     async def apply(self, change: Change) -> ChangeResult:
         """Make `change.directory` hold exactly `change.files` (of the names in `change.owned`,
         when given); writes only what differs."""
-        change = _validated(change)
+        change = validated(change)
         loop = self._bind_loop()
         future: asyncio.Future[ChangeResult] = loop.create_future()
         self._pending.append((change, future))
@@ -262,21 +179,21 @@ class StateStore:
 
     async def read(self, directory: str) -> dict[str, str]:
         """The directory's files at the remote branch head: relative name -> text."""
-        directory = _validated_directory(directory)
+        directory = validated_directory(directory)
         found = await self._at_head((directory,), texts=True)
         prefix = directory + "/"
         return {
             path.removeprefix(prefix): found.texts[oid]
             for path, (mode, oid) in sorted(found.entries.items())
-            if mode in _REGULAR_FILE_MODES and path.startswith(prefix)
+            if mode in REGULAR_FILE_MODES and path.startswith(prefix)
         }
 
     async def listing(self, change: Change) -> dict[str, str]:
         """What `preview` needs to tell what `apply(change)` would do, read at the remote branch
         head: path -> object id of the regular files in the change's directory, at its claims
         and among its owner's records. One fetch, and no blob is read."""
-        change = _validated(change)
-        entries = (await self._at_head(_paths_read(change))).entries
+        change = validated(change)
+        entries = (await self._at_head(paths_read(change))).entries
         prefix = change.directory + "/"
         claimed = {claim.path for claim in change.claims}
         mine = record_id(change.owner) if change.owner is not None else None
@@ -284,7 +201,7 @@ class StateStore:
         return {
             path: oid
             for path, (mode, oid) in sorted(entries.items())
-            if mode in _REGULAR_FILE_MODES
+            if mode in REGULAR_FILE_MODES
             and (path.startswith(prefix) or path in claimed or oid == mine)
         }
 
@@ -292,11 +209,11 @@ class StateStore:
         """Path -> object id of every regular file below `directories` at the remote branch
         head, as `listing` reads them: one fetch and one ls-tree however many directories, so
         that one read answers for every resource kept below them. No blob is read."""
-        directories = [_validated_directory(directory) for directory in directories]
+        directories = [validated_directory(directory) for directory in directories]
         if not directories:
             return {}  # ls-tree without a path would list the whole repository
         entries = (await self._at_head(directories)).entries
-        return {path: oid for path, (mode, oid) in entries.items() if mode in _REGULAR_FILE_MODES}
+        return {path: oid for path, (mode, oid) in entries.items() if mode in REGULAR_FILE_MODES}
 
     async def _at_head(self, paths: Sequence[str], *, texts: bool = False) -> _Found:
         """Every entry below `paths` at the remote head as fetched by a fetch that began after
@@ -338,7 +255,7 @@ class StateStore:
                 for read, found in zip(batch, entries, strict=True)
                 if read.texts
                 for mode, oid in found.values()
-                if mode in _REGULAR_FILE_MODES
+                if mode in REGULAR_FILE_MODES
             }
         )
         texts = dict(zip(blobs, await self._texts(blobs), strict=True)) if blobs else {}
@@ -388,23 +305,34 @@ class StateStore:
             rejection = ""
             deadline = asyncio.get_running_loop().time() + PUSH_RETRY_SECONDS
             attempt = 0
+            # Our last push is most often still the branch head (a fetch costs a third of a
+            # commit's git CPU): plan on it unfetched, and let the push's lease say whether it
+            # still is. Only a plan to change something can be checked that way.
+            guess, self._pushed = self._pushed, None
             while attempt == 0 or asyncio.get_running_loop().time() < deadline:
-                attempt += 1
-                if attempt > 1:
-                    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 8))
-                    await asyncio.sleep(random.uniform(0, ceiling))
-                    # So does whatever was queued meanwhile: a lost race costs no extra push.
-                    self._take(batch)
+                if guess is None:
+                    attempt += 1
+                    if attempt > 1:
+                        ceiling = min(
+                            BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 8)
+                        )
+                        await asyncio.sleep(random.uniform(0, ceiling))
+                # So does whatever was queued meanwhile: a lost race costs no extra push.
+                self._take(batch)
                 changes = [change for change, _ in batch]
-                head = await self._fetch()
+                head = guess or await self._fetch()
                 plan = await self._plan(head, changes)
-                if not plan.deletions and not plan.writes:
-                    return [_result(None, effect) for effect in plan.effects]
-                commit = await self._write_commit(head, plan)
-                rejection = await self._push(commit)
-                if not rejection:
-                    return [_result(commit, effect) for effect in plan.effects]
-                log.info("push to %s lost a race (%s); retrying", self._safe_url, rejection)
+                if plan.deletions or plan.writes:
+                    commit = await self._write_commit(head, plan)
+                    rejection = await self._push(commit, head)
+                    if not rejection:
+                        self._pushed = commit
+                        return [change_result(commit, effect) for effect in plan.effects]
+                    if guess is None:
+                        log.info("push to %s lost a race (%s); retrying", self._safe_url, rejection)
+                elif guess is None:
+                    return [change_result(None, effect) for effect in plan.effects]
+                guess = None
             raise TransientError(
                 f"Pushing to branch {self.branch!r} of state store {self._safe_url} was rejected "
                 f"{attempt} times in {PUSH_RETRY_SECONDS:g}s (last: {rejection}): other writers "
@@ -412,8 +340,8 @@ class StateStore:
                 reason="PushRejected",
             )
 
-    async def _plan(self, head: str | None, changes: Sequence[Change]) -> _Plan:
-        directories = sorted({path for change in changes for path in _paths_read(change)})
+    async def _plan(self, head: str | None, changes: Sequence[Change]) -> Plan:
+        directories = sorted({path for change in changes for path in paths_read(change)})
         tree = await self._entries(head, directories) if head else {}
         # A file standing where a resource needs a directory is in the way; only a resource
         # whose directory is still empty can meet one, so ask git about those alone.
@@ -423,18 +351,18 @@ class StateStore:
             if c.files and not any(p.startswith(c.directory + "/") for p in tree)
         ]
         if head and creating:
-            tree |= await self._files_among(head, {a for d in creating for a in _ancestors(d)})
-        return _plan(tree, changes, await self._claim_texts(tree, changes))
+            tree |= await self._files_among(head, {a for d in creating for a in ancestors(d)})
+        return plan_batch(tree, changes, await self._claim_texts(tree, changes))
 
     async def _claim_texts(
-        self, tree: dict[str, _Entry], changes: Sequence[Change]
+        self, tree: dict[str, Entry], changes: Sequence[Change]
     ) -> dict[str, str]:
         """The text of every claimed path at the head that is not already known to be the
         claimant's own (its record, or exactly a file it writes): object id -> text. In the
         steady state that is none, so a pass that changes nothing reads no blob."""
         unknown = set()
         for change in changes:
-            own = _own_blobs(change)
+            own = own_blobs(change)
             unknown |= {
                 tree[c.path][1]
                 for c in change.claims
@@ -445,22 +373,22 @@ class StateStore:
         ordered = sorted(unknown)
         return dict(zip(ordered, await self._texts(ordered), strict=True))
 
-    async def _entries(self, head: str, directories: Sequence[str]) -> dict[str, _Entry]:
+    async def _entries(self, head: str, directories: Sequence[str]) -> dict[str, Entry]:
         """Every entry below the directories at `head`: path -> (mode, object id)."""
         listing = await self._git("ls-tree", "-r", "-z", head, "--", *directories)
-        found: dict[str, _Entry] = {}
+        found: dict[str, Entry] = {}
         for record in filter(None, listing.stdout.decode(errors="surrogateescape").split("\0")):
             meta, _, path = record.partition("\t")
             mode, _, oid = meta.split(" ")
             found[path] = (mode, oid)
         return found
 
-    async def _files_among(self, head: str, paths: set[str]) -> dict[str, _Entry]:
+    async def _files_among(self, head: str, paths: set[str]) -> dict[str, Entry]:
         """Those of `paths` that are files (not directories) at `head`."""
         ordered = sorted(paths)
         query = "".join(f"{head}:{p}\n" for p in ordered).encode()
         answer = await self._git("cat-file", "--batch-check", input=query)
-        found: dict[str, _Entry] = {}
+        found: dict[str, Entry] = {}
         for path, line in zip(ordered, answer.stdout.decode().splitlines(), strict=True):
             if line.endswith(" missing"):
                 continue
@@ -469,7 +397,7 @@ class StateStore:
                 found[path] = (kind, oid)  # not a regular mode, so never "already as desired"
         return found
 
-    async def _write_commit(self, head: str | None, plan: _Plan) -> str:
+    async def _write_commit(self, head: str | None, plan: Plan) -> str:
         message = _commit_message(plan.messages).encode()
         stream = bytearray(f"reset {_PENDING_REF}\ncommit {_PENDING_REF}\nmark :1\n".encode())
         stream += f"committer {self._committer} now\ndata {len(message)}\n".encode() + message
@@ -511,6 +439,7 @@ class StateStore:
                 )
             self.workdir.mkdir(parents=True, exist_ok=True)
             await self._git("init", "--quiet", "--bare")
+            self._pushed = None  # a new clone does not hold it
         if self._locks_suspect:
             self._locks_suspect = self._clear_stale_locks()
         if not self._branch_checked:
@@ -559,10 +488,14 @@ class StateStore:
             # Another writer created the branch between our fetch and our look: fetch again.
         raise self._error("fetch", fetched.stderr)
 
-    async def _push(self, commit: str) -> str:
-        """Push the commit; "" on success, else why the remote refused (another writer won)."""
-        refspec = f"{commit}:refs/heads/{self.branch}"
-        push = ("push", "--porcelain", "--no-verify", self._git_url, refspec)
+    async def _push(self, commit: str, parent: str | None) -> str:
+        """Push the commit, planned on `parent` (None: on no branch); "" on success, else why
+        the remote refused: another writer won, or the branch is no longer at `parent`."""
+        branch = f"refs/heads/{self.branch}"
+        # The lease makes "still at parent" exact: a branch moved back to an older commit (by
+        # hand) is not at parent either, and fast-forwarding it would undo that move.
+        lease = f"--force-with-lease={branch}:{parent or ''}"
+        push = ("push", "--porcelain", "--no-verify", lease, self._git_url, f"{commit}:{branch}")
         pushed = await self._git(*push, network=True, check=False)
         if pushed.returncode == 0:
             return ""
@@ -585,10 +518,13 @@ class StateStore:
         self, *args: str, input: bytes | None = None, check: bool = True, network: bool = False
     ) -> _Run:
         # No background gc racing our next command for the clone's locks, and never the
-        # command-running ext:: transport, whatever the user's own configuration says.
+        # command-running ext:: transport, whatever the user's own configuration says. A commit
+        # is written as one pack, never as loose objects: git's default for a commit of fewer
+        # than 100 objects, which made every later fast-import several times dearer.
         process = await asyncio.create_subprocess_exec(
             "git",
             *("-c", "gc.autoDetach=false", "-c", "protocol.ext.allow=never"),
+            *("-c", "fastimport.unpackLimit=0"),
             *args,
             cwd=self.workdir,
             env=self._env,
@@ -624,135 +560,6 @@ class StateStore:
         return run
 
 
-def preview(change: Change, files: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """The paths `apply(change)` would write and remove on a head holding `files` (as `listing`
-    answers). Pure. Claims are not judged: `apply` decides who holds a name on the head it
-    commits on, as it decides every race."""
-    tree = {path: (_REGULAR_FILE_MODES[0], oid) for path, oid in files.items()}
-    (effect,) = _plan(tree, [_validated(change)], None).effects
-    return cast(tuple[list[str], list[str]], effect)
-
-
-def _plan(
-    tree: dict[str, _Entry], changes: Sequence[Change], texts: Mapping[str, str] | None
-) -> _Plan:
-    """Apply the changes, in order, to the head's entries; only real differences survive.
-
-    `texts` holds the claimed paths' contents by object id (None: claims are not judged); a
-    change in the batch sees the records and files of the changes before it, so one batch
-    decides a race like two pushes.
-    """
-    state = dict(tree)
-    contents: dict[str, bytes] = {}
-    effects: list[_Effect] = []
-    for change in changes:
-        taken = None if texts is None else _taken(change, state, contents, texts)
-        if taken is not None and change.files:
-            effects.append(taken)
-            continue
-        written: list[str] = []
-        removed: list[str] = []
-        desired = {} if taken else _desired(change)
-        records = _records(change) if change.files else {}
-        for path in sorted(_released(change, state, records)):
-            del state[path]
-            removed.append(path)
-        prefix = change.directory + "/"
-        if desired:
-            for ancestor in _ancestors(change.directory):
-                if state.pop(ancestor, None):
-                    removed.append(ancestor)
-        for path in sorted(p for p in state if p.startswith(prefix) and p not in desired):
-            # A removal of names another owner holds must not take that owner's files along.
-            if taken or (
-                change.owned is not None and path.removeprefix(prefix) not in change.owned
-            ):
-                continue
-            del state[path]
-            removed.append(path)
-        for path, data in sorted((desired | records).items()):
-            mode, oid = state.get(path, ("", ""))
-            if mode in _REGULAR_FILE_MODES and oid == blob_id(data):
-                continue
-            state[path] = ("100644", blob_id(data))
-            contents[path] = data
-            written.append(path)
-        effects.append((written, removed))
-    deletions = sorted(p for p in tree if p not in state)
-    writes = {p: contents[p] for p in sorted(state) if state[p] != tree.get(p)}
-    messages = [
-        c.message
-        for c, effect in zip(changes, effects, strict=True)
-        if not isinstance(effect, OwnedByAnother) and any(effect)
-    ]
-    return _Plan(effects, deletions, writes, messages)
-
-
-def _desired(change: Change) -> dict[str, bytes]:
-    prefix = change.directory + "/"
-    return {prefix + name: text.encode() for name, text in change.files.items()}
-
-
-def _records(change: Change) -> dict[str, bytes]:
-    """The record files the change writes: path -> the owner's record."""
-    if change.owner is None:
-        return {}
-    return {c.path: _record(change.owner) for c in change.claims if c.record}
-
-
-def _own_blobs(change: Change) -> set[str]:
-    """Object ids whose text names the change's owner as holder of anything it claims: its
-    record, and its own files (which carry whatever marks it as their owner)."""
-    own = {blob_id(text.encode()) for text in change.files.values()}
-    if change.owner is not None:
-        own.add(record_id(change.owner))
-    return own
-
-
-def _taken(
-    change: Change, state: dict[str, _Entry], contents: dict[str, bytes], texts: Mapping[str, str]
-) -> OwnedByAnother | None:
-    """The first claim of the change that another owner holds in `state`."""
-    own = _own_blobs(change)
-    for claim in change.claims:
-        if claim.path not in state:
-            continue
-        _, oid = state[claim.path]
-        if oid in own:
-            continue
-        written = contents.get(claim.path)
-        holder = claim.holder(written.decode() if written is not None else texts[oid])
-        if holder is not None and holder != change.owner:
-            return OwnedByAnother(claim, holder)
-    return None
-
-
-def _released(change: Change, state: dict[str, _Entry], kept: Mapping[str, bytes]) -> list[str]:
-    """The owner's records below `change.records` that the change no longer claims. A record
-    is recognised by its object id alone: it holds nothing but the owner's id."""
-    if change.owner is None or change.records is None:
-        return []
-    prefix, mine = change.records + "/", record_id(change.owner)
-    return [
-        p for p, (_, oid) in state.items() if p.startswith(prefix) and oid == mine and p not in kept
-    ]
-
-
-def _paths_read(change: Change) -> list[str]:
-    """What the plan of a change needs to see of the head: its directory, its claims, and its
-    owner's records."""
-    return [change.directory, *(c.path for c in change.claims), *filter(None, [change.records])]
-
-
-def _result(commit: str | None, effect: _Effect) -> ChangeResult | OwnedByAnother:
-    if isinstance(effect, OwnedByAnother):
-        return effect
-    written, removed = effect
-    if commit is None or (not written and not removed):
-        return _NO_OP
-    return ChangeResult(commit, tuple(sorted(written)), tuple(sorted(removed)))
-
-
 async def _answer_batch(
     batch: Sequence[tuple[object, asyncio.Future[Any]]], work: Awaitable[Sequence[object]]
 ) -> None:
@@ -777,8 +584,8 @@ async def _answer_batch(
 
 
 def _below(
-    entries: Mapping[str, _Entry], ordered: Sequence[str], paths: Sequence[str]
-) -> dict[str, _Entry]:
+    entries: Mapping[str, Entry], ordered: Sequence[str], paths: Sequence[str]
+) -> dict[str, Entry]:
     """Those of `entries` (their paths `ordered`) that `git ls-tree -r -- paths` would list."""
     found = {path: entries[path] for path in paths if path in entries}
     for path in paths:
@@ -787,17 +594,6 @@ def _below(
         end = bisect.bisect_left(ordered, path + "0", start)
         found.update((p, entries[p]) for p in ordered[start:end])
     return found
-
-
-def blob_id(data: bytes) -> str:
-    """The object id git gives this content (SHA-1 repositories, git's default)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def _ancestors(directory: str) -> list[str]:
-    """'a/b/c' -> ['a', 'a/b', 'a/b/c']."""
-    parts = directory.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _quoted(path: str) -> str:
@@ -828,99 +624,6 @@ def _split_batch(output: bytes) -> list[str]:
         contents.append(output[start : start + size].decode(errors="replace"))
         position = start + size + 1
     return contents
-
-
-# Validation and messages.
-
-
-def _validated(change: Change) -> Change:
-    directory = _validated_directory(change.directory)
-    if not isinstance(change.files, Mapping):
-        raise PermanentError(
-            f"The files for state store directory {directory!r} must be a mapping."
-        )
-    for name, text in change.files.items():
-        if not _is_safe_relative(name):
-            raise PermanentError(
-                f"File name {name!r} in state store directory {directory!r} is not allowed: it "
-                "must be a relative path inside the directory, without '..', '.git' or empty "
-                "segments."
-            )
-        try:
-            text.encode()
-        except (AttributeError, UnicodeError):
-            raise PermanentError(f"File {directory}/{name} must be given as UTF-8 text.") from None
-    for name in change.files:
-        for parent in PurePosixPath(name).parents:
-            if str(parent) in change.files:
-                raise PermanentError(
-                    f"File names {str(parent)!r} and {name!r} in state store directory "
-                    f"{directory!r} conflict: one path cannot be both a file and a directory."
-                )
-    owned = change.owned
-    if owned is not None:
-        if not isinstance(owned, frozenset | set) or not all(map(_is_safe_relative, owned)):
-            raise PermanentError(
-                f"The owned file names for state store directory {directory!r} must be a set of "
-                "relative paths inside the directory."
-            )
-        strays = sorted(set(change.files) - owned)
-        if strays:
-            # A change writing a file it does not claim could never delete it again.
-            raise PermanentError(
-                f"File(s) {', '.join(map(repr, strays))} in state store directory {directory!r} "
-                "are not among the file names the change owns."
-            )
-        owned = frozenset(owned)
-    message = change.message.strip() if isinstance(change.message, str) else ""
-    return Change(
-        directory,
-        dict(change.files),
-        message or f"idp: update {directory}",
-        owned,
-        *_validated_ownership(change),
-    )
-
-
-def _validated_ownership(change: Change) -> tuple[str | None, tuple[Claim, ...], str | None]:
-    owner, claims = change.owner, tuple(change.claims)
-    if owner is None:
-        if claims or change.records is not None:
-            raise PermanentError(
-                f"The change of state store directory {change.directory!r} claims names but "
-                "says no owner to hold them."
-            )
-        return None, (), None
-    if not owner.strip() or _CONTROL_CHARACTERS.search(owner):
-        raise PermanentError(
-            f"The owner {owner!r} of state store directory {change.directory!r} must be one line "
-            "of text."
-        )
-    claims = tuple(replace(c, path=_validated_directory(c.path)) for c in claims)
-    records = None if change.records is None else _validated_directory(change.records)
-    return owner, claims, records
-
-
-def _validated_directory(directory: str) -> str:
-    trimmed = directory.rstrip("/") if isinstance(directory, str) else ""
-    if not _is_safe_relative(trimmed):
-        raise PermanentError(
-            f"State store directory {directory!r} is not allowed: it must be a relative path "
-            "inside the repository, without '..', '.git' or empty segments."
-        )
-    return trimmed
-
-
-def _is_safe_relative(path: object) -> bool:
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
-        return False
-    if _CONTROL_CHARACTERS.search(path):
-        return False
-    # git itself refuses .GIT, ".git." and friends; so do we, before anything is written.
-    return all(
-        segment not in ("", ".", "..") and segment.lower().rstrip(". ") != ".git"
-        for segment in path.split("/")
-    )
 
 
 def _is_remote_url(url: str) -> bool:

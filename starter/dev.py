@@ -81,9 +81,10 @@ class Stack:
 
     @classmethod
     def on_free_ports(cls, root: Path, host: str = "127.0.0.1") -> Self:
-        """A stack at `root` whose server and UI take ports nothing listens on (the other
-        processes pick theirs as they start): what benches and tests run."""
-        return cls(root, host, free_port(host), free_port(host))
+        """A stack at `root` whose server, UI and PostgreSQL take ports nothing listens on (the
+        other processes pick theirs as they start), never a port a developer's own services
+        use: what benches and tests run."""
+        return cls(root, host, free_port(host), free_port(host), postgres_port=free_port(host))
 
     codec_keys: str | None = field(default=None, repr=False)
     codec_token: str | None = field(default=None, repr=False)
@@ -471,6 +472,14 @@ def init_state_store(stack: Stack) -> None:
             ["git", "init", "--quiet", "--bare", "--initial-branch=main", str(stack.state_store)],
             check=True,
         )
+    keep_pushed_packs(stack.state_store)
+
+
+def keep_pushed_packs(repository: Path) -> None:
+    """Store each push to `repository` as the pack it came in. By git's default a push of fewer
+    than 100 objects (a commit of a few workloads) is unpacked into loose files, which cost the
+    local stack's git several times the CPU of writing the commit."""
+    subprocess.run(["git", "-C", str(repository), "config", "receive.unpackLimit", "1"], check=True)
 
 
 async def wait_until(

@@ -52,7 +52,8 @@ from idp.platform import (
     load_platform,
 )
 from idp.sealing import CertificateCache, CertificateSource, unseal_sealed_secret
-from idp.statestore import Change, OwnedByAnother, StateStore
+from idp.statechange import Change, OwnedByAnother
+from idp.statestore import StateStore
 from idp.synadia import NatsCreds
 
 REGION = "eu-west-1"

@@ -20,7 +20,7 @@ from idp.capability import Change, Context, Plan, Report
 from idp.manifests import digest, render_workload, shared_name
 from idp.models import Workload
 from idp.platform import Platform
-from idp.statestore import OwnedByAnother
+from idp.statechange import OwnedByAnother
 
 ROLE = "arn:aws:iam::123456789012:role/idp-shop-cart"
 DIRECTORY = "dev/shop/cart"

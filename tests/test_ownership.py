@@ -19,7 +19,8 @@ from capabilities.manifests.capability import write
 from idp.manifests import render_workload
 from idp.models import ApiAggregator, Workload
 from idp.routes import RouteTarget
-from idp.statestore import Change, ChangeResult, OwnedByAnother, StateStore
+from idp.statechange import Change, ChangeResult, OwnedByAnother
+from idp.statestore import StateStore
 from starter.operations import apply_workload, check_apply
 from workflows.messages import WaitReadyRequest
 from workflows.state import Phase

@@ -11,37 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+from support.stack import bare_repo, git
 
-from idp import statestore
+from idp import statechange, statestore
 from idp.errors import PermanentError, TransientError
-from idp.statestore import (
-    NETWORK_TIMEOUT_SECONDS,
-    Change,
-    Claim,
-    OwnedByAnother,
-    StateStore,
-    state_store,
-)
+from idp.statechange import Change, Claim, OwnedByAnother
+from idp.statestore import NETWORK_TIMEOUT_SECONDS, StateStore, state_store
 
 BRANCH = "main"
 DIR = "dev/team-a/hello"
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    identity = ["-c", "user.name=someone", "-c", "user.email=someone@example.com"]
-    done = subprocess.run(
-        ["git", *identity, *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout
-
-
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
     """A fresh, empty bare repository: the branch does not exist until the first push."""
-    path = tmp_path / "state.git"
-    git("init", "--quiet", "--bare", "--initial-branch=main", str(path))
-    return path
+    return bare_repo(tmp_path / "state.git")
 
 
 def store_for(remote: Path, tmp_path: Path, name: str = "clone") -> StateStore:
@@ -255,6 +239,39 @@ async def test_drift_pushed_by_someone_else_is_repaired_with_one_commit(remote, 
     assert await store.read(DIR) == FILES
 
 
+def git_commands(store: StateStore) -> list[str]:
+    """The git commands `store` runs from now on, as they start."""
+    calls: list[str] = []
+    run_git = store._git
+
+    async def counted(*args: str, **kwargs):
+        calls.append(args[0])
+        return await run_git(*args, **kwargs)
+
+    store._git = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_commit_after_our_own_push_needs_no_fetch_and_a_branch_moved_back_stays_back(
+    remote, tmp_path
+) -> None:
+    store = store_for(remote, tmp_path)
+    first = await store.apply(Change("dev/ns/one", {"a.yaml": "1\n"}, "one"))
+    calls = git_commands(store)
+    await store.apply(Change("dev/ns/two", {"a.yaml": "2\n"}, "two"))
+    assert "fetch" not in calls and calls.count("push") == 1
+
+    # Somebody moves the branch back by hand: the next commit builds on where it is now.
+    git("--git-dir", str(remote), "update-ref", f"refs/heads/{BRANCH}", str(first.commit))
+    calls.clear()
+    third = await store.apply(Change("dev/ns/three", {"a.yaml": "3\n"}, "three"))
+
+    assert calls.count("push") == 2 and calls.count("fetch") == 1  # the first push was refused
+    assert commits(remote) == [third.commit, first.commit]
+    assert await store.read("dev/ns/two") == {}
+    assert await store.read("dev/ns/three") == {"a.yaml": "3\n"}
+
+
 async def test_read_of_an_absent_directory_or_branch_is_empty(remote, tmp_path) -> None:
     store = store_for(remote, tmp_path)
     assert await store.read(DIR) == {}  # the branch does not exist yet
@@ -271,14 +288,7 @@ async def test_reads_asked_together_share_one_fetch_one_listing_and_one_blob_rea
     await asyncio.gather(
         *(store.apply(Change(f"dev/ns/{n}", {"a.yaml": f"n: {n}\n"}, n)) for n in names)
     )
-    calls: list[str] = []
-    run_git = store._git
-
-    async def counted(*args: str, **kwargs):
-        calls.append(args[0])
-        return await run_git(*args, **kwargs)
-
-    store._git = counted  # type: ignore[method-assign]
+    calls = git_commands(store)
     reads = await asyncio.gather(
         *(store.read(f"dev/ns/{n}") for n in names),
         store.files(["dev/ns/w1"]),
@@ -478,7 +488,7 @@ async def test_a_preview_from_the_listing_agrees_with_apply(remote, tmp_path) ->
         # which the change never touches, are left out.
         assert commands == ["fetch", "rev-parse", "ls-tree"]
         assert "dev/.owners/three" not in listing
-        written, removed = statestore.preview(change, listing)
+        written, removed = statechange.preview(change, listing)
         result = await store.apply(change)
         assert (sorted(written), sorted(removed)) == (list(result.written), list(result.removed))
         effects.append((sorted(written), sorted(removed)))
@@ -496,7 +506,7 @@ async def test_a_preview_leaves_claims_to_apply(remote, tmp_path) -> None:
     await store.apply(claiming("w/a", "dev/ns/a", "shared"))
     contender = claiming("w/b", "dev/ns/b", "shared")
 
-    written, removed = statestore.preview(contender, await store.listing(contender))
+    written, removed = statechange.preview(contender, await store.listing(contender))
 
     assert (sorted(written), removed) == (["dev/.owners/shared", "dev/ns/b/a.yaml"], [])
     with pytest.raises(OwnedByAnother):
@@ -535,7 +545,8 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from idp.statestore import Change, StateStore
+    from idp.statechange import Change
+    from idp.statestore import StateStore
 
     async def main(url, workdir, worker):
         store = StateStore(url, "main", Path(workdir))

@@ -17,10 +17,11 @@ from capabilities.manifests.capability import (
     recorded,
     write,
 )
-from idp import statestore
+from idp import statechange
 from idp.capability import Actions, Context, Outcome, Plan, Report, dump
 from idp.platform import Destination, Platform
-from idp.statestore import ChangeResult, StateStore
+from idp.statechange import ChangeResult
+from idp.statestore import StateStore
 
 
 class ManifestsActions(Actions[ManifestsObservation, Plan]):
@@ -76,9 +77,9 @@ class ManifestsActions(Actions[ManifestsObservation, Plan]):
         if not plan:
             return []
         change = write(ctx, observation.base)
-        written, removed = statestore.preview(change, observation.files)
+        written, removed = statechange.preview(change, observation.files)
         # The bytes the store writes, ownership records included, from its own rendering.
-        wanted = statestore._desired(change) | statestore._records(change)
+        wanted = statechange.desired_files(change) | statechange.record_files(change)
         current = await self._texts(self._store(self._destination(ctx)), [*written, *removed])
         lines: list[str] = []
         for path in sorted([*written, *removed]):

@@ -1,7 +1,7 @@
 """The Manifests capability's pure half: the files a workload keeps in its directory of the
 destination's git state store (its ServiceAccount, annotated with the Registry's role).
 
-The plan is the state store's own preview (idp/statestore.py) of the commit that would make the
+The plan is the state store's own preview (idp/statechange.py) of the commit that would make the
 directory hold what the workload renders, against the object ids observe listed: what would be
 written and removed, and why. Who holds a name is not part of it: the store decides that when it
 commits, on the head it commits on (idp/manifests.py says how names are held).
@@ -21,7 +21,7 @@ from pydantic import Field
 
 from capabilities import ASSIGNED_ON_APPLY
 from capabilities.registry import RegistryOutput
-from idp import statestore
+from idp import statechange
 from idp.capability import Capability, Change, Context, Fingerprint, Plan, dump
 from idp.capability import digest as fingerprint_digest
 from idp.manifests import (
@@ -59,12 +59,12 @@ class ManifestsObservation(Model):
 
 def manifests_change(
     base: str, ctx: Context, files: Mapping[str, str], verb: str
-) -> statestore.Change:
+) -> statechange.Change:
     """The state-store change writing (or, with no files, removing) a workload's manifests,
     holding its directory and ServiceAccount against every other workload; its message names
     the generation and the workflow."""
     workload = ctx.workload
-    return statestore.Change(
+    return statechange.Change(
         workload_directory(base, workload),
         files,
         (
@@ -86,13 +86,13 @@ def role_arn(ctx: Context) -> str | None:
     return registry.role_arn if registry else None
 
 
-def write(ctx: Context, base: str) -> statestore.Change:
+def write(ctx: Context, base: str) -> statechange.Change:
     """The change a pass commits: the rendered files, as of this generation."""
     files = render_workload(ctx.workload, role_arn=role_arn(ctx))
     return manifests_change(base, ctx, files, "apply")
 
 
-def recorded(ctx: Context, change: statestore.Change, commit: str | None) -> ManifestsOutput:
+def recorded(ctx: Context, change: statechange.Change, commit: str | None) -> ManifestsOutput:
     """The outputs of a pass that made `commit` (None: it committed nothing, so the files are
     still the last commit's)."""
     previous = ctx.own(ManifestsOutput)
@@ -105,7 +105,7 @@ def recorded(ctx: Context, change: statestore.Change, commit: str | None) -> Man
 
 def plan_manifests(ctx: Context, observation: ManifestsObservation) -> Plan:
     change = write(ctx, observation.base)
-    written, removed = statestore.preview(change, observation.files)
+    written, removed = statechange.preview(change, observation.files)
     inside = change.directory + "/"
     return Plan(
         changes=[
@@ -192,7 +192,7 @@ class Holding:
         records = owner_records(base, self.destination, self.namespace) + "/"
         held = sorted(
             path.removeprefix(records)
-            for path in tree.paths.get(statestore.record_id(self.owner), ())
+            for path in tree.paths.get(statechange.record_id(self.owner), ())
             if path.startswith(records)
         )
         if not manifests and not held:

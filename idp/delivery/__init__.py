@@ -44,7 +44,7 @@ from idp.manifests import (
 )
 from idp.models import Delivery, Model, Workload
 from idp.platform import Destination
-from idp.statestore import Change, Claim, blob_id
+from idp.statechange import Change, Claim, blob_id
 from idp.synadia import NatsCreds
 
 NATS = "nats"

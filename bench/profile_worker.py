@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -88,8 +89,11 @@ def git_shim(root: Path) -> Path:
     assert real
     shim = root / "shim"
     shim.mkdir()
+    # Logs the command, after however many `-c name=value` the store puts before it.
     (shim / "git").write_text(
-        f'#!/bin/sh\necho "$PPID $5" >> {root / "git-calls.log"}\nexec {real} "$@"\n'
+        "#!/bin/sh\n"
+        'logged() { while [ "$1" = -c ]; do shift 2; done; echo "$PPID $1" >> "$LOG"; }\n'
+        f'LOG={shlex.quote(str(root / "git-calls.log"))} logged "$@"\nexec {real} "$@"\n'
     )
     (shim / "git").chmod(0o755)
     return shim

@@ -305,9 +305,9 @@ class StateStore:
             rejection = ""
             deadline = asyncio.get_running_loop().time() + PUSH_RETRY_SECONDS
             attempt = 0
-            # Our last push is most often still the branch head (a fetch costs a third of a
-            # commit's git CPU): plan on it unfetched, and let the push's lease say whether it
-            # still is. Only a plan to change something can be checked that way.
+            # Our last push is most often still the branch head (a fetch and its rev-parse cost
+            # a quarter of a commit's git CPU): plan on it unfetched, and let the push's lease
+            # say whether it still is. Only a plan to change something can be checked that way.
             guess, self._pushed = self._pushed, None
             while attempt == 0 or asyncio.get_running_loop().time() < deadline:
                 if guess is None:

@@ -82,8 +82,8 @@ class Stack:
     @classmethod
     def on_free_ports(cls, root: Path, host: str = "127.0.0.1") -> Self:
         """A stack at `root` whose server, UI and PostgreSQL take ports nothing listens on (the
-        other processes pick theirs as they start), never a port a developer's own services
-        use: what benches and tests run."""
+        other processes pick theirs as they start), so PostgreSQL never takes 5432 from a
+        developer's own database: what benches and tests run."""
         return cls(root, host, free_port(host), free_port(host), postgres_port=free_port(host))
 
     codec_keys: str | None = field(default=None, repr=False)
@@ -477,8 +477,8 @@ def init_state_store(stack: Stack) -> None:
 
 def keep_pushed_packs(repository: Path) -> None:
     """Store each push to `repository` as the pack it came in. By git's default a push of fewer
-    than 100 objects (a commit of a few workloads) is unpacked into loose files, which cost the
-    local stack's git several times the CPU of writing the commit."""
+    than 100 objects (a commit of a few workloads) is unpacked into loose files, which made each
+    push cost about two and a half times the git CPU (bench/statestore_git.py --loose-remote)."""
     subprocess.run(["git", "-C", str(repository), "config", "receive.unpackLimit", "1"], check=True)
 
 

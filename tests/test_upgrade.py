@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import eventually
 from support.secrets import ControllerKeys
 from support.stack import bare_repo, commits, running_worker, task_queue
 from temporalio.client import Client
@@ -105,10 +106,11 @@ async def test_a_workload_started_before_the_upgrade_carries_on_after_it(
         await client.start_workflow(
             "WorkloadWorkflow", {"workload": {}}, id=orphan, task_queue=f"{queue}-nobody"
         )
+        # `save` works from the visibility listing, which shows a run a moment after it starts.
+        listed = f"WorkflowId = '{orphan}'"
+        await eventually(lambda: client.count_workflows(listed), lambda found: found.count == 1)
         with pytest.raises(upgrade.UpgradeError, match="cannot answer its status"):
-            await upgrade.save(
-                client, tmp_path / "not.json", f"WorkflowId = '{orphan}'", timedelta(seconds=1)
-            )
+            await upgrade.save(client, tmp_path / "not.json", listed, timedelta(seconds=1))
         assert not (tmp_path / "not.json").exists()
         await client.get_workflow_handle(orphan).terminate("test")
         # A 0.2 run is not restarted: its outputs are already keyed by capability.

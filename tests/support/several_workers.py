@@ -165,11 +165,18 @@ async def onboard_through_disruptions(
         # git log off the event loop, which also serves the Synadia emulator.
         return issued + await asyncio.to_thread(fleet.onboarded, run.repo)
 
+    # A restart runs beside the next wait: awaiting it first would let onboarding run on
+    # meanwhile, and the next disruption could then come only after the last workload is Ready.
+    restarts: dict[str, asyncio.Task[None]] = {}
+
     async def ready_to_disrupt(victim: FleetWorker, at: int) -> None:
-        # Every worker must stay up on its own; only the victim's exit is ours.
+        if (restart := restarts.pop(victim.name, None)) is not None:
+            await restart
         while await progress() < at or not await victim.busy():
+            # Every worker must stay up on its own; only a victim's exit is ours.
             for worker in fleet_workers:
-                worker.process.check_alive()
+                if worker.name not in restarts or restarts[worker.name].done():
+                    worker.process.check_alive()
             await asyncio.sleep(POLL)
 
     await asyncio.gather(*(w.process.start() for w in fleet_workers))
@@ -188,13 +195,18 @@ async def onboard_through_disruptions(
                     f"{disruption.at} or more within {timeout:g}s (progress {await progress()} "
                     f"of {2 * count})"
                 ) from None
-            await (victim.kill() if disruption.how == "kill" else victim.terminate())
+            # Counted as the signal goes, not after the victim has drained or died.
             onboarded_at.append(fleet.onboarded(run.repo))
-            await victim.process.start()
+            await (victim.kill() if disruption.how == "kill" else victim.terminate())
+            restarts[victim.name] = asyncio.create_task(victim.process.start())
+        await asyncio.gather(*restarts.values())
         statuses = await fleet.wait_all_ready(client, run.workloads, timeout)
         seconds = time.monotonic() - started
         handled = {w.name: await w.handled() for w in fleet_workers}
     finally:
+        for restart in restarts.values():
+            restart.cancel()
+        await asyncio.gather(*restarts.values(), return_exceptions=True)
         await asyncio.gather(*(w.process.stop() for w in fleet_workers))
     return Outcome(run, statuses, handled, onboarded_at, seconds)
 

@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from idp.errors import PermanentError
 from idp.manifests import (
     DIRECTORY,
@@ -27,6 +25,7 @@ from idp.manifests import (
     WORKLOAD_LABEL,
     dump,
     labelled_owner,
+    load,
     object_subject,
     owner_record,
     resource_directory,
@@ -103,7 +102,7 @@ def aggregator_claims(
         ),
     ]
     for text in files.values():
-        manifest = yaml.safe_load(text)
+        manifest = load(text)
         kind, namespace, name = (
             manifest["kind"],
             manifest["metadata"]["namespace"],

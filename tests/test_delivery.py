@@ -206,7 +206,7 @@ async def test_a_workload_of_another_system_cannot_overwrite_a_delivered_secret(
     assert (commit_count(remote), show(remote, held.path(SEALED_FILE))) == before
 
 
-async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
+async def test_sealed_check_sees_a_missing_an_edited_an_unsafe_and_an_older_secret(
     store: StateStore, remote: Path, tmp_path: Path, keys: ControllerKeys
 ) -> None:
     delivery = sealed(store, keys)
@@ -227,6 +227,12 @@ async def test_sealed_check_sees_a_missing_an_edited_and_an_older_secret(
     push_edit(remote, tmp_path, path, text.replace("credential-version: '1'", "version: '1'"))
     state = await delivery.check(target, first)
     assert state.problem == f"{path} has no {VERSION_ANNOTATION} annotation"
+
+    # Read as YAML that builds no object: a tag that would run a command is refused.
+    ran = tmp_path / "ran"
+    push_edit(remote, tmp_path, path, f"!!python/object/apply:os.system ['touch {ran}']\n")
+    state = await delivery.check(target, first)
+    assert state.problem == f"{path} is not valid YAML" and not ran.exists()
 
     push_edit(remote, tmp_path, path, None)
     state = await delivery.check(target, first)

@@ -37,6 +37,7 @@ import yaml
 from pydantic import Field, SecretStr
 
 from idp.manifests import (
+    load,
     workload_claims,
     workload_directory,
     workload_file_claim,
@@ -318,7 +319,7 @@ def parse_manifest(text: str | None, path: str, kind: str) -> tuple[dict[str, An
     if text is None:
         return None, f"{path} is missing from the state store"
     try:
-        manifest = yaml.safe_load(text)
+        manifest = load(text)
     except yaml.YAMLError:
         return None, f"{path} is not valid YAML"
     if not isinstance(manifest, dict) or manifest.get("kind") != kind:

@@ -55,7 +55,8 @@ def dump(obj: Mapping[str, Any]) -> str:
 
 
 def load(text: str) -> Any:
-    """One YAML document as `yaml.safe_load` reads it; yaml.YAMLError when it is none."""
+    """One YAML document as `yaml.safe_load` reads it: yaml.YAMLError when `text` is not one,
+    or holds a tag that would build a Python object."""
     return yaml.load(text, Loader=_LOADER)
 
 

@@ -228,7 +228,7 @@ async def test_sealed_check_sees_a_missing_an_edited_an_unsafe_and_an_older_secr
     state = await delivery.check(target, first)
     assert state.problem == f"{path} has no {VERSION_ANNOTATION} annotation"
 
-    # Read as YAML that builds no object: a tag that would run a command is refused.
+    # Read without building Python objects: a tag that would run a command is refused, not run.
     ran = tmp_path / "ran"
     push_edit(remote, tmp_path, path, f"!!python/object/apply:os.system ['touch {ran}']\n")
     state = await delivery.check(target, first)

@@ -125,10 +125,15 @@ def labelled_owner(text: str) -> str | None:
     manifest without them is held by nobody: it is a hand edit of ours (drift, which the next
     write restores) or was never ours, and either way no workload's work is overwritten."""
     try:
-        labels = load(text)["metadata"]["labels"]
-        return ids.workload_id(labels[SYSTEM_LABEL], labels[WORKLOAD_LABEL])
+        return _owner(load(text))
     except (yaml.YAMLError, TypeError, KeyError):
         return None
+
+
+def _owner(manifest: Any) -> str:
+    """`labelled_owner` of a parsed manifest; TypeError or KeyError when it has no labels."""
+    labels = manifest["metadata"]["labels"]
+    return ids.workload_id(labels[SYSTEM_LABEL], labels[WORKLOAD_LABEL])
 
 
 def service_account_owner(name: str) -> Callable[[str], str | None]:
@@ -137,10 +142,10 @@ def service_account_owner(name: str) -> Callable[[str], str | None]:
 
     def holder(text: str) -> str | None:
         try:
-            named = load(text)["metadata"]["name"]
+            manifest = load(text)  # once: the name and the labels come from the same parse
+            return _owner(manifest) if manifest["metadata"]["name"] == name else None
         except (yaml.YAMLError, TypeError, KeyError):
             return None
-        return labelled_owner(text) if named == name else None
 
     return holder
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.capabilities import settings_of
 from idp import argocd, ids, links
@@ -848,6 +848,22 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def rpc_failure(error: RPCError) -> str:
+    """What a failed call to the Temporal server means for the user: only some statuses are the
+    server refusing; a call that ran out of time may still have been carried out."""
+    if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"the Temporal server did not answer in time ({error.message}); the request may "
+            "still have been carried out: look with `idpctl get` or `idpctl describe` before "
+            "sending it again"
+        )
+    if error.status == RPCStatusCode.UNAVAILABLE:
+        return f"cannot reach the Temporal server: {error.message}"
+    if error.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+        return f"the Temporal server is limiting requests, try again later: {error.message}"
+    return f"the Temporal server refused the request: {error.message}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     failure_code = getattr(args, "failure_code", 1)
@@ -867,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         code = failure_code
     except RPCError as error:
-        print(f"error: the Temporal server refused the request: {error.message}", file=sys.stderr)
+        print(f"error: {rpc_failure(error)}", file=sys.stderr)
         code = failure_code
     except KeyboardInterrupt:
         code = 130

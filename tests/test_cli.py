@@ -23,8 +23,10 @@ from support.stack import (
 )
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from starter.idpctl import rpc_failure
 from workflows.workload import WorkloadWorkflow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -296,6 +298,24 @@ async def test_an_unreachable_server_is_one_sentence_naming_the_address(cli: Cli
     assert len(result.stderr.strip().splitlines()) == 1, result
     assert result.stderr.startswith("error: cannot reach the Temporal server at 127.0.0.1:1 ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (RPCStatusCode.DEADLINE_EXCEEDED, "did not answer in time (context deadline exceeded); "
+         "the request may still have been carried out"),
+        (RPCStatusCode.UNAVAILABLE, "cannot reach the Temporal server: "),
+        (RPCStatusCode.RESOURCE_EXHAUSTED, "is limiting requests, try again later: "),
+        (RPCStatusCode.INVALID_ARGUMENT, "refused the request: "),
+    ],
+)  # fmt: skip
+def test_a_failed_call_says_whether_the_server_refused_it(status: RPCStatusCode, says: str) -> None:
+    # Called directly: a real server cannot be made to time out one call on demand. A user who
+    # reads "refused" after a timeout would not look whether an apply went through.
+    line = rpc_failure(RPCError("context deadline exceeded", status, b""))
+    assert says in line
+    assert ("refused" in line) == (status == RPCStatusCode.INVALID_ARGUMENT)
 
 
 async def test_schema_is_json_schema_with_camel_case_names(cli: Cli) -> None:

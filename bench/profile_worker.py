@@ -194,6 +194,8 @@ def main() -> None:
     parser.add_argument("--count-git", action="store_true")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
+    if args.gil and not args.py_spy:
+        parser.error("--gil chooses what py-spy samples: give --py-spy FILE with it")
     result = running.run(measure(args))
     n = result["n"]
     own, git = result["worker_cpu"], result["git_children_cpu"]

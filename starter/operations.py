@@ -1,10 +1,13 @@
 """What entry points do to workflows: shared by idpctl and the Port bridge so both behave alike."""
 
 import asyncio
+import contextlib
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
@@ -12,6 +15,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -60,26 +64,88 @@ def workload_id(reference: str) -> str:
     return ids.workload_id(system, name)
 
 
-async def apply_workload(
-    client: Client, task_queue: str, workload: Workload, request_id: str | None = None
+log = logging.getLogger("idp.operations")
+
+# A loaded server answers an update-with-start DEADLINE_EXCEEDED when the new workflow's first
+# task waits behind others too long (seen 5,100 workloads into applying 10,000, 100 at a time, on
+# a 2-core machine), and a client's own deadline ends the call as CANCELLED. Either way the
+# update may have been admitted, so each further attempt sends the same update id: the server
+# answers it with that update's outcome instead of applying it again.
+APPLY_ATTEMPTS = 3
+_NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+
+
+async def _update_with_start(
+    client: Client,
+    workflow_id: str,
+    update: Any,
+    request: Any,
+    start: Callable[[], WithStartWorkflowOperation[Any, Any]],
+    rpc_timeout: timedelta | None,
 ) -> ApplyResult:
-    """Create the workflow if needed and apply the spec, in one update-with-start."""
-    start = WithStartWorkflowOperation(
-        WorkloadWorkflow.run,
-        WorkloadInput(workload=workload, request_id=request_id),
-        id=workload.workflow_id,
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=(
-            f"Workload {workload.metadata.system}/{workload.metadata.name} → "
-            f"{workload.spec.destination}/{workload.spec.namespace}"
-        ),
-        static_details=f"Owner: {workload.spec.owner}",
-    )
-    return await client.execute_update_with_start_workflow(
-        WorkloadWorkflow.apply,
-        ApplyRequest(workload=workload, request_id=request_id),
-        start_workflow_operation=start,
+    """`update` with `request` on the workflow `start` makes (the operation is made anew for
+    each attempt: the SDK uses one only once); the last attempt's RPCError when none of
+    APPLY_ATTEMPTS was answered in time."""
+    update_id = str(uuid.uuid4())
+    attempt = 1
+    while True:
+        operation = start()
+        try:
+            return await client.execute_update_with_start_workflow(
+                update,
+                request,
+                start_workflow_operation=operation,
+                id=update_id,
+                rpc_timeout=rpc_timeout,
+            )
+        except WorkflowUpdateRPCTimeoutOrCancelledError as error:
+            cause = error.__cause__
+            if not (isinstance(cause, RPCError) and cause.status in _NOT_ANSWERED_IN_TIME):
+                raise  # the caller was cancelled: no retry
+            # The SDK hands the start's outcome to the operation too; read, it is not logged
+            # again as an exception nobody retrieved.
+            with contextlib.suppress(Exception):
+                await operation.workflow_handle()
+            if attempt == APPLY_ATTEMPTS:
+                raise cause from None
+            attempt += 1
+            log.warning(
+                "%s: the Temporal server did not answer in time (%s); asking again (%d of %d)",
+                workflow_id,
+                cause.message,
+                attempt,
+                APPLY_ATTEMPTS,
+            )
+
+
+async def apply_workload(
+    client: Client,
+    task_queue: str,
+    workload: Workload,
+    request_id: str | None = None,
+    *,
+    rpc_timeout: timedelta | None = None,
+) -> ApplyResult:
+    """Create the workflow if needed and apply the spec, in one update-with-start;
+    `rpc_timeout` bounds each attempt (default: the SDK's)."""
+
+    def start() -> WithStartWorkflowOperation[Any, Any]:
+        return WithStartWorkflowOperation(
+            WorkloadWorkflow.run,
+            WorkloadInput(workload=workload, request_id=request_id),
+            id=workload.workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=(
+                f"Workload {workload.metadata.system}/{workload.metadata.name} → "
+                f"{workload.spec.destination}/{workload.spec.namespace}"
+            ),
+            static_details=f"Owner: {workload.spec.owner}",
+        )
+
+    request = ApplyRequest(workload=workload, request_id=request_id)
+    return await _update_with_start(
+        client, workload.workflow_id, WorkloadWorkflow.apply, request, start, rpc_timeout
     )
 
 
@@ -246,18 +312,20 @@ async def apply_aggregator(
     """Create the hostname's workflow if needed (workloads may have created it already, holding
     their targets) and apply the spec, in one update-with-start."""
     spec = aggregator.spec
-    start = WithStartWorkflowOperation(
-        ApiAggregatorWorkflow.run,
-        AggregatorInput(hostname=spec.hostname),
-        id=aggregator.workflow_id,
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=f"API routes of {spec.hostname}",
-    )
-    return await client.execute_update_with_start_workflow(
-        ApiAggregatorWorkflow.apply,
-        AggregatorApplyRequest(aggregator=aggregator, request_id=request_id),
-        start_workflow_operation=start,
+
+    def start() -> WithStartWorkflowOperation[Any, Any]:
+        return WithStartWorkflowOperation(
+            ApiAggregatorWorkflow.run,
+            AggregatorInput(hostname=spec.hostname),
+            id=aggregator.workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"API routes of {spec.hostname}",
+        )
+
+    request = AggregatorApplyRequest(aggregator=aggregator, request_id=request_id)
+    return await _update_with_start(
+        client, aggregator.workflow_id, ApiAggregatorWorkflow.apply, request, start, None
     )
 
 

@@ -305,6 +305,7 @@ async def test_an_unreachable_server_is_one_sentence_naming_the_address(cli: Cli
     [
         (RPCStatusCode.DEADLINE_EXCEEDED, "did not answer in time (context deadline exceeded); "
          "the request may still have been carried out"),
+        (RPCStatusCode.CANCELLED, "did not answer in time"),
         (RPCStatusCode.UNAVAILABLE, "cannot reach the Temporal server: "),
         (RPCStatusCode.RESOURCE_EXHAUSTED, "is limiting requests, try again later: "),
         (RPCStatusCode.INVALID_ARGUMENT, "refused the request: "),

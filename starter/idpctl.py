@@ -851,7 +851,7 @@ def parser() -> argparse.ArgumentParser:
 def rpc_failure(error: RPCError) -> str:
     """What a failed call to the Temporal server means for the user: only some statuses are the
     server refusing; a call that ran out of time may still have been carried out."""
-    if error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+    if error.status in operations.NOT_ANSWERED_IN_TIME:
         return (
             f"the Temporal server did not answer in time ({error.message}); the request may "
             "still have been carried out: look with `idpctl get` or `idpctl describe` before "

@@ -43,6 +43,7 @@ from workflows.routetable import (
 from workflows.workload import WorkloadWorkflow
 
 T = TypeVar("T")
+log = logging.getLogger("idp.operations")
 
 # The capability whose outputs show that a workload wrote its manifests (the names it holds).
 MANIFESTS = "Manifests"
@@ -64,15 +65,13 @@ def workload_id(reference: str) -> str:
     return ids.workload_id(system, name)
 
 
-log = logging.getLogger("idp.operations")
-
 # A loaded server answers an update-with-start DEADLINE_EXCEEDED when the new workflow's first
 # task waits behind others too long (seen 5,100 workloads into applying 10,000, 100 at a time, on
 # a 2-core machine), and a client's own deadline ends the call as CANCELLED. Either way the
 # update may have been admitted, so each further attempt sends the same update id: the server
 # answers it with that update's outcome instead of applying it again.
 APPLY_ATTEMPTS = 3
-_NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
 async def _update_with_start(
@@ -100,7 +99,7 @@ async def _update_with_start(
             )
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
             cause = error.__cause__
-            if not (isinstance(cause, RPCError) and cause.status in _NOT_ANSWERED_IN_TIME):
+            if not (isinstance(cause, RPCError) and cause.status in NOT_ANSWERED_IN_TIME):
                 raise  # the caller was cancelled: no retry
             # The SDK hands the start's outcome to the operation too; read, it is not logged
             # again as an exception nobody retrieved.

@@ -66,8 +66,8 @@ def workload_id(reference: str) -> str:
 
 
 # A loaded server answers an update-with-start DEADLINE_EXCEEDED when the new workflow's first
-# task waits behind others too long (seen 5,100 workloads into applying 10,000, 100 at a time, on
-# a 2-core machine), and a client's own deadline ends the call as CANCELLED. Either way the
+# task waits behind others too long (seen about halfway through applying 10,000, 100 at a time,
+# on a 2-core machine), and a client's own deadline ends the call as CANCELLED. Either way the
 # update may have been admitted, so each further attempt sends the same update id: the server
 # answers it with that update's outcome instead of applying it again.
 APPLY_ATTEMPTS = 3

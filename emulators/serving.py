@@ -10,6 +10,11 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+# How long an idle connection stays open: as long as a cloud load balancer keeps one (60 s on
+# AWS's), and longer than httpx keeps its own (5 s). With uvicorn's default, 5 s, both ends let
+# go together, and a client could send on a connection the server was just closing.
+KEEP_ALIVE_SECONDS = 60
+
 
 class _QuietServer(uvicorn.Server):
     # The host process owns SIGINT/SIGTERM (a test runner, or the CLI's own handlers).
@@ -43,7 +48,13 @@ class AsgiServer:
         sock.setblocking(False)
         self._socket = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -45,13 +45,40 @@ SERVICE_ACCOUNT_REMEDY = "set another spec.serviceAccount"
 
 
 # Reading parses with libyaml where PyYAML was built with it: the same objects, 0.15 ms where
-# pure Python takes 2.2 for a SealedSecret. Writing stays pure Python, because libyaml folds long
-# quoted strings elsewhere, and every worker must write a manifest byte for byte the same.
+# pure Python takes 2.2 for a SealedSecret.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def dump(obj: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(obj), sort_keys=True, default_flow_style=False, allow_unicode=True)
+    """Every worker must write a manifest byte for byte the same, whether its PyYAML has libyaml
+    or not, and as earlier versions wrote it. libyaml's emitter writes some documents otherwise
+    (a string with non-ASCII or unprintable characters is escaped and folded at other places; a
+    mapping key of 123 to 128 characters is written plainly, where PyYAML writes `? key`). So it
+    writes only documents whose strings are printable ASCII without a space, and whose keys are
+    shorter than 120 characters: a ServiceAccount, a SealedSecret. It takes a tenth of the time
+    for a SealedSecret (0.2 ms against 2.2), a fifth for a ServiceAccount (0.09 against 0.45)."""
+    dumper = _FAST_DUMPER if _written_alike(obj) else yaml.SafeDumper
+    return yaml.dump(
+        dict(obj), Dumper=dumper, sort_keys=True, default_flow_style=False, allow_unicode=True
+    )
+
+
+_LONGEST_KEY = 119
+
+
+def _written_alike(value: Any) -> bool:
+    """Whether libyaml writes `value` as PyYAML does (see `dump`)."""
+    if isinstance(value, str):
+        return value.isascii() and value.isprintable() and " " not in value
+    if isinstance(value, Mapping):
+        return all(
+            _written_alike(k) and len(str(k)) <= _LONGEST_KEY and _written_alike(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return all(_written_alike(item) for item in value)
+    return value is None or isinstance(value, int | float)
 
 
 def load(text: str) -> Any:

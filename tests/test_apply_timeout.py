@@ -1,8 +1,11 @@
-"""An apply that is not answered in time asks again, and the workflow applies the spec once.
+"""An apply that is not answered in time asks again, and the workflow applies the spec once; one
+turned away because the workflow's last task failed asks again once a task completes.
 
 Real parts: the session's Temporal dev server and a worker in the test's event loop. The server
 answers DEADLINE_EXCEEDED only under a load a test cannot make on demand; the client's own
-deadline (each attempt's rpc_timeout) ends the call the same way, before any worker polls.
+deadline (each attempt's rpc_timeout) ends the call the same way, before any worker polls. A
+failed workflow task is made with the server's own API: the test takes the task as a worker
+would and reports it failed.
 """
 
 import asyncio
@@ -12,12 +15,19 @@ from pathlib import Path
 
 import pytest
 from support.stack import bare_repo, platform_for, running_worker, task_queue
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    PollWorkflowTaskQueueRequest,
+    RespondWorkflowTaskFailedRequest,
+)
+from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError
 
 from idp.models import Workload
 from starter.operations import APPLY_ATTEMPTS, apply_workload
+from workflows.messages import ApplyResult, WorkloadInput
+from workflows.workload import WorkloadWorkflow
 
 ATTEMPT = timedelta(seconds=5)
 
@@ -31,12 +41,37 @@ def workload(system: str) -> Workload:
     )
 
 
-async def retried(caplog: pytest.LogCaptureFixture, applying: asyncio.Task[object]) -> None:
-    while "asking again (2 of" not in caplog.text:
-        if applying.done():
-            applying.result()  # raises whatever ended it
-            raise AssertionError("the apply was answered with no worker running")
-        await asyncio.sleep(0.05)
+async def applied_once_a_worker_runs(
+    client: Client,
+    caplog: pytest.LogCaptureFixture,
+    queue: str,
+    item: Workload,
+    tmp_path: Path,
+    said: str,
+    rpc_timeout: timedelta | None = None,
+) -> ApplyResult:
+    """Applies `item` with no worker polling `queue`; once the apply has logged that it asks
+    again (`said`), starts a worker and returns what the apply returns then."""
+    applying = asyncio.create_task(apply_workload(client, queue, item, rpc_timeout=rpc_timeout))
+    try:
+        async with asyncio.timeout(60):
+            while f"{said} (2 of" not in caplog.text:
+                if applying.done():
+                    applying.result()  # raises whatever ended it
+                    raise AssertionError("the apply was answered with no worker running")
+                await asyncio.sleep(0.05)
+        platform = platform_for(bare_repo(tmp_path / "s.git"))
+        async with running_worker(client, platform, queue, tmp_path):
+            return await applying
+    finally:
+        applying.cancel()
+
+
+def accepted_updates(history: WorkflowHistory) -> int:
+    return sum(
+        e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        for e in history.events
+    )
 
 
 async def test_an_apply_not_answered_in_time_is_asked_again_and_applied_once(
@@ -46,24 +81,13 @@ async def test_an_apply_not_answered_in_time_is_asked_again_and_applied_once(
     queue = task_queue()
     item = workload(queue)
     # No worker yet: the first attempt's update waits for a first workflow task nobody runs.
-    applying = asyncio.create_task(apply_workload(client, queue, item, rpc_timeout=ATTEMPT))
-    try:
-        async with asyncio.timeout(60):
-            await retried(caplog, applying)
-        platform = platform_for(bare_repo(tmp_path / "s.git"))
-        async with running_worker(client, platform, queue, tmp_path):
-            result = await applying
-    finally:
-        applying.cancel()
+    result = await applied_once_a_worker_runs(
+        client, caplog, queue, item, tmp_path, "asking again", rpc_timeout=ATTEMPT
+    )
     assert result.generation == 1
     history = await client.get_workflow_handle(item.workflow_id).fetch_history()
-    accepted = [
-        e
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
-    ]
     # The second attempt carried the first one's update id: one apply, answered to both.
-    assert len(accepted) == 1
+    assert accepted_updates(history) == 1
     assert f"{item.workflow_id}: the Temporal server did not answer in time" in caplog.text
 
 
@@ -77,3 +101,36 @@ async def test_an_apply_never_answered_gives_up_with_the_servers_error(
     said = f"{item.workflow_id}: the Temporal server did not answer in time"
     assert caplog.text.count(said) == APPLY_ATTEMPTS - 1
     await client.get_workflow_handle(item.workflow_id).terminate(reason="test over")
+
+
+async def test_an_apply_turned_away_while_the_workflows_task_fails_is_asked_again(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="idp.operations")
+    queue = task_queue()
+    item = workload(queue)
+    await client.start_workflow(
+        WorkloadWorkflow.run, WorkloadInput(workload=item), id=item.workflow_id, task_queue=queue
+    )
+    # The first workflow task fails twice, as a worker reports one whose code raised: from the
+    # third attempt until one completes, the server takes no update.
+    service, namespace = client.workflow_service, client.namespace
+    for _ in range(2):
+        task = await service.poll_workflow_task_queue(
+            PollWorkflowTaskQueueRequest(namespace=namespace, task_queue=TaskQueue(name=queue))
+        )
+        await service.respond_workflow_task_failed(
+            RespondWorkflowTaskFailedRequest(
+                namespace=namespace,
+                task_token=task.task_token,
+                cause=WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_WORKFLOW_WORKER_UNHANDLED_FAILURE,
+            )
+        )
+    result = await applied_once_a_worker_runs(
+        client, caplog, queue, item, tmp_path, "asking again in 1 s"
+    )
+    assert result.generation == 1
+    said = f"{item.workflow_id}: the workflow takes no update until its failing task completes"
+    assert said in caplog.text
+    history = await client.get_workflow_handle(item.workflow_id).fetch_history()
+    assert accepted_updates(history) == 1

@@ -9,7 +9,9 @@ No servers: everything here is pure.
 
 import copy
 import json
+import random
 import re
+import string
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from idp.loading import MAX_FILE_BYTES, InputError, load, resource_files
 from idp.manifests import (
     ROLE_ARN_ANNOTATION,
     digest,
+    dump,
     render_workload,
     workload_directory,
     workload_labels,
@@ -770,6 +773,52 @@ def test_render_is_byte_stable_and_sorted() -> None:
     assert text == yaml.safe_dump(parsed, sort_keys=True, default_flow_style=False)
     top_keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
     assert top_keys == sorted(top_keys)
+
+
+_ASCII_WORD = "".join(c for c in string.printable if c.isprintable() and c != " ")
+
+
+def _document(rnd: random.Random, characters: str, depth: int = 0) -> Any:
+    """A random document of strings drawn from `characters`, some 80 long or more (where an
+    emitter folds), some near 128 (where it stops writing a key plainly), some that YAML would
+    read as another type (so are quoted), and numbers."""
+
+    def text() -> str:
+        if rnd.random() < 0.2:
+            return rnd.choice(["true", "No", "null", "~", "0x1F", "1e3", "12:30", "@a", "a: b"])
+        size = rnd.choice([1, 8, 40, 80, 81, 119, 120, 125, 128, 700])
+        return "".join(rnd.choice(characters) for _ in range(size))
+
+    roll = rnd.random()
+    if depth > 3 or roll < 0.5:
+        return text() if rnd.random() < 0.85 else rnd.choice([None, True, 0, -3, 1.5])
+    if roll < 0.8:
+        return {text(): _document(rnd, characters, depth + 1) for _ in range(rnd.randint(1, 4))}
+    return [_document(rnd, characters, depth + 1) for _ in range(rnd.randint(1, 3))]
+
+
+@pytest.mark.parametrize(
+    ("characters", "count"),
+    [
+        # What the worker's manifests hold: libyaml writes these, where PyYAML has it, unless a
+        # key is long.
+        (_ASCII_WORD, 400),
+        # Accents, and words with escapes, which libyaml escapes and folds at other places.
+        (_ASCII_WORD + "éü€" * 5, 200),
+        (string.printable + " " * 20 + "\x85\u2028", 200),
+    ],
+    ids=["printable ASCII", "accents", "words and escapes"],
+)
+def test_manifests_are_written_as_pure_python_pyyaml_writes_them(
+    characters: str, count: int
+) -> None:
+    # Every worker writes the same bytes, and the bytes earlier versions wrote: else a worker
+    # would rewrite every manifest another had written.
+    rnd = random.Random(17)
+    options = {"sort_keys": True, "default_flow_style": False, "allow_unicode": True}
+    for _ in range(count):
+        document = {"kind": _document(rnd, characters), "spec": _document(rnd, characters)}
+        assert dump(document) == yaml.dump(document, Dumper=yaml.SafeDumper, **options)
 
 
 def test_service_account_labels_and_role_annotation() -> None:

@@ -349,6 +349,22 @@ async def test_the_first_pass_creates_the_user_and_issues_v1_and_the_next_does_n
     assert total_calls(emulator) == {LIST_USERS: 1}
 
 
+async def test_passes_keep_one_connection_to_synadia(
+    platform: Platform, emulator: SynadiaEmulator, tmp_path: Path
+) -> None:
+    """Every activity of a worker calls Synadia on the connections it kept: against Synadia
+    Cloud a new one costs a TLS handshake."""
+    wf = flow(platform, tmp_path)
+    now = datetime.now(UTC)
+    await wf.reconcile(now)
+    emulator.reset_counters()
+    for minutes in (5, 10, 15):
+        await wf.reconcile(now + timedelta(minutes=minutes))
+    counters = emulator.counters()
+    assert counters["calls"] == {"GET /nats-users/{userId}": 3}
+    assert counters["connections"] == 1
+
+
 async def test_a_due_refresh_issues_on_a_key_of_its_own_and_then_all_is_in_sync(
     platform: Platform, emulator: SynadiaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -426,6 +426,7 @@ async def test_admin_api_flips_knobs_and_reads_counters(emulator: SynadiaEmulato
             "statuses": {},
             "injected": {},
             "bytes": {},
+            "connections": 0,
             "creds_issued": {},
         }
 

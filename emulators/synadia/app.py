@@ -60,13 +60,15 @@ class Faults(RandomFaults):
 class Counters:
     """Calls per route ('POST /nats-users/{userId}/creds'), their answers, and the bytes those
     answers carried: a listing is one call whatever it holds, so only its size shows what it
-    costs."""
+    costs. And the connections the calls came on (each client address seen), which tells a
+    client that keeps its connections from one that opens one per call."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.peers: set[tuple[str, int]] = set()
 
     def snapshot(self, creds_issued: dict[str, int]) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class Counters:
             "statuses": dict(self.statuses),
             "injected": dict(self.injected),
             "bytes": dict(self.bytes),
+            "connections": len(self.peers),
             "creds_issued": dict(creds_issued),
         }
 
@@ -134,6 +137,8 @@ class EmulatorApp:
 
         async def endpoint(request: Request) -> Response:
             self.counters.calls[route] += 1
+            if request.client is not None:
+                self.counters.peers.add((request.client.host, request.client.port))
             response = await self._run(route, request, handler)
             self.counters.statuses[f"{route} {response.status_code}"] += 1
             self.counters.bytes[route] += len(response.body)

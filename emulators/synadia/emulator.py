@@ -169,7 +169,7 @@ class SynadiaEmulator:
 
     def counters(self) -> dict[str, Any]:
         """{"calls": {route: n}, "statuses": {"route status": n}, "injected": {...},
-        "bytes": {route: answered}, "creds_issued": {user_id: n}}"""
+        "bytes": {route: answered}, "connections": n, "creds_issued": {user_id: n}}"""
         return self.app.counters.snapshot(self.plane.creds_issued)
 
     def creds_issued(self, user_id: str) -> int:

@@ -1,5 +1,6 @@
 """An apply that is not answered in time asks again, and the workflow applies the spec once; one
-turned away because the workflow's last task failed asks again once a task completes.
+turned away because the workflow's task has failed twice in a row asks again until a task
+completes.
 
 Real parts: the session's Temporal dev server and a worker in the test's event loop. The server
 answers DEADLINE_EXCEEDED only under a load a test cannot make on demand; the client's own

@@ -60,7 +60,7 @@ _LISTINGS_AT_ONCE = 8
 
 class Synadia:
     """The worker's way into Synadia: the platform's `synadia` section, the API token from the
-    environment, and the system and account names it resolved."""
+    environment, the system and account names it resolved, and the client it calls through."""
 
     def __init__(self, config: SynadiaConfig | None) -> None:
         self.configured = config is not None

@@ -29,10 +29,12 @@ dev server's own `action` metric.
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,6 +52,8 @@ from measure import (
     metric_lines,
     server_actions,
 )
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError
 
 from activities.capabilities import offered, settings_of
 from idp.capability import Context, installed
@@ -58,7 +62,7 @@ from idp.natsusers import LIVE_ISSUANCE, Directory
 from idp.platform import load_platform
 from idp.synadia import SynadiaClient
 from starter import dev, operations, temporal
-from workflows.messages import WaitReadyRequest
+from workflows.messages import WaitReadyRequest, WorkloadStatus
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
@@ -80,15 +84,40 @@ def workload(system: str, name: str) -> Workload:
     )
 
 
-async def ready(client, item: Workload, applying: asyncio.Semaphore) -> None:
-    async with applying:
+async def ready(
+    client: Client,
+    item: Workload,
+    applying: asyncio.Semaphore | None = None,
+    accepted: set[str] | None = None,
+) -> None:
+    """Apply `item` (while holding `applying`; adding it to `accepted` once its workflow took
+    the apply) and wait until it is Ready."""
+    async with applying or contextlib.nullcontext():
         result = await operations.apply_workload(client, "idp", item)
-    status = await client.get_workflow_handle(item.workflow_id).execute_update(
-        WorkloadWorkflow.wait_ready,
-        WaitReadyRequest(generation=result.generation, timeout_seconds=1800),
-    )
+    if accepted is not None:
+        accepted.add(item.workflow_id)
+    status = await wait_ready(client, item.workflow_id, result.generation)
     if status.phase != Phase.READY:
         raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
+
+
+async def wait_ready(client: Client, workflow_id: str, generation: int) -> WorkloadStatus:
+    """The `wait_ready` update's answer. Asked again, with the same update id, when the server
+    does not answer in time: applying 10,000 on two cores, a workflow's task can wait longer
+    than the update's RPC (a 10,000-workload idle bench stopped on it)."""
+    handle = client.get_workflow_handle(workflow_id)
+    request = WaitReadyRequest(generation=generation, timeout_seconds=1800)
+    update_id = str(uuid.uuid4())
+    attempt = 1
+    while True:
+        try:
+            return await handle.execute_update(WorkloadWorkflow.wait_ready, request, id=update_id)
+        except WorkflowUpdateRPCTimeoutOrCancelledError as error:
+            cause = error.__cause__
+            late = isinstance(cause, RPCError) and cause.status in operations.NOT_ANSWERED_IN_TIME
+            if not late or attempt == operations.APPLY_ATTEMPTS:
+                raise
+            attempt += 1
 
 
 async def all_ready(client, items: list[Workload]) -> None:

@@ -50,27 +50,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import running
-from onboarding import workload
+from onboarding import ready, workload
 from steady_state import cpu_seconds
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import Client
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS)]  # the metrics scraper the three-worker tests use
 
 from support.several_workers import scrape  # noqa: E402
 
-from idp.models import Workload  # noqa: E402
-from starter import dev, operations, temporal  # noqa: E402
-from workflows.messages import WaitReadyRequest  # noqa: E402
-from workflows.state import Phase  # noqa: E402
-from workflows.workload import WorkloadWorkflow  # noqa: E402
+from starter import dev, temporal  # noqa: E402
 
 WORKER_READY = b"worker polling task queue"
 FIRST_WORKER = "worker"  # the one `idpctl dev` starts
 HISTORY_CONCURRENCY = 20
-APPLY_ATTEMPTS = 5
 
 
 # ---- the stack's processes ---------------------------------------------------------------------
@@ -135,28 +130,6 @@ def cpu(pids: list[int]) -> tuple[float, float] | None:
 
 
 # ---- onboarding --------------------------------------------------------------------------------
-
-
-async def ready(client: Client, item: Workload, accepted: set[str] | None = None) -> None:
-    """Apply `item` (adding it to `accepted` once its workflow took the apply) and wait until it
-    is Ready. The apply is made again (it is idempotent) when the server stopped waiting for the
-    workflow to take it: with hundreds of new workflows queued on two cores, the first task of
-    the last ones can wait longer than an update's RPC."""
-    for attempt in range(1, APPLY_ATTEMPTS + 1):
-        try:
-            result = await operations.apply_workload(client, "idp", item)
-            break
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            if attempt == APPLY_ATTEMPTS:
-                raise
-    if accepted is not None:
-        accepted.add(item.workflow_id)
-    status = await client.get_workflow_handle(item.workflow_id).execute_update(
-        WorkloadWorkflow.wait_ready,
-        WaitReadyRequest(generation=result.generation, timeout_seconds=1800),
-    )
-    if status.phase != Phase.READY:
-        raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
 
 
 @dataclass
@@ -234,7 +207,7 @@ async def take_over(stack: dev.Stack, client: Client, m: int) -> Takeover:
     items = [workload("takeover", f"w{i:04}") for i in range(m)]
     workers = [name for name in stack.processes if name.startswith(FIRST_WORKER)]
     accepted: set[str] = set()
-    tasks = [asyncio.create_task(ready(client, item, accepted)) for item in items]
+    tasks = [asyncio.create_task(ready(client, item, accepted=accepted)) for item in items]
 
     async def holding() -> tuple[str, dict[str, float]] | None:
         """The first worker holding an activity, with its slots in use and cache."""

@@ -53,7 +53,6 @@ from measure import (
     server_actions,
 )
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.service import RPCError
 
 from activities.capabilities import offered, settings_of
 from idp.capability import Context, installed
@@ -113,9 +112,10 @@ async def wait_ready(client: Client, workflow_id: str, generation: int) -> Workl
         try:
             return await handle.execute_update(WorkloadWorkflow.wait_ready, request, id=update_id)
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
-            cause = error.__cause__
-            late = isinstance(cause, RPCError) and cause.status in operations.NOT_ANSWERED_IN_TIME
-            if not late or attempt == operations.APPLY_ATTEMPTS:
+            if (
+                operations.not_answered_in_time(error) is None
+                or attempt == operations.APPLY_ATTEMPTS
+            ):
                 raise
             attempt += 1
 

@@ -83,6 +83,14 @@ NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED
 NOT_READY_PAUSE = timedelta(seconds=1)
 
 
+def not_answered_in_time(error: WorkflowUpdateRPCTimeoutOrCancelledError) -> RPCError | None:
+    """The server's error when an update's call ran out of time; None when the caller itself was
+    cancelled (the SDK raises the same exception for both), which is never asked again."""
+    cause = error.__cause__
+    late = isinstance(cause, RPCError) and cause.status in NOT_ANSWERED_IN_TIME
+    return cause if late else None
+
+
 def _not_ready(error: RPCError) -> bool:
     """Whether the server turned an update-with-start away until the workflow's failing task
     completes an attempt."""
@@ -123,10 +131,10 @@ async def _update_with_start(
                 rpc_timeout=rpc_timeout,
             )
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
-            cause = error.__cause__
-            if not (isinstance(cause, RPCError) and cause.status in NOT_ANSWERED_IN_TIME):
-                raise  # the caller was cancelled: no retry
-            failure, why, pause = cause, "the Temporal server did not answer in time", 0.0
+            late = not_answered_in_time(error)
+            if late is None:
+                raise
+            failure, why, pause = late, "the Temporal server did not answer in time", 0.0
         except RPCError as error:
             if not _not_ready(error):
                 raise

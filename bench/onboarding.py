@@ -34,7 +34,6 @@ import os
 import subprocess
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +51,7 @@ from measure import (
     metric_lines,
     server_actions,
 )
-from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import Client
 
 from activities.capabilities import offered, settings_of
 from idp.capability import Context, installed
@@ -101,23 +100,15 @@ async def ready(
 
 
 async def wait_ready(client: Client, workflow_id: str, generation: int) -> WorkloadStatus:
-    """The `wait_ready` update's answer. Asked again, with the same update id, when the server
-    does not answer in time: applying 10,000 on two cores, a workflow's task can wait longer
-    than the update's RPC (a 10,000-workload idle bench stopped on it)."""
+    """The `wait_ready` update's answer, asked again as every entry point's update is: applying
+    10,000 on two cores, a workflow's task can wait longer than the update's RPC (a
+    10,000-workload idle bench stopped on it)."""
     handle = client.get_workflow_handle(workflow_id)
     request = WaitReadyRequest(generation=generation, timeout_seconds=1800)
-    update_id = str(uuid.uuid4())
-    attempt = 1
-    while True:
-        try:
-            return await handle.execute_update(WorkloadWorkflow.wait_ready, request, id=update_id)
-        except WorkflowUpdateRPCTimeoutOrCancelledError as error:
-            if (
-                operations.not_answered_in_time(error) is None
-                or attempt == operations.APPLY_ATTEMPTS
-            ):
-                raise
-            attempt += 1
+    return await operations.answered(
+        workflow_id,
+        lambda update_id: handle.execute_update(WorkloadWorkflow.wait_ready, request, id=update_id),
+    )
 
 
 async def all_ready(client, items: list[Workload]) -> None:

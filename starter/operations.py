@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -69,16 +69,16 @@ def workload_id(reference: str) -> str:
     return ids.workload_id(system, name)
 
 
-# A loaded server answers an update-with-start DEADLINE_EXCEEDED when the new workflow's first
-# task waits behind others too long (seen about halfway through applying 10,000, 100 at a time,
-# on a 2-core machine), and a client's own deadline ends the call as CANCELLED. Either way the
-# update may have been admitted, so each further attempt sends the same update id: the server
-# answers it with that update's outcome instead of applying it again.
+# A loaded server answers an update DEADLINE_EXCEEDED when the workflow's task waits behind
+# others too long (seen about halfway through applying 10,000, 100 at a time, on a 2-core
+# machine), and a client's own deadline ends the call as CANCELLED. Either way the update may have
+# been admitted, so each further attempt sends the same update id: the server answers it with
+# that update's outcome instead of running it again.
 # It turns an update away as not ready (FAILED_PRECONDITION, WorkflowNotReadyFailure) once the
 # workflow's task has failed or timed out twice in a row, until an attempt of it completes (seen
 # once on that bench, under the same load). Those are asked again after a pause, 1 s and
 # doubling.
-APPLY_ATTEMPTS = 5
+UPDATE_ATTEMPTS = 5
 NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 NOT_READY_PAUSE = timedelta(seconds=1)
 
@@ -92,44 +92,31 @@ def not_answered_in_time(error: WorkflowUpdateRPCTimeoutOrCancelledError) -> RPC
 
 
 def _not_ready(error: RPCError) -> bool:
-    """Whether the server turned an update-with-start away until the workflow's failing task
-    completes an attempt."""
-    if error.status != RPCStatusCode.FAILED_PRECONDITION:
-        return False
-    outcome = MultiOperationExecutionFailure()
+    """Whether the server turned an update away until the workflow's failing task completes an
+    attempt: said directly to an update, inside the multi-operation failure to an
+    update-with-start."""
     details = error.grpc_status.details
-    if not details or not details[0].Unpack(outcome):
+    if error.status != RPCStatusCode.FAILED_PRECONDITION or not details:
         return False
-    return any(
+    if details[0].Is(WorkflowNotReadyFailure.DESCRIPTOR):
+        return True
+    outcome = MultiOperationExecutionFailure()
+    return details[0].Unpack(outcome) and any(
         detail.Is(WorkflowNotReadyFailure.DESCRIPTOR)
         for status in outcome.statuses
         for detail in status.details
     )
 
 
-async def _update_with_start(
-    client: Client,
-    workflow_id: str,
-    update: Any,
-    request: Any,
-    start: Callable[[], WithStartWorkflowOperation[Any, Any]],
-    rpc_timeout: timedelta | None,
-) -> ApplyResult:
-    """`update` with `request` on the workflow `start` makes (the operation is made anew for
-    each attempt: the SDK uses one only once); the last attempt's RPCError when none of
-    APPLY_ATTEMPTS was answered in time and accepted."""
+async def answered(workflow_id: str, send: Callable[[str], Awaitable[T]]) -> T:
+    """What `send(update_id)` returns, asked again with the same update id while the server does
+    not answer in time or turns the update away as not ready; the last attempt's RPCError when
+    none of UPDATE_ATTEMPTS was answered."""
     update_id = str(uuid.uuid4())
     attempt = 1
     while True:
-        operation = start()
         try:
-            return await client.execute_update_with_start_workflow(
-                update,
-                request,
-                start_workflow_operation=operation,
-                id=update_id,
-                rpc_timeout=rpc_timeout,
-            )
+            return await send(update_id)
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
             late = not_answered_in_time(error)
             if late is None:
@@ -140,11 +127,7 @@ async def _update_with_start(
                 raise
             why = "the workflow takes no update until its failing task completes"
             failure, pause = error, NOT_READY_PAUSE.total_seconds() * 2 ** (attempt - 1)
-        # The SDK hands the start's outcome to the operation too; read, it is not logged again
-        # as an exception nobody retrieved.
-        with contextlib.suppress(Exception):
-            await operation.workflow_handle()
-        if attempt == APPLY_ATTEMPTS:
+        if attempt == UPDATE_ATTEMPTS:
             raise failure from None
         attempt += 1
         log.warning(
@@ -154,9 +137,40 @@ async def _update_with_start(
             failure.message,
             f" in {pause:.0f} s" if pause else "",
             attempt,
-            APPLY_ATTEMPTS,
+            UPDATE_ATTEMPTS,
         )
         await asyncio.sleep(pause)
+
+
+async def _update_with_start(
+    client: Client,
+    workflow_id: str,
+    update: Any,
+    request: Any,
+    start: Callable[[], WithStartWorkflowOperation[Any, Any]],
+    rpc_timeout: timedelta | None,
+) -> ApplyResult:
+    """`update` with `request` on the workflow `start` makes, asked again as `answered` says (the
+    operation is made anew for each attempt: the SDK uses one only once)."""
+
+    async def send(update_id: str) -> ApplyResult:
+        operation = start()
+        try:
+            return await client.execute_update_with_start_workflow(
+                update,
+                request,
+                start_workflow_operation=operation,
+                id=update_id,
+                rpc_timeout=rpc_timeout,
+            )
+        except Exception:
+            # The SDK hands the start's outcome to the operation too; read, it is not logged
+            # again as an exception nobody retrieved.
+            with contextlib.suppress(Exception):
+                await operation.workflow_handle()
+            raise
+
+    return await answered(workflow_id, send)
 
 
 async def apply_workload(
@@ -295,8 +309,11 @@ async def send_request(
     if description.status != WorkflowExecutionStatus.RUNNING:
         state = description.status.name.lower() if description.status else "unknown"
         raise Refused(f"workload {name} is not running ({state}); apply it to start it again")
+    request = request or SignalRequest()
     try:
-        await handle.execute_update(operation, request or SignalRequest())
+        await answered(
+            workflow_id, lambda update_id: handle.execute_update(operation, request, id=update_id)
+        )
     except WorkflowUpdateFailedError as error:
         raise Refused(cause(error)) from None
 
@@ -382,9 +399,13 @@ async def aggregator_status(client: Client, hostname: str) -> AggregatorStatus:
 
 async def delete_aggregator(client: Client, hostname: str, request_id: str | None = None) -> None:
     handle = client.get_workflow_handle(aggregator_id(hostname))
+    request = AggregatorDeleteRequest(request_id=request_id)
     try:
-        await handle.execute_update(
-            ApiAggregatorWorkflow.delete, AggregatorDeleteRequest(request_id=request_id)
+        await answered(
+            handle.id,
+            lambda update_id: handle.execute_update(
+                ApiAggregatorWorkflow.delete, request, id=update_id
+            ),
         )
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:

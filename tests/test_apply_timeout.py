@@ -1,6 +1,6 @@
-"""An apply that is not answered in time asks again, and the workflow applies the spec once; one
-turned away because the workflow's task has failed twice in a row asks again until a task
-completes.
+"""An apply that is not answered in time asks again, and the workflow applies the spec once; an
+apply or a request turned away because the workflow's task has failed twice in a row asks again
+until a task completes.
 
 Real parts: the session's Temporal dev server and a worker in the test's event loop. The server
 answers DEADLINE_EXCEEDED only under a load a test cannot make on demand; the client's own
@@ -11,8 +11,10 @@ would and reports it failed.
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from support.stack import bare_repo, platform_for, running_worker, task_queue
@@ -26,11 +28,12 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError
 
 from idp.models import Workload
-from starter.operations import APPLY_ATTEMPTS, apply_workload
-from workflows.messages import ApplyResult, WorkloadInput
+from starter.operations import UPDATE_ATTEMPTS, apply_workload, send_request
+from workflows.messages import WorkloadInput
 from workflows.workload import WorkloadWorkflow
 
 ATTEMPT = timedelta(seconds=5)
+T = TypeVar("T")
 
 
 def workload(system: str) -> Workload:
@@ -42,30 +45,47 @@ def workload(system: str) -> Workload:
     )
 
 
-async def applied_once_a_worker_runs(
-    client: Client,
+async def answered_once_a_worker_runs(
     caplog: pytest.LogCaptureFixture,
+    client: Client,
     queue: str,
-    item: Workload,
     tmp_path: Path,
+    sending: Awaitable[T],
     said: str,
-    rpc_timeout: timedelta | None = None,
-) -> ApplyResult:
-    """Applies `item` with no worker polling `queue`; once the apply has logged that it asks
-    again (`said`), starts a worker and returns what the apply returns then."""
-    applying = asyncio.create_task(apply_workload(client, queue, item, rpc_timeout=rpc_timeout))
+) -> T:
+    """Sends with no worker polling `queue`; once the sender has logged that it asks again
+    (`said`), starts a worker and returns what the sender returns then."""
+    task = asyncio.ensure_future(sending)
     try:
         async with asyncio.timeout(60):
             while f"{said} (2 of" not in caplog.text:
-                if applying.done():
-                    applying.result()  # raises whatever ended it
-                    raise AssertionError("the apply was answered with no worker running")
+                if task.done():
+                    task.result()  # raises whatever ended it
+                    raise AssertionError("the update was answered with no worker running")
                 await asyncio.sleep(0.05)
         platform = platform_for(bare_repo(tmp_path / "s.git"))
         async with running_worker(client, platform, queue, tmp_path):
-            return await applying
+            return await task
     finally:
-        applying.cancel()
+        task.cancel()
+
+
+async def fail_first_task_twice(client: Client, queue: str) -> None:
+    """Takes the first workflow task on `queue` twice and reports each failed, as a worker does
+    when workflow code raises: from the third attempt until one completes, the server takes no
+    update."""
+    service, namespace = client.workflow_service, client.namespace
+    for _ in range(2):
+        task = await service.poll_workflow_task_queue(
+            PollWorkflowTaskQueueRequest(namespace=namespace, task_queue=TaskQueue(name=queue))
+        )
+        await service.respond_workflow_task_failed(
+            RespondWorkflowTaskFailedRequest(
+                namespace=namespace,
+                task_token=task.task_token,
+                cause=WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_WORKFLOW_WORKER_UNHANDLED_FAILURE,
+            )
+        )
 
 
 def accepted_updates(history: WorkflowHistory) -> int:
@@ -82,8 +102,9 @@ async def test_an_apply_not_answered_in_time_is_asked_again_and_applied_once(
     queue = task_queue()
     item = workload(queue)
     # No worker yet: the first attempt's update waits for a first workflow task nobody runs.
-    result = await applied_once_a_worker_runs(
-        client, caplog, queue, item, tmp_path, "asking again", rpc_timeout=ATTEMPT
+    applying = apply_workload(client, queue, item, rpc_timeout=ATTEMPT)
+    result = await answered_once_a_worker_runs(
+        caplog, client, queue, tmp_path, applying, "asking again"
     )
     assert result.generation == 1
     history = await client.get_workflow_handle(item.workflow_id).fetch_history()
@@ -100,37 +121,31 @@ async def test_an_apply_never_answered_gives_up_with_the_servers_error(
     with pytest.raises(RPCError):
         await apply_workload(client, task_queue(), item, rpc_timeout=timedelta(seconds=0.5))
     said = f"{item.workflow_id}: the Temporal server did not answer in time"
-    assert caplog.text.count(said) == APPLY_ATTEMPTS - 1
+    assert caplog.text.count(said) == UPDATE_ATTEMPTS - 1
     await client.get_workflow_handle(item.workflow_id).terminate(reason="test over")
 
 
-async def test_an_apply_turned_away_while_the_workflows_task_fails_is_asked_again(
-    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("sent", ["apply", "reconcile"])
+async def test_an_update_turned_away_while_the_workflows_task_fails_is_asked_again(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture, sent: str
 ) -> None:
+    """The apply and every request an entry point sends (`idpctl reconcile`, rotate, delete, the
+    Port bridge's) ride out a failing task."""
     caplog.set_level(logging.WARNING, logger="idp.operations")
     queue = task_queue()
     item = workload(queue)
     await client.start_workflow(
         WorkloadWorkflow.run, WorkloadInput(workload=item), id=item.workflow_id, task_queue=queue
     )
-    # The first workflow task fails twice, as a worker reports one whose code raised: from the
-    # third attempt until one completes, the server takes no update.
-    service, namespace = client.workflow_service, client.namespace
-    for _ in range(2):
-        task = await service.poll_workflow_task_queue(
-            PollWorkflowTaskQueueRequest(namespace=namespace, task_queue=TaskQueue(name=queue))
-        )
-        await service.respond_workflow_task_failed(
-            RespondWorkflowTaskFailedRequest(
-                namespace=namespace,
-                task_token=task.task_token,
-                cause=WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_WORKFLOW_WORKER_UNHANDLED_FAILURE,
-            )
-        )
-    result = await applied_once_a_worker_runs(
-        client, caplog, queue, item, tmp_path, "asking again in 1 s"
+    await fail_first_task_twice(client, queue)
+    sending = (
+        apply_workload(client, queue, item)
+        if sent == "apply"
+        else send_request(client, item.workflow_id, "reconcile")
     )
-    assert result.generation == 1
+    await answered_once_a_worker_runs(
+        caplog, client, queue, tmp_path, sending, "asking again in 1 s"
+    )
     said = f"{item.workflow_id}: the workflow takes no update until its failing task completes"
     assert said in caplog.text
     history = await client.get_workflow_handle(item.workflow_id).fetch_history()

@@ -83,7 +83,7 @@ NOT_ANSWERED_IN_TIME = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED
 NOT_READY_PAUSE = timedelta(seconds=1)
 
 
-def not_answered_in_time(error: WorkflowUpdateRPCTimeoutOrCancelledError) -> RPCError | None:
+def _not_answered_in_time(error: WorkflowUpdateRPCTimeoutOrCancelledError) -> RPCError | None:
     """The server's error when an update's call ran out of time; None when the caller itself was
     cancelled (the SDK raises the same exception for both), which is never asked again."""
     cause = error.__cause__
@@ -118,7 +118,7 @@ async def answered(workflow_id: str, send: Callable[[str], Awaitable[T]]) -> T:
         try:
             return await send(update_id)
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
-            late = not_answered_in_time(error)
+            late = _not_answered_in_time(error)
             if late is None:
                 raise
             failure, why, pause = late, "the Temporal server did not answer in time", 0.0

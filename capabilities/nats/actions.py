@@ -16,6 +16,7 @@ calls do not.
 """
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -65,7 +66,6 @@ class Synadia:
     def __init__(self, config: SynadiaConfig | None) -> None:
         self.configured = config is not None
         self._directory = Directory(config) if config else None
-        self._shared: tuple[asyncio.AbstractEventLoop, str, SynadiaClient] | None = None
 
     @property
     def directory(self) -> Directory:
@@ -88,7 +88,7 @@ class Synadia:
                 reason="NoSynadiaToken",
             )
         try:
-            yield self._client(config.url, token)
+            yield _shared_client(asyncio.get_running_loop(), config.url, token)
         except SynadiaApiError as error:
             if error.status != 401:
                 raise
@@ -100,16 +100,16 @@ class Synadia:
                 reason=error.reason,
             ) from None
 
-    def _client(self, url: str, token: str) -> SynadiaClient:
-        """One client, so one pool of kept-alive connections, for every activity of this
-        worker. A client per activity paid for a new connection each time (a TLS handshake,
-        against Synadia Cloud), and making it was 2% of the worker's Python time onboarding
-        (httpx reads the proxy settings from the environment). Another event loop, or another
-        token, gets a client of its own: a connection belongs to the loop that opened it."""
-        loop = asyncio.get_running_loop()
-        if self._shared is None or self._shared[:2] != (loop, token):
-            self._shared = (loop, token, SynadiaClient(url, token))
-        return self._shared[2]
+
+@functools.lru_cache(maxsize=1)
+def _shared_client(loop: asyncio.AbstractEventLoop, url: str, token: str) -> SynadiaClient:
+    """One client, so one pool of kept-alive connections, for every activity of the worker that
+    calls Synadia, Nats's and Credentials' alike (each has a `Synadia` of its own). A client per
+    activity paid for a new connection each time (a TLS handshake, against Synadia Cloud), and
+    making it was 2% of the worker's Python time onboarding (httpx reads the proxy settings from
+    the environment). Another event loop, URL or token gets a new one: a connection belongs to
+    the loop that opened it."""
+    return SynadiaClient(url, token)
 
 
 def unrecorded(ctx: Context) -> bool:

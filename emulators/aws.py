@@ -1,4 +1,5 @@
-"""`python -m emulators.aws --host H --port N`: moto, standing in for AWS, one request at a time.
+"""`python -m emulators.aws --host H --port N`: moto, standing in for AWS, one request at a time,
+with ECR's repositories in the Resource Groups Tagging API (`serve_ecr_tags`).
 
 moto's own server answers each request on a thread of its own, but its backends are not safe
 for that: a DescribeRepositories that iterates the registry while a CreateRepository adds to it
@@ -12,9 +13,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from moto.core.resource_tagging import TaggableResourcesMixin, TaggedResource
+from moto.ecr.models import ECRBackend, ecr_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -40,6 +43,32 @@ def serial(app: Any) -> Any:
     return serve
 
 
+class _TaggedECRBackend(ECRBackend, TaggableResourcesMixin):
+    SERVICE_NAMESPACE = "ecr"
+    # moto finds a backend's URL routes by the module its class is defined in: ECR's.
+    __module__ = ECRBackend.__module__
+
+    def iter_tagged_resources(self) -> Iterator[TaggedResource]:
+        # A copy: another request may add a repository while this one reads.
+        for repo in list(self.repositories.values()):
+            yield TaggedResource(
+                arn=repo.arn,
+                tags=self.tagger.get_tag_dict_for_resource(repo.arn),
+                resource_type="ecr:repository",
+                # AWS lists a repository whose tags were all removed, with none, but not one never
+                # tagged; moto keeps no such history, so it lists every repository. Either way a
+                # reader learns the same tags.
+                extra={"include_untagged": True},
+            )
+
+
+def serve_ecr_tags() -> None:
+    """Answer GetResources of the Tagging API for ECR repositories, as AWS does and moto 5 does
+    not: the registry's fleet read takes their tags from it. Call it in the process that serves
+    moto, before its first ECR request creates a backend."""
+    ecr_backends.backend = _TaggedECRBackend
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m emulators.aws", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -48,6 +77,7 @@ def main() -> None:
     # moto names itself in some answers (presigned URLs) by this port, as its own server sets it.
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    serve_ecr_tags()
     run_simple(
         args.host,
         args.port,

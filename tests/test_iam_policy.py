@@ -106,6 +106,8 @@ def built_names(platform: Platform, w: Workload) -> dict[str, str]:
         "rds-db": DB_USER + "idp_admin",
         # Secrets Manager ends a secret's ARN with six random characters of its own.
         "secretsmanager": f"arn:aws:secretsmanager:{where}:secret:{secret}-AbCdEf",
+        # The Tagging API takes no resource.
+        "tag": "*",
     }
 
 
@@ -129,8 +131,16 @@ def test_the_scan_finds_the_calls_the_code_makes_and_where() -> None:
     assert files["secretsmanager:PutSecretValue"] == {"idp/delivery/external.py"}
     # The idp-postgres plugin signs an RDS IAM authentication token: no API call, an action.
     assert files["rds-db:connect"] == {"plugins/idp-postgres/idp_postgres/client.py"}
+    # The Tagging API's actions are "tag:", not its signing name "tagging:".
+    assert files["tag:GetResources"] == {"capabilities/registry/aws.py"}
     # The plugin's RDS client is not the core's: ECR's list_tags_for_resource is no RDS call.
-    assert {action.split(":")[0] for action in files} == {"ecr", "iam", "rds-db", "secretsmanager"}
+    assert {action.split(":")[0] for action in files} == {
+        "ecr",
+        "iam",
+        "rds-db",
+        "secretsmanager",
+        "tag",
+    }
 
 
 def test_paginators_count_as_the_operation_they_call_and_waiters_fail_the_scan() -> None:
@@ -208,14 +218,16 @@ def test_the_policy_grants_nothing_beyond_that() -> None:
         Request("iam:CreatePolicy", f"arn:aws:iam::{ACCOUNT}:policy/idp-x"),
     ]
     assert [r for r in refused if allowed(policy, r)] == []
-    # But the fleet reads list the registry's repositories (authorized on "repository/*"), the
-    # account's roles, with GetAccountAuthorizationDetails, and the region's secrets, with
-    # ListSecrets: those two take no resource.
+    # But the fleet reads list the registry's repositories (authorized on "repository/*"), their
+    # tags, with the Tagging API's GetResources, the account's roles, with
+    # GetAccountAuthorizationDetails, and the region's secrets, with ListSecrets: those three
+    # take no resource.
     listing = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/*"
     assert allowed(policy, Request("ecr:DescribeRepositories", listing))
     assert [s["Sid"] for s in policy["Statement"] if s["Resource"] == ["*"]] == [
         "ExternalSecretDeliveryFleetRead",
         "RegistryFleetReadRoles",
+        "RegistryFleetReadTags",
     ]
     # IAM's limit for a customer managed policy, counted without whitespace.
     assert len(json.dumps(policy, separators=(",", ":"))) <= 6144
@@ -429,7 +441,7 @@ async def test_every_call_of_the_real_code_paths_is_scanned_and_granted(
         assert teardown(target, changed, clients) == ["repository", "role"]
 
     recorded = {request.action for request in recorder.requests}
-    services = ("ecr:", "iam:", "secretsmanager:")
+    services = ("ecr:", "iam:", "secretsmanager:", "tag:")
     scanned = {action for action in worker_calls() if action.startswith(services)}
     assert recorded - scanned == set(), "calls the scan did not find"
     assert ungranted(policy_document(platform), recorder.requests) == []
@@ -442,4 +454,5 @@ async def test_every_call_of_the_real_code_paths_is_scanned_and_granted(
         "iam:GetAccountAuthorizationDetails",
         "secretsmanager:ListSecrets",
         "secretsmanager:TagResource",
+        "tag:GetResources",
     }, "add these calls to the paths"

@@ -8,7 +8,6 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from support.awscalls import CallCounter
@@ -24,6 +23,7 @@ from test_registry import (
     make_policy,
 )
 from test_registry_capability import (  # noqa: F401 (fixtures)
+    REGION,
     REGISTRY,
     REPOSITORY,
     ROLE,
@@ -46,9 +46,9 @@ from idp.models import Workload
 
 
 @pytest.fixture
-def outside(aws: tuple[Any, Any]) -> AwsClients:  # noqa: F811 (the fixture imported above)
+def outside(aws_url: str) -> AwsClients:
     """Someone else's clients (a person at the console), as test_registry's drifts take them."""
-    return AwsClients(*aws)
+    return AwsClients.create(REGION, endpoint_url=aws_url)
 
 
 @pytest.fixture
@@ -225,14 +225,17 @@ def named(name: str) -> Workload:
     return w.model_copy(update={"metadata": w.metadata.model_copy(update={"name": name})})
 
 
-async def test_a_fleet_read_costs_one_page_per_service_and_two_calls_per_workload(
+async def test_a_fleet_read_costs_its_listing_pages_and_one_call_per_workload(
     actions: RegistryActions,  # noqa: F811 (the fixture imported above)
     outside: AwsClients,
 ) -> None:
     fleet = [context(named(f"svc-{i:02d}")) for i in range(50)]
     recorded = await asyncio.gather(*(in_sync(actions, ctx) for ctx in fleet))
-    # Others' repositories and roles, which the listings hold too.
-    outside.ecr.create_repository(repositoryName="base/python")
+    # Others' repositories and roles, which the listings hold too: enough tagged repositories
+    # for a second page of tags (100 a page).
+    for i in range(60):
+        tags = [{"Key": "team", "Value": "platform"}]
+        outside.ecr.create_repository(repositoryName=f"base/python-{i}", tags=tags)
     outside.iam.create_role(RoleName="admin", AssumeRolePolicyDocument="{}")
 
     with CallCounter(actions.clients()) as counter:
@@ -242,6 +245,6 @@ async def test_a_fleet_read_costs_one_page_per_service_and_two_calls_per_workloa
     assert Counter(counter.calls) == {
         "ecr:DescribeRepositories": 1,
         "iam:GetAccountAuthorizationDetails": 1,
-        "ecr:ListTagsForResource": 50,
+        "resourcegroupstaggingapi:GetResources": 2,
         "ecr:GetLifecyclePolicy": 50,
     }

@@ -5,7 +5,7 @@ TransientError and PermanentError.
 A steady-state pass makes 5 reads (6 when managed policies are in play) and no write: observe's
 DescribeRepositories, ListTagsForResource, GetLifecyclePolicy, GetRole (tags included),
 GetRolePolicy and ListAttachedRolePolicies, then an empty plan. The fleet read
-(`fleet_observe`) reads the same for a whole fleet at 2 calls a workload plus listing pages.
+(`fleet_observe`) reads the same for a whole fleet at 1 call a workload plus listing pages.
 
 Plain boto3, synchronous: actions.py runs these functions in a thread.
 """
@@ -60,27 +60,35 @@ def _observe_repository(target: RegistryTarget, ecr: BaseClient) -> RepositorySt
         {"RepositoryNotFoundException"},
         repositoryNames=[target.repository_name],
     )
-    return None if found is None else _repository_state(ecr, found["repositories"][0])
-
-
-def _repository_state(ecr: BaseClient, repo: Mapping[str, Any]) -> RepositoryState | None:
-    """The repository as DescribeRepositories described it, with what only its own reads give;
-    None when it was deleted since."""
+    if found is None:
+        return None
+    repo = found["repositories"][0]
     tags = lookup_aws(
         ecr,
         "list_tags_for_resource",
         {"RepositoryNotFoundException"},
         resourceArn=repo["repositoryArn"],
     )
-    if tags is None:
-        return None
-    lifecycle = lookup_aws(
-        ecr,
-        "get_lifecycle_policy",
-        {"LifecyclePolicyNotFoundException"},
-        repositoryName=repo["repositoryName"],
-    )
-    return _repository(repo, tags.get("tags"), lifecycle and lifecycle["lifecyclePolicyText"])
+    return None if tags is None else _repository_state(ecr, repo, tags.get("tags"))
+
+
+def _repository_state(
+    ecr: BaseClient, repo: Mapping[str, Any], tags: list[dict[str, str]] | None
+) -> RepositoryState | None:
+    """The repository as DescribeRepositories described it, with its `tags` and its lifecycle
+    policy, which only a read of its own gives; None when it was deleted since."""
+    try:
+        lifecycle = lookup_aws(
+            ecr,
+            "get_lifecycle_policy",
+            {"LifecyclePolicyNotFoundException"},
+            repositoryName=repo["repositoryName"],
+        )
+    except PermanentError as err:
+        if err.reason == "RepositoryNotFoundException":
+            return None
+        raise
+    return _repository(repo, tags, lifecycle and lifecycle["lifecyclePolicyText"])
 
 
 def _repository(
@@ -136,26 +144,32 @@ def fleet_observe(keys: list[str], clients: AwsClients) -> dict[str, str]:
     from the same fields observe reads, so that it equals what the workload's own fingerprint
     gives for the same outside. A key of another form is left out, which wakes its workload.
 
-    What a sweep costs, however many keys: ceil(R/1000) DescribeRepositories for the R
-    repositories of the registry and ceil(N/1000) GetAccountAuthorizationDetails for the N roles
-    of the account (the two run side by side), then 2 calls per key found, ListTagsForResource
-    and GetLifecyclePolicy, which ECR has no bulk form of: 2 + 2K calls for K workloads in a
-    small account, where their own passes make 5K to 6K.
+    What a sweep costs, however many keys: for the R repositories of the registry,
+    ceil(R/1000) DescribeRepositories and ceil(R/100) GetResources of the Resource Groups
+    Tagging API for their tags (more pages if they carry more than 5 tags each); for the N roles
+    of the account, ceil(N/1000) GetAccountAuthorizationDetails (the three run side by side);
+    then one GetLifecyclePolicy per key found, which ECR has no bulk form of: 3 + K calls for K
+    workloads in a small account, where their own passes make 5K to 6K.
+
+    The Tagging API is eventually consistent: tags changed by hand a moment before a sweep may
+    be read as they were, and found changed by the next sweep.
     """
     wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
     if not wanted:
         return {}
     with ThreadPoolExecutor(_READS_AT_ONCE) as pool:
         listing = pool.submit(_repositories, clients.ecr, {k.repository for k in wanted.values()})
+        tagged = pool.submit(_repository_tags, clients.tagging)
         details = pool.submit(_roles, clients.iam, {k.role for k in wanted.values()})
-        repositories, roles = listing.result(), details.result()
+        repositories, tags, roles = listing.result(), tagged.result(), details.result()
         found = {
             key: k for key, k in wanted.items() if k.repository in repositories and k.role in roles
         }
-        reads = {
-            name: pool.submit(_repository_state, clients.ecr, repositories[name])
-            for name in {k.repository for k in found.values()}
-        }
+        reads = {}
+        for name in {k.repository for k in found.values()}:
+            repo = repositories[name]
+            arn_tags = tags.get(repo["repositoryArn"], [])
+            reads[name] = pool.submit(_repository_state, clients.ecr, repo, arn_tags)
         states = {name: read.result() for name, read in reads.items()}
     return {
         key: registry_digest(repository, _detailed_role(roles[k.role], k.attached))
@@ -192,6 +206,24 @@ def _repositories(ecr: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]
         if not page.get("nextToken"):
             return found
         params["nextToken"] = page["nextToken"]
+
+
+def _repository_tags(tagging: BaseClient) -> dict[str, list[dict[str, str]]]:
+    """The tags of the region's repositories by ARN. A repository missing from it has no tags:
+    the Tagging API lists every resource that has or ever had one."""
+    tags: dict[str, list[dict[str, str]]] = {}
+    # Both limits at their most: a page ends at 100 repositories or 500 tags, whichever is first.
+    params: dict[str, Any] = {
+        "ResourceTypeFilters": ["ecr:repository"],
+        "ResourcesPerPage": 100,
+        "TagsPerPage": 500,
+    }
+    while True:
+        page = call_aws(tagging, "get_resources", **params)
+        tags |= {r["ResourceARN"]: r.get("Tags", []) for r in page["ResourceTagMappingList"]}
+        if not page.get("PaginationToken"):
+            return tags
+        params["PaginationToken"] = page["PaginationToken"]
 
 
 def _roles(iam: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]:

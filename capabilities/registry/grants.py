@@ -9,7 +9,7 @@ a permanent failure. The rest only ever touch what the code has just read and fo
 idp.managed-by=idp, so the tag is required; creates require it on the tags they are made with.
 
 The fleet read (`fleet_observe` in aws.py) reads wider, and only reads: it lists the registry's
-repositories and the account's roles, since AWS reads neither in bulk by name.
+repositories, their tags and the account's roles, since AWS reads none of them in bulk by name.
 """
 
 from __future__ import annotations
@@ -100,6 +100,10 @@ def registry_grants(aws: AwsConfig) -> list[AwsGrant]:
         # GetAccountAuthorizationDetails, nor a condition on its Filter, so this also lets the
         # worker read the account's users, groups and managed policies. Read-only.
         AwsGrant("RegistryFleetReadRoles", ("iam:GetAccountAuthorizationDetails",), ("*",)),
+        # And its one look at the repositories' tags: the Tagging API has no resource-level
+        # permission either, so this lets the worker read the tags of every resource of the
+        # account, in every service. Read-only.
+        AwsGrant("RegistryFleetReadTags", ("tag:GetResources",), ("*",)),
         AwsGrant("RegistryCreateRoles", ("iam:CreateRole",), role, created),
         # TagRole is also how IAM authorizes the tags given to CreateRole.
         AwsGrant("RegistryConfigureRoles", ("iam:PutRolePolicy", "iam:TagRole"), role),

@@ -57,6 +57,8 @@ _TRANSIENT_CODES = frozenset(
 class AwsClients:
     ecr: BaseClient
     iam: BaseClient
+    # The Resource Groups Tagging API: the tags of many resources in one call.
+    tagging: BaseClient
 
     @classmethod
     def create(
@@ -67,7 +69,7 @@ class AwsClients:
         session: boto3.session.Session | None = None,
         max_attempts: int = 4,
     ) -> AwsClients:
-        """Clients from the standard credential chain; ``endpoint_url`` points both at moto."""
+        """Clients from the standard credential chain; ``endpoint_url`` points them all at moto."""
         session = session or boto3.session.Session()
         # A few quick SDK retries smooth over throttling blips; the activity's own retry policy
         # (TransientError) takes over beyond that, with its longer, capped backoff.
@@ -80,6 +82,9 @@ class AwsClients:
         return cls(
             ecr=session.client("ecr", endpoint_url=endpoint_url, config=config),
             iam=session.client("iam", endpoint_url=endpoint_url, config=config),
+            tagging=session.client(
+                "resourcegroupstaggingapi", endpoint_url=endpoint_url, config=config
+            ),
         )
 
 

@@ -36,6 +36,8 @@ _PROJECT_PACKAGES = ("idp", "activities", "capabilities", "workflows", "starter"
 # Client methods that call no API but need an action of their own: an RDS IAM authentication
 # token is signed locally, and IAM checks rds-db:connect when the database is connected to.
 _LOCAL_ACTIONS = {"rds": {"generate_db_auth_token": "rds-db:connect"}}
+# Services whose prefix in IAM actions is neither their client name nor their signing name.
+_ACTION_PREFIXES = {"resourcegroupstaggingapi": "tag"}
 
 
 class PolicyError(IdpError):
@@ -103,8 +105,9 @@ def _actions(service: str) -> dict[str, str]:
     client = botocore.session.get_session().create_client(
         service, region_name="us-east-1", aws_access_key_id="scan", aws_secret_access_key="scan"
     )
-    # The signing name is the service's prefix in IAM actions (CloudWatch's is "monitoring").
-    prefix = client.meta.service_model.signing_name
+    # The signing name is the service's prefix in IAM actions (CloudWatch's is "monitoring"),
+    # but for a few.
+    prefix = _ACTION_PREFIXES.get(service, client.meta.service_model.signing_name)
     mapping = client.meta.method_to_api_mapping.items()
     return {method: f"{prefix}:{api}" for method, api in mapping} | _LOCAL_ACTIONS.get(service, {})
 

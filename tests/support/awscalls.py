@@ -26,7 +26,7 @@ class CallCounter:
     """
 
     def __init__(self, clients: AwsClients) -> None:
-        self._clients = (clients.ecr, clients.iam)
+        self._clients = (clients.ecr, clients.iam, clients.tagging)
         self._hook_id = f"idp-call-counter-{id(self)}"
         self.calls: list[str] = []
         for client in self._clients:

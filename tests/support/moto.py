@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 from moto.server import ThreadedMotoServer
 
+from emulators.aws import serve_ecr_tags
+
 # moto's fixed default account: ARNs built by code under test must use it to match moto's.
 MOTO_ACCOUNT_ID = "123456789012"
 
@@ -46,6 +48,7 @@ def moto_server() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # Port 0 lets the OS pick a free port, so parallel test runs never collide.
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    serve_ecr_tags()
     server.start()
     host, port = server.get_host_and_port()
     try:

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/steady_state.py  # 1,000 idle workloads for 10 minutes
 	$(BIN)/python bench/steady_state.py --fleet-observer  # the same, watched by the fleet observer
 	$(BIN)/python bench/drift_repair.py
+	$(BIN)/python bench/registry_fleet.py
 
 # Re-pin after changing dependencies in pyproject.toml; commit constraints.txt with the change.
 lock:

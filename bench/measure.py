@@ -59,13 +59,15 @@ it, a marker per workflow task as `command_BatchMarkers`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,30 @@ def machine_line() -> str:
         f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) at start, "
         f"Python {platform.python_version()}"
     )
+
+
+@contextlib.asynccontextmanager
+async def progress(what: str, total: int, every: float = 30) -> AsyncIterator[Callable[[], None]]:
+    """Gives a function to call once per item done, and meanwhile prints `what: done/total` on
+    stderr every `every` seconds: a run of 10,000 takes most of an hour."""
+    done = 0
+    started = time.monotonic()
+
+    def one() -> None:
+        nonlocal done
+        done += 1
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(every)
+            elapsed = time.monotonic() - started
+            print(f"  {what}: {done:,} of {total:,} after {elapsed:.0f} s", file=sys.stderr)
+
+    reporter = asyncio.create_task(report())
+    try:
+        yield one
+    finally:
+        reporter.cancel()
 
 
 # ---- the stack, with the dev server's metrics on a known port ---------------------------------

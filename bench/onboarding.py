@@ -49,6 +49,7 @@ from measure import (
     history_actions,
     machine_line,
     metric_lines,
+    progress,
     server_actions,
 )
 from temporalio.client import Client
@@ -115,7 +116,13 @@ async def all_ready(client, items: list[Workload]) -> None:
     """Apply every one of `items`, at most APPLYING awaiting their answer, and wait until each
     is Ready."""
     applying = asyncio.Semaphore(APPLYING)
-    await asyncio.gather(*(ready(client, item, applying) for item in items))
+    async with progress("Ready", len(items)) as one_more:
+
+        async def one(item: Workload) -> None:
+            await ready(client, item, applying)
+            one_more()
+
+        await asyncio.gather(*(one(item) for item in items))
 
 
 def sealed_deliveries(repo: Path) -> int:

@@ -23,6 +23,7 @@ sweeps): the floor beneath the other figures.
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ async def main(
             client = await temporal.connect(temporal.TemporalSettings(address=stack.address))
             items = [workload(i) for i in range(workloads)]
             apply_seconds = await apply_all(client, items)
+            print(f"  all {workloads:,} Ready in {apply_seconds:.0f} s", file=sys.stderr)
             watched_after = await all_watched(client, workloads, drift) if fleet else None
             ids = [item.workflow_id for item in items]
             meter = ProcessMeter.of_stack(stack)
@@ -178,6 +180,7 @@ async def main(
             can_before = await continued_as_new(client)
             first = await next_sweep(client, drift) if fleet else None
             metric_before = await server_actions(stack.server_metrics_url, client.namespace)
+            print(f"  measuring an idle window of {window}", file=sys.stderr)
             since = time.time_ns()
             meter.begin()
             deadline = time.monotonic() + window.total_seconds()

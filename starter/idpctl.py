@@ -427,7 +427,7 @@ def _events(events: list) -> None:
 # ---- reconcile / pause / resume / delete ----------------------------------------------------
 
 
-def _signal_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
+def _request_command(name: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
     async def command(args: argparse.Namespace) -> None:
         if args.kind == "apiaggregator":
             await _delete_aggregator(args)
@@ -764,7 +764,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "delete":
             command.add_argument("--wait", action="store_true", help="wait until deleted")
             command.add_argument("--timeout", type=float, default=300)
-        command.set_defaults(run=_signal_command(name))
+        command.set_defaults(run=_request_command(name))
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a kind (for editors)")
     schema.add_argument("kind", nargs="?", choices=[*KINDS, "Platform"])

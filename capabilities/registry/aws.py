@@ -152,7 +152,8 @@ def fleet_observe(keys: list[str], clients: AwsClients) -> dict[str, str]:
     workloads in a small account, where their own passes make 5K to 6K.
 
     The Tagging API is eventually consistent: tags changed by hand a moment before a sweep may
-    be read as they were, and found changed by the next sweep.
+    be read as they were, and found changed by the next sweep; a repository made a moment
+    before may be read as untagged, which wakes its workload for a pass that finds it in sync.
     """
     wanted = {key: parsed for key in keys if (parsed := FleetKey.parse(key)) is not None}
     if not wanted:

@@ -13,6 +13,7 @@ Plain boto3, synchronous: actions.py runs these functions in a thread.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,8 +39,10 @@ from idp.models import RegistrySpec
 
 log = logging.getLogger(__name__)
 
-# The most DescribeRepositories and GetAccountAuthorizationDetails give in one page.
+# The most DescribeRepositories and GetAccountAuthorizationDetails give in one page, and the most
+# repositories the Tagging API's GetResources does.
 _PAGE = 1000
+_TAGGED_PAGE = 100
 # Repositories the fleet read reads at once: below botocore's 10 connections per client.
 _READS_AT_ONCE = 8
 
@@ -60,23 +63,25 @@ def _observe_repository(target: RegistryTarget, ecr: BaseClient) -> RepositorySt
         {"RepositoryNotFoundException"},
         repositoryNames=[target.repository_name],
     )
-    if found is None:
-        return None
-    repo = found["repositories"][0]
-    tags = lookup_aws(
-        ecr,
-        "list_tags_for_resource",
-        {"RepositoryNotFoundException"},
-        resourceArn=repo["repositoryArn"],
-    )
-    return None if tags is None else _repository_state(ecr, repo, tags.get("tags"))
+    return None if found is None else _repository_state(ecr, found["repositories"][0])
 
 
 def _repository_state(
-    ecr: BaseClient, repo: Mapping[str, Any], tags: list[dict[str, str]] | None
+    ecr: BaseClient, repo: Mapping[str, Any], tags: list[dict[str, str]] | None = None
 ) -> RepositoryState | None:
-    """The repository as DescribeRepositories described it, with its `tags` and its lifecycle
-    policy, which only a read of its own gives; None when it was deleted since."""
+    """The repository as DescribeRepositories described it, with its tags (`tags`, as the
+    Tagging API listed them, or read here) and its lifecycle policy, which only a read of its
+    own gives; None when it was deleted since."""
+    if tags is None:
+        listed = lookup_aws(
+            ecr,
+            "list_tags_for_resource",
+            {"RepositoryNotFoundException"},
+            resourceArn=repo["repositoryArn"],
+        )
+        if listed is None:
+            return None
+        tags = listed.get("tags", [])
     try:
         lifecycle = lookup_aws(
             ecr,
@@ -145,11 +150,12 @@ def fleet_observe(keys: list[str], clients: AwsClients) -> dict[str, str]:
     gives for the same outside. A key of another form is left out, which wakes its workload.
 
     What a sweep costs, however many keys: for the R repositories of the registry,
-    ceil(R/1000) DescribeRepositories and ceil(R/100) GetResources of the Resource Groups
-    Tagging API for their tags (more pages if they carry more than 5 tags each); for the N roles
-    of the account, ceil(N/1000) GetAccountAuthorizationDetails (the three run side by side);
-    then one GetLifecyclePolicy per key found, which ECR has no bulk form of: 3 + K calls for K
-    workloads in a small account, where their own passes make 5K to 6K.
+    ceil(R/1000) DescribeRepositories, and for the N roles of the account, ceil(N/1000)
+    GetAccountAuthorizationDetails (the two run side by side); then one GetLifecyclePolicy per
+    key found, which ECR has no bulk form of, and the repositories' tags in the fewer calls:
+    ceil(R/100) GetResources of the Resource Groups Tagging API (more if they carry more than 5
+    tags each), or one ListTagsForResource per key found. So 3 + K calls for K workloads in a
+    registry of theirs, where their own passes make 5K to 6K.
 
     The Tagging API is eventually consistent: tags changed by hand a moment before a sweep may
     be read as they were, and found changed by the next sweep; a repository made a moment
@@ -159,18 +165,24 @@ def fleet_observe(keys: list[str], clients: AwsClients) -> dict[str, str]:
     if not wanted:
         return {}
     with ThreadPoolExecutor(_READS_AT_ONCE) as pool:
-        listing = pool.submit(_repositories, clients.ecr, {k.repository for k in wanted.values()})
-        tagged = pool.submit(_repository_tags, clients.tagging)
+        listing = pool.submit(_repositories, clients.ecr)
         details = pool.submit(_roles, clients.iam, {k.role for k in wanted.values()})
-        repositories, tags, roles = listing.result(), tagged.result(), details.result()
+        repositories, roles = listing.result(), details.result()
         found = {
             key: k for key, k in wanted.items() if k.repository in repositories and k.role in roles
         }
+        names = {k.repository for k in found.values()}
+        tagged = (
+            _repository_tags(clients.tagging)
+            if math.ceil(len(repositories) / _TAGGED_PAGE) < len(names)
+            else None
+        )
         reads = {}
-        for name in {k.repository for k in found.values()}:
+        for name in names:
             repo = repositories[name]
-            arn_tags = tags.get(repo["repositoryArn"], [])
-            reads[name] = pool.submit(_repository_state, clients.ecr, repo, arn_tags)
+            # A repository the Tagging API did not list has no tags.
+            tags = None if tagged is None else tagged.get(repo["repositoryArn"], [])
+            reads[name] = pool.submit(_repository_state, clients.ecr, repo, tags)
         states = {name: read.result() for name, read in reads.items()}
     return {
         key: registry_digest(repository, _detailed_role(roles[k.role], k.attached))
@@ -194,16 +206,14 @@ def _detailed_role(role: Mapping[str, Any], attached: bool) -> RoleState:
     return _role_state(role, inline, listed if attached else None)
 
 
-def _repositories(ecr: BaseClient, names: set[str]) -> dict[str, dict[str, Any]]:
-    """Those of `names` the registry holds, as DescribeRepositories describes them: listed
+def _repositories(ecr: BaseClient) -> dict[str, dict[str, Any]]:
+    """The registry's repositories by name, as DescribeRepositories describes them: listed
     whole, since naming them would fail the call for the first one deleted."""
     found: dict[str, dict[str, Any]] = {}
     params: dict[str, Any] = {"maxResults": _PAGE}
     while True:
         page = call_aws(ecr, "describe_repositories", **params)
-        found |= {
-            r["repositoryName"]: r for r in page["repositories"] if r["repositoryName"] in names
-        }
+        found |= {r["repositoryName"]: r for r in page["repositories"]}
         if not page.get("nextToken"):
             return found
         params["nextToken"] = page["nextToken"]
@@ -216,7 +226,7 @@ def _repository_tags(tagging: BaseClient) -> dict[str, list[dict[str, str]]]:
     # Both limits at their most: a page ends at 100 repositories or 500 tags, whichever is first.
     params: dict[str, Any] = {
         "ResourceTypeFilters": ["ecr:repository"],
-        "ResourcesPerPage": 100,
+        "ResourcesPerPage": _TAGGED_PAGE,
         "TagsPerPage": 500,
     }
     while True:

@@ -225,22 +225,31 @@ def named(name: str) -> Workload:
     return w.model_copy(update={"metadata": w.metadata.model_copy(update={"name": name})})
 
 
-def others(outside: AwsClients, repositories: int) -> None:
-    """Other teams' tagged repositories and a role, which the listings hold too."""
-    for i in range(repositories):
-        tags = [{"Key": "team", "Value": "platform"}]
-        outside.ecr.create_repository(repositoryName=f"base/python-{i}", tags=tags)
+@pytest.mark.parametrize(
+    ("workloads", "others", "tags"),
+    [
+        # 110 repositories: two pages of tags (100 a page) for 50 workloads.
+        (50, 60, {"resourcegroupstaggingapi:GetResources": 2}),
+        # 202 repositories: three pages would cost more than the 2 workloads' own reads.
+        (2, 200, {"ecr:ListTagsForResource": 2}),
+    ],
+    ids=["tags-in-pages", "tags-one-by-one"],
+)
+async def test_a_fleet_read_costs_its_listings_and_one_or_two_calls_per_workload(
+    actions: RegistryActions,  # noqa: F811 (the fixture imported above)
+    outside: AwsClients,
+    workloads: int,
+    others: int,
+    tags: dict[str, int],
+) -> None:
+    fleet = [context(named(f"svc-{i:02d}")) for i in range(workloads)]
+    recorded = await asyncio.gather(*(in_sync(actions, ctx) for ctx in fleet))
+    # Other teams' tagged repositories and a role, which the listings hold too.
+    for i in range(others):
+        team = [{"Key": "team", "Value": "platform"}]
+        outside.ecr.create_repository(repositoryName=f"base/python-{i}", tags=team)
     outside.iam.create_role(RoleName="admin", AssumeRolePolicyDocument="{}")
 
-
-async def test_a_fleet_read_costs_its_listing_pages_and_one_call_per_workload(
-    actions: RegistryActions,  # noqa: F811 (the fixture imported above)
-    outside: AwsClients,
-) -> None:
-    fleet = [context(named(f"svc-{i:02d}")) for i in range(50)]
-    recorded = await asyncio.gather(*(in_sync(actions, ctx) for ctx in fleet))
-    others(outside, 60)  # 110 repositories: two pages of tags (100 a page)
-
     with CallCounter(actions.clients()) as counter:
         found = await actions.fleet_observe([f.key for f in recorded])
 
@@ -248,26 +257,6 @@ async def test_a_fleet_read_costs_its_listing_pages_and_one_call_per_workload(
     assert Counter(counter.calls) == {
         "ecr:DescribeRepositories": 1,
         "iam:GetAccountAuthorizationDetails": 1,
-        "resourcegroupstaggingapi:GetResources": 2,
-        "ecr:GetLifecyclePolicy": 50,
-    }
-
-
-async def test_a_few_workloads_among_many_repositories_read_their_own_tags(
-    actions: RegistryActions,  # noqa: F811 (the fixture imported above)
-    outside: AwsClients,
-) -> None:
-    recorded = [await in_sync(actions, context(named(f"svc-{i}"))) for i in range(2)]
-    # 202 repositories: three pages of tags would cost more than the 2 workloads' own reads.
-    others(outside, 200)
-
-    with CallCounter(actions.clients()) as counter:
-        found = await actions.fleet_observe([f.key for f in recorded])
-
-    assert found == {f.key: f.digest for f in recorded}
-    assert Counter(counter.calls) == {
-        "ecr:DescribeRepositories": 1,
-        "iam:GetAccountAuthorizationDetails": 1,
-        "ecr:ListTagsForResource": 2,
-        "ecr:GetLifecyclePolicy": 2,
+        "ecr:GetLifecyclePolicy": workloads,
+        **tags,
     }

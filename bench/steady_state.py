@@ -15,10 +15,9 @@ window took) and measures, over the window only
 (the worker, its git children, the Temporal server, each emulator) from /proc; and Temporal
 Cloud's billable actions, counted from the history of every workflow in the namespace (every
 type and run), events whose time falls in the window, scaled to one idle workload for a day,
-beside the dev server's own `action` metric. History growth comes from each workflow's history
-length before and after the window (following a continue-as-new to the new run). Prints the
-tables and stops everything. `--workloads 0` measures the stack by itself (the observer still
-sweeps): the floor beneath the other figures.
+beside the dev server's own `action` metric; the workloads' history growth is counted the same
+way. Prints the tables and stops everything. `--workloads 0` measures the stack by itself (the
+observer still sweeps): the floor beneath the other figures.
 """
 
 import argparse
@@ -26,7 +25,6 @@ import asyncio
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,7 +53,7 @@ from starter import dev, temporal
 from workflows.observer import observer_id
 
 SYSTEM = "steady"
-DESCRIBE_CONCURRENCY = 100
+WORKLOAD = "WorkloadWorkflow"
 
 
 def workload(index: int) -> Workload:
@@ -65,36 +63,6 @@ def workload(index: int) -> Workload:
             "spec": {"owner": "bench", "destination": "dev", "namespace": "bench"},
         }
     )
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    events: int
-
-
-async def current_runs(client: Client, ids: list[str]) -> dict[str, Run]:
-    gate = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
-
-    async def one(workflow_id: str) -> tuple[str, Run]:
-        async with gate:
-            description = await client.get_workflow_handle(workflow_id).describe()
-        return workflow_id, Run(description.run_id, description.history_length)
-
-    return dict(await asyncio.gather(*(one(i) for i in ids)))
-
-
-async def events_between(client: Client, before: dict[str, Run], after: dict[str, Run]) -> int:
-    """History events written in between; a run that continued-as-new counts to its end."""
-    total = 0
-    for workflow_id, start in before.items():
-        end = after[workflow_id]
-        if end.run_id == start.run_id:
-            total += end.events - start.events
-            continue
-        closed = await client.get_workflow_handle(workflow_id, run_id=start.run_id).describe()
-        total += closed.history_length - start.events + end.events
-    return total
 
 
 async def apply_all(client: Client, items: list[Workload]) -> float:
@@ -172,15 +140,11 @@ async def main(
             apply_seconds = await apply_all(client, items)
             print(f"  all {workloads:,} Ready in {apply_seconds:.0f} s", file=sys.stderr)
             watched_after = await all_watched(client, workloads, drift) if fleet else None
-            ids = [item.workflow_id for item in items]
             meter = ProcessMeter.of_stack(stack)
-            # History lengths take a while to read at 10,000: read before the wait for the
-            # sweep, so that all of it falls in the window.
-            before = await current_runs(client, ids)
             can_before = await continued_as_new(client)
             first = await next_sweep(client, drift) if fleet else None
             metric_before = await server_actions(stack.server_metrics_url, client.namespace)
-            print(f"  measuring an idle window of {window}", file=sys.stderr)
+            print(f"  measuring an idle window of {format_duration(window)}", file=sys.stderr)
             since = time.time_ns()
             meter.begin()
             deadline = time.monotonic() + window.total_seconds()
@@ -192,8 +156,6 @@ async def main(
             meter.end()
             until = time.time_ns()
             metric_after = await server_actions(stack.server_metrics_url, client.namespace)
-            after = await current_runs(client, ids)
-            events = await events_between(client, before, after)
             can = await continued_as_new(client) - can_before
             by_type = await history_actions(client, since, until)
             swept = [s for s in await sweeps(client) if s[0] >= first] if first else []
@@ -202,8 +164,9 @@ async def main(
 
     window_seconds = (until - since) / 1e9
     actions = sum(t.total for t in by_type.values())
+    events = by_type[WORKLOAD].events if WORKLOAD in by_type else 0
     # With no workloads, what the stack costs by itself: the floor beneath every other figure.
-    per_day = f"{events / workloads / (window / timedelta(days=1)):.0f}" if workloads else "-"
+    per_day = f"{events / workloads * 86400 / window_seconds:.0f}" if workloads else "-"
     actions_per_day = f"{actions / workloads * 86400 / window_seconds:.1f}" if workloads else "-"
     print(f"\n{machine}")
     print(f"steps per workload: registry (moto), manifests (git); drift checks every "

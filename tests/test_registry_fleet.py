@@ -28,7 +28,6 @@ from test_registry_capability import (  # noqa: F401 (fixtures)
     REPOSITORY,
     ROLE,
     actions,
-    aws,
     context,
     platform,
     run_pass,

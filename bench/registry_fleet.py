@@ -32,18 +32,12 @@ from capabilities.registry.actions import RegistryActions
 from idp.capability import Context, Fingerprint
 from idp.models import Workload
 from idp.platform import AwsConfig, ClusterIdentity, Destination, Platform, StateStoreConfig
+from starter import dev
 
-ACCOUNT = "123456789012"  # moto's
 REGION = "eu-west-1"
 REGISTRY = Registry()
 # Passes run at once while the fleet is made: as many as the reader's own threads.
 MAKING = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
@@ -69,12 +63,10 @@ def platform(url: str, state: Path) -> Platform:
             Destination(
                 name="dev",
                 state_store=StateStoreConfig(url=str(state)),
-                cluster=ClusterIdentity(
-                    oidc_provider_arn=f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.example/id/A"
-                ),
+                cluster=ClusterIdentity(oidc_provider_arn=dev.LOCAL_OIDC),
             )
         ],
-        aws=AwsConfig(region=REGION, account_id=ACCOUNT, endpoint_url=url),
+        aws=AwsConfig(region=REGION, account_id=dev.LOCAL_ACCOUNT, endpoint_url=url),
     )
 
 
@@ -104,7 +96,7 @@ async def made(actions: RegistryActions, ctx: Context, making: asyncio.Semaphore
 async def main(workloads: int, sweeps: int) -> None:
     print(f"\n{machine_line()}", flush=True)
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-    port = free_port()
+    port = dev.free_port("127.0.0.1")
     emulator = start_emulator(port)
     try:
         with tempfile.TemporaryDirectory(prefix="idp-registry-fleet-") as tmp:

@@ -61,6 +61,9 @@ WORKFLOWS: list[type] = [
 # The domain models and the capabilities are deterministic libraries, loaded once per process:
 # the sandbox shares them rather than re-importing them per workflow, so every workflow sees the
 # capabilities the worker found at start (entry points cannot be read inside the sandbox).
+# The sandbox itself costs about a sixth of the worker's own CPU in an onboarding (measured with
+# bench/profile_worker.py against UnsandboxedWorkflowRunner); it stays, because it is what stops
+# a non-deterministic call in workflows/ before it reaches a history that must replay for years.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("idp", "capabilities")
 )

@@ -24,7 +24,8 @@ and RSS of every process of the stack (the worker, its git children, the Tempora
 the Synadia emulator and its nats-server, the Port emulator, ...) over the durable onboarding and
 over the plain run; and Temporal Cloud's billable actions, counted from the history of every
 workflow in the namespace from the first apply on, by workflow type and per workload, beside the
-dev server's own `action` metric.
+dev server's own `action` metric. The summary gives the worker's CPU (its git included) and the
+server's per workload, the units the onboarding goals are set in.
 """
 
 import argparse
@@ -249,6 +250,7 @@ async def onboard_size(n: int) -> dict[str, Any]:
         "events": sum(t.events for t in by_type.values()),
         "worker_cpu": meter.own("worker"),
         "git_cpu": meter.children("worker"),
+        "server_cpu": meter.own("temporal"),
     }
 
 
@@ -264,7 +266,8 @@ async def main(sizes: list[int]) -> None:
         f"{'workloads':>9} {'all Ready (s)':>14} {'workloads/s':>12} {'activities/s':>13} "
         f"{'plain asyncio (s)':>18} {'plain failed':>13} {'plain cap':>10} "
         f"{'durable/plain':>14} {'creds issued':>13} {'delivered':>10} {'still valid':>12} "
-        f"{'actions/wl':>11} {'events/wl':>10} {'worker cpu-s':>13} {'git cpu-s':>10}"
+        f"{'actions/wl':>11} {'events/wl':>10} {'worker cpu-s':>13} {'git cpu-s':>10} "
+        f"{'worker+git cpu-s/wl':>20} {'server cpu-s/wl':>16}"
     )
     for r in results:
         print(
@@ -273,7 +276,8 @@ async def main(sizes: list[int]) -> None:
             f"{r['plain_failed']:>13} {r['cap']:>10} {r['seconds'] / r['plain']:>14.2f} "
             f"{r['issued']:>13} {r['delivered']:>10} {r['valid']:>12} "
             f"{r['actions'] / r['n']:>11.1f} {r['events'] / r['n']:>10.1f} "
-            f"{r['worker_cpu']:>13.1f} {r['git_cpu']:>10.1f}",
+            f"{r['worker_cpu']:>13.1f} {r['git_cpu']:>10.1f} "
+            f"{(r['worker_cpu'] + r['git_cpu']) / r['n']:>20.3f} {r['server_cpu'] / r['n']:>16.3f}",
             flush=True,
         )
     caps = sorted({r["cap"] for r in results})

@@ -51,9 +51,10 @@ from idp.durations import format_duration, parse_duration
 from idp.models import Workload
 from starter import dev, temporal
 from workflows.observer import observer_id
+from workflows.workload import WorkloadWorkflow
 
 SYSTEM = "steady"
-WORKLOAD = "WorkloadWorkflow"
+WORKLOAD = WorkloadWorkflow.__name__
 
 
 def workload(index: int) -> Workload:
@@ -74,7 +75,7 @@ async def apply_all(client: Client, items: list[Workload]) -> float:
 
 async def continued_as_new(client: Client) -> int:
     query = (
-        "WorkflowType = 'WorkloadWorkflow' AND ExecutionStatus = 'ContinuedAsNew' "
+        f"WorkflowType = '{WORKLOAD}' AND ExecutionStatus = 'ContinuedAsNew' "
         f"AND IdpSystem = '{SYSTEM}'"
     )
     return (await client.count_workflows(query)).count

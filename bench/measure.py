@@ -8,7 +8,9 @@ own: those still running at the end (the Synadia emulator's nats-server, Postgre
 by name, and those that ran and exited inside the window, summed, from the parent's cumulative
 children times (`cutime`, `cstime` in /proc/<pid>/stat: the CPU of every child the parent has
 waited for, and of the children those waited for). The worker's exited children are its git
-commands, each a short-lived child that asyncio reaps. RSS is the resident set at the end.
+commands, each a short-lived child that asyncio reaps; the git daemon's are the remote's half
+of those fetches and pushes (upload-pack, receive-pack), which a git host would run and which
+a state store at a path would have put under the worker. RSS is the resident set at the end.
 
 **Billable actions, counted from histories.** Every execution in the namespace (every workflow
 type, every run, closed ones included), its history fetched and each event counted as Temporal
@@ -127,9 +129,12 @@ async def progress(what: str, total: int, every: float = 30) -> AsyncIterator[Ca
 @dataclass
 class MeteredStack(dev.Stack):
     """`idpctl dev`'s stack, whose Temporal dev server serves Prometheus metrics on a port
-    chosen here (by default it picks a random one and says so nowhere we read)."""
+    chosen here (by default it picks a random one and says so nowhere we read), and whose state
+    store is served by `git daemon`, as a git host serves it: the remote's half of a push or a
+    fetch is then the daemon's CPU, where it would be the host's, not the worker's."""
 
     server_metrics_port: int = 0
+    git_port: int | None = 0
 
     def spawn(
         self,
@@ -237,9 +242,10 @@ class Row:
 
 
 # Exited children named where we know who they are.
-EXITED_CHILDREN = {"worker": "git"}
+EXITED_CHILDREN = {"worker": "git", "git-daemon": "upload-pack and receive-pack"}
 LABELS = {
     "temporal": "temporal (dev server)",
+    "git-daemon": "git daemon (the state store's host)",
     "moto": "moto (AWS)",
     "synadia": "synadia (emulator)",
     "port": "port (emulator)",

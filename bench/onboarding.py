@@ -4,13 +4,13 @@
 
 For each N, on a fresh local stack (`idpctl dev`'s parts in a temporary directory: Temporal dev
 server with its SQLite file, the worker as its own process, moto, the Synadia emulator with a real
-nats-server, a bare git repository): N workloads, each with a registry, a NATS user and sealed
-credentials and its manifests, applied at once through update-with-start (at most APPLYING
-applies awaiting their answer, then each waits for Ready); the clock stops when every one is
-Ready. Activity executions come from the workflows' histories afterwards, and beside
-them the credentials Synadia issued (its issuance history: downloads, and how many are still
-valid) and the deliveries (commits that changed a SealedSecret): issued should equal delivered,
-and every valid one be a delivered one.
+nats-server, a bare git repository served by `git daemon`): N workloads, each with a registry, a
+NATS user and sealed credentials and its manifests, applied at once through update-with-start (at
+most APPLYING applies awaiting their answer, then each waits for Ready); the clock stops when every
+one is Ready. Activity executions come from the workflows' histories afterwards, and beside them
+the credentials Synadia issued (its issuance history: downloads, and how many are still valid) and
+the deliveries (commits that changed a SealedSecret): issued should equal delivered, and every
+valid one be a delivered one.
 
 The baseline runs the same capability code (each capability's observe, plan and apply, in the
 engine's order: the registry, the NATS user, the credentials, the manifests) for another N
@@ -20,13 +20,14 @@ from the running worker's metrics, bench/measure.py). The ratio is the cost of d
 server round trips, history, workflow tasks.
 
 Beside them, for each N (bench/measure.py says how each is measured): CPU seconds, % of one core
-and RSS of every process of the stack (the worker, its git children, the Temporal server, moto,
-the Synadia emulator and its nats-server, the Port emulator, ...) over the durable onboarding and
-over the plain run; and Temporal Cloud's billable actions, counted from the history of every
-workflow in the namespace from the first apply on, by workflow type and per workload, beside the
-dev server's own `action` metric. The summary gives the worker's CPU (its git included) and the
-server's per workload, the units the onboarding goals are set in.
-"""
+and RSS of every process of the stack (the worker, its git children, the Temporal server, moto, the
+Synadia emulator and its nats-server, the Port emulator, the git daemon, ...) over the durable
+onboarding and over the plain run; and Temporal Cloud's billable actions, counted from the history
+of every workflow in the namespace from the first apply on, by workflow type and per workload,
+beside the dev server's own `action` metric. The summary gives the worker's CPU (its git included)
+and the server's per workload, the units the onboarding goals are set in. The worker's git is its
+own half of each command; the remote's half (a push's receive-pack, a fetch's upload-pack) is the
+git daemon's, as it would be a git host's."""
 
 import argparse
 import asyncio

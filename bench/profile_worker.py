@@ -11,9 +11,11 @@ every thread is sampled, and py-spy counts some threads that wait on a socket as
 profile of 250 workloads, a new connection per AWS call looked like 5% of the worker's samples,
 yet serving moto with keep-alive left the client's CPU per call unchanged (2 ms).
 
-The window is from the first apply to the last workload Ready; the worker's start-up is outside
-it. --count-git puts a `git` on the worker's PATH that logs each invocation (the shell it runs
-costs a little CPU, so do not combine it with a CPU measurement you mean to compare).
+The window is from the first apply to the last workload Ready; the worker's start-up is outside it.
+The state store is served by `git daemon` (bench/measure.py's MeteredStack), so the worker's git
+children are its own half of each command. --count-git puts a `git` on the worker's PATH that logs
+each invocation (the shell it runs costs a little CPU, so do not combine it with a CPU measurement
+you mean to compare).
 """
 
 import argparse
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import running
+from measure import MeteredStack
 from onboarding import all_ready, workload
 
 from starter import dev, temporal
@@ -120,7 +123,7 @@ async def measure(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         if args.count_git:
             os.environ["PATH"] = f"{git_shim(root)}:{os.environ['PATH']}"
-        stack = dev.Stack.on_free_ports(root / "stack")
+        stack = MeteredStack.on_free_ports(root / "stack")
         stack.root.mkdir()
         spy = None
         try:

@@ -76,6 +76,10 @@ class Stack:
     postgres_port: int = 0  # 0: PostgreSQL's own 5432 when free, else any free port
     drift_interval: str = "10m"  # benches shorten or lengthen it
     fleet_observer: bool | None = None  # unset as in a new platform file; benches set it
+    # None: the worker pushes to the state store's path. A port (0: any free one): `git daemon`
+    # serves it there, as a git host would, so that the remote's half of every fetch and push
+    # runs in a process of its own rather than under the worker (benches set it).
+    git_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_signals: dict[str, signal.Signals] = field(default_factory=dict)
 
@@ -114,6 +118,13 @@ class Stack:
     @property
     def state_store(self) -> Path:
         return self.root / "state-store.git"
+
+    @property
+    def state_store_url(self) -> str:
+        """What the platform file gives the worker as the state store's URL."""
+        if self.git_port is None:
+            return str(self.state_store)
+        return f"git://{self.host}:{self.git_port}/{self.state_store.name}"
 
     @property
     def codec_keys_file(self) -> Path:
@@ -422,7 +433,7 @@ def write_platform(stack: Stack) -> None:
         "destinations": [
             {
                 "name": "dev",
-                "stateStore": {"url": str(stack.state_store), "branch": "main"},
+                "stateStore": {"url": stack.state_store_url, "branch": "main"},
                 "cluster": {"trust": "irsa", "oidcProviderArn": LOCAL_OIDC},
                 "sealing": {"file": str(stack.sealing_cert)},
                 "secretStore": {"name": "aws-secrets-manager", "forceDelete": True},
@@ -510,6 +521,17 @@ async def answers(
     return response if response.status_code == 200 else None
 
 
+async def wait_for_git_daemon(stack: Stack) -> None:
+    async def ready() -> bool:
+        listed = await asyncio.create_subprocess_exec(
+            "git", "ls-remote", stack.state_store_url,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        return await listed.wait() == 0
+
+    await wait_until(stack, "git daemon", "git-daemon", ready)
+
+
 async def wait_for_server(stack: Stack) -> None:
     settings = temporal.TemporalSettings(address=stack.address)
 
@@ -589,8 +611,11 @@ async def start(stack: Stack) -> None:
         stack.port_api_port = free_port(stack.host)
     if stack.bridge_port == 0:
         stack.bridge_port = free_port(stack.host)
+    if stack.git_port == 0:
+        stack.git_port = free_port(stack.host)
     ports = (stack.port, stack.ui_port, stack.codec_port, stack.aws_port, stack.synadia_port)
     ports += (stack.metrics_port, stack.port_api_port, stack.bridge_port)
+    ports += () if stack.git_port is None else (stack.git_port,)
     stack.postgres = local_postgres(stack)
     if stack.postgres is not None:
         ports += (stack.postgres.port,)
@@ -638,9 +663,17 @@ async def start(stack: Stack) -> None:
         "PORT_EMULATOR_CLIENT_ID": stack.port_client_id,
         "PORT_EMULATOR_CLIENT_SECRET": stack.port_client_secret or "",
     })  # fmt: skip
+    if stack.git_port is not None:
+        stack.spawn("git-daemon", [
+            "git", "daemon", "--reuseaddr", f"--listen={stack.host}", f"--port={stack.git_port}",
+            f"--base-path={stack.root}", "--export-all", "--enable=receive-pack",
+            str(stack.state_store),
+        ])  # fmt: skip
     if stack.postgres is not None:
         await start_postgres(stack, stack.postgres)
     await wait_for_server(stack)
+    if stack.git_port is not None:
+        await wait_for_git_daemon(stack)
     await wait_for_codec_server(stack)
     await wait_for_synadia(stack)
     await wait_for_http(stack, "port", f"{stack.port_url}/_emulator/info")

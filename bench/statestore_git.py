@@ -6,7 +6,8 @@ onboarding asks for them (each workload's Manifests listing and Credentials read
 
 For each batch size, a bare repository on disk (the remote) and a clone: the directories are
 written in batches of that many changes at once (one commit per batch when nothing else
-writes), then all of them are read at once, twice. The remote keeps pushes as packs, as the
+writes), then all of them are read at once, twice, and once more after another clone has
+committed (so that the reads must fetch its commit). The remote keeps pushes as packs, as the
 local stack's does, unless --loose-remote. Prints, per phase, the wall time, the CPU of
 this process, and each git command's count and CPU (its children included: a push's
 receive-pack, a fetch's upload-pack).
@@ -85,6 +86,10 @@ async def measure(tmp: Path, directories: int, batch: int) -> None:
     await meter.phase("writes", write())
     for round_ in (1, 2):
         await meter.phase(f"reads, round {round_}", read())
+    # Another worker's clone commits: the next reads find a head this clone must fetch.
+    other = StateStore(str(tmp / "state.git"), "main", tmp / "other-clone")
+    await other.apply(Change("dev/bench/other", {"a.yaml": "n: other\n"}, "another writer"))
+    await meter.phase("reads after another writer's commit", read())
 
 
 if __name__ == "__main__":

@@ -19,10 +19,14 @@ the check runs on the head each attempt is planned on, so it is decided exactly 
 race itself, and a refused change leaves the branch untouched while the rest of its batch commits.
 
 What a change would do can be told without doing it, by the same planning: `listing` reads the
-object ids that planning looks at (one fetch, no blob read) and `preview` plans on them, claims
-aside, which is how a capability's plan stays pure and a pass in sync costs no more than that.
-`files` reads the same ids below whole directories, so that one read tells a fleet observer
-what every resource kept there holds now.
+object ids that planning looks at (one look at the remote, no blob read) and `preview` plans on
+them, claims aside, which is how a capability's plan stays pure and a pass in sync costs no more
+than that. `files` reads the same ids below whole directories, so that one read tells a fleet
+observer what every resource kept there holds now.
+
+A look at the remote asks for the branch's head alone (`ls-remote`) and fetches only a head the
+clone does not hold already: most often the head is our own last push, or what the last look
+fetched.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class _Found:
 
 @dataclass(frozen=True)
 class _Read:
-    wanted: int  # the fetch it must see: the first to begin after it was asked for
+    wanted: int  # the look at the remote it must see: the first to begin after it was asked for
     paths: tuple[str, ...]
     texts: bool  # also the text of each regular file below the paths
 
@@ -155,16 +159,19 @@ class StateStore:
         self._locks_suspect = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
-        # Reads share fetches: each needs the head as fetched after it was asked for, and
-        # onboarding queues hundreds of them behind one another (`_at_head`).
-        self._fetches_begun = 0
-        self._fetched = 0  # which of them last succeeded
+        # Reads share looks at the remote: each needs the head as found after it was asked
+        # for, and onboarding queues hundreds of them behind one another (`_at_head`).
+        self._looks_begun = 0
+        self._looked = 0  # which of them last succeeded
         self._head: str | None = None
         self._reads: list[_QueuedRead] = []
         self._reader: asyncio.Task[None] | None = None
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
         self._pushed: str | None = None  # the branch head our last commit left, if it was
+        # The commits the clone's own refs hold: the tracking ref's, the pending ref's.
+        self._tracked: str | None = None
+        self._pending_commit: str | None = None
 
     async def apply(self, change: Change) -> ChangeResult:
         """Make `change.directory` hold exactly `change.files` (of the names in `change.owned`,
@@ -191,7 +198,7 @@ class StateStore:
     async def listing(self, change: Change) -> dict[str, str]:
         """What `preview` needs to tell what `apply(change)` would do, read at the remote branch
         head: path -> object id of the regular files in the change's directory, at its claims
-        and among its owner's records. One fetch, and no blob is read."""
+        and among its owner's records. One look at the remote, and no blob is read."""
         change = validated(change)
         entries = (await self._at_head(paths_read(change))).entries
         prefix = change.directory + "/"
@@ -207,8 +214,9 @@ class StateStore:
 
     async def files(self, directories: Sequence[str]) -> dict[str, str]:
         """Path -> object id of every regular file below `directories` at the remote branch
-        head, as `listing` reads them: one fetch and one ls-tree however many directories, so
-        that one read answers for every resource kept below them. No blob is read."""
+        head, as `listing` reads them: one look at the remote and one ls-tree however many
+        directories, so that one read answers for every resource kept below them. No blob is
+        read."""
         directories = [validated_directory(directory) for directory in directories]
         if not directories:
             return {}  # ls-tree without a path would list the whole repository
@@ -216,13 +224,13 @@ class StateStore:
         return {path: oid for path, (mode, oid) in entries.items() if mode in REGULAR_FILE_MODES}
 
     async def _at_head(self, paths: Sequence[str], *, texts: bool = False) -> _Found:
-        """Every entry below `paths` at the remote head as fetched by a fetch that began after
+        """Every entry below `paths` at the remote head as found by a look that began after
         this was asked for, so a read sees every push that ended before it. The reads waiting
-        for the clone together share that fetch, one ls-tree and one cat-file: onboarding asks
+        for the clone together share that look, one ls-tree and one cat-file: onboarding asks
         for hundreds at once, and each git process costs more than what it reads."""
         loop = self._bind_loop()
         answer: asyncio.Future[_Found] = loop.create_future()
-        self._reads.append((_Read(self._fetches_begun + 1, tuple(paths), texts), answer))
+        self._reads.append((_Read(self._looks_begun + 1, tuple(paths), texts), answer))
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._drain_reads())
         return await answer
@@ -238,12 +246,12 @@ class StateStore:
     async def _answer(self, batch: Sequence[_Read]) -> list[_Found]:
         """What each read of the batch asked for, the clone held."""
         await self._prepare()
-        # The fetch that begins now began after every read of the batch was asked for.
-        if self._fetched < max(read.wanted for read in batch):
-            self._fetches_begun += 1
-            begun = self._fetches_begun
-            self._head = await self._fetch()
-            self._fetched = begun
+        # The look that begins now began after every read of the batch was asked for.
+        if self._looked < max(read.wanted for read in batch):
+            self._looks_begun += 1
+            begun = self._looks_begun
+            self._head = await self._remote_head()
+            self._looked = begun
         if not self._head:
             return [_Found({}, {}) for _ in batch]
         listed = await self._entries(self._head, sorted({p for read in batch for p in read.paths}))
@@ -305,9 +313,9 @@ class StateStore:
             rejection = ""
             deadline = asyncio.get_running_loop().time() + PUSH_RETRY_SECONDS
             attempt = 0
-            # Our last push is most often still the branch head (a fetch and its rev-parse cost
-            # a quarter of a commit's git CPU): plan on it unfetched, and let the push's lease
-            # say whether it still is. Only a plan to change something can be checked that way.
+            # Our last push is most often still the branch head: plan on it without asking the
+            # remote, and let the push's lease say whether it still is. Only a plan to change
+            # something can be checked that way.
             guess, self._pushed = self._pushed, None
             while attempt == 0 or asyncio.get_running_loop().time() < deadline:
                 if guess is None:
@@ -320,7 +328,7 @@ class StateStore:
                 # So does whatever was queued meanwhile: a lost race costs no extra push.
                 self._take(batch)
                 changes = [change for change, _ in batch]
-                head = guess or await self._fetch()
+                head = guess or await self._remote_head()
                 plan = await self._plan(head, changes)
                 if plan.deletions or plan.writes:
                     commit = await self._write_commit(head, plan)
@@ -410,7 +418,8 @@ class StateStore:
         written = await self._git(
             "fast-import", "--quiet", "--force", "--date-format=now", input=bytes(stream)
         )
-        return written.stdout.decode().strip()
+        self._pending_commit = written.stdout.decode().strip()
+        return self._pending_commit
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[None]:
@@ -439,7 +448,8 @@ class StateStore:
                 )
             self.workdir.mkdir(parents=True, exist_ok=True)
             await self._git("init", "--quiet", "--bare")
-            self._pushed = None  # a new clone does not hold it
+            # A new clone holds none of them.
+            self._pushed = self._tracked = self._pending_commit = None
         if self._locks_suspect:
             self._locks_suspect = self._clear_stale_locks()
         if not self._branch_checked:
@@ -468,24 +478,33 @@ class StateStore:
                     left = True
         return left
 
-    async def _fetch(self) -> str | None:
-        """Fetch the branch; its head commit, or None when the remote has no such branch yet."""
+    async def _remote_head(self) -> str | None:
+        """The branch's head at the remote, fetched unless the clone holds it already (our last
+        push's commit, at the pending ref, or what we fetched last, at the tracking ref); None
+        when the remote has no such branch yet. Asking costs one git process that reads the
+        remote's refs alone, where the fetch and its rev-parse are two more (and a fetch may
+        start a `gc --auto` of the clone)."""
         tracking = f"refs/remotes/origin/{self.branch}"
         refspec = f"+refs/heads/{self.branch}:{tracking}"
         fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", self._git_url, refspec)
+        ls_remote = ("ls-remote", self._git_url, f"refs/heads/{self.branch}")
         for _ in range(3):
-            fetched = await self._git(*fetch, network=True, check=False)
-            if fetched.returncode == 0:
-                return (await self._git("rev-parse", "--verify", tracking)).stdout.decode().strip()
-            # Only ask whether the branch exists once the cheap path failed.
-            ls_remote = ("ls-remote", self._git_url, f"refs/heads/{self.branch}")
             listed = await self._git(*ls_remote, network=True, check=False)
             if listed.returncode != 0:
-                break
+                raise self._error("fetch", listed.stderr)
             if not listed.stdout.strip():
                 await self._git("update-ref", "-d", tracking, check=False)
+                self._tracked = None
                 return None
-            # Another writer created the branch between our fetch and our look: fetch again.
+            head = listed.stdout.split()[0].decode()
+            if head in (self._tracked, self._pending_commit):
+                return head
+            fetched = await self._git(*fetch, network=True, check=False)
+            if fetched.returncode == 0:
+                tracked = await self._git("rev-parse", "--verify", tracking)
+                self._tracked = tracked.stdout.decode().strip()
+                return self._tracked
+            # Another writer deleted the branch between our look and our fetch: look again.
         raise self._error("fetch", fetched.stderr)
 
     async def _push(self, commit: str, parent: str | None) -> str:
@@ -552,6 +571,9 @@ class StateStore:
         if run.returncode != 0 and ".lock" in run.stderr:
             self._locks_suspect = True
         if check and run.returncode != 0:
+            # Another process sharing the clone may have moved its refs, and git may then have
+            # collected a commit we believed held: the next attempt fetches.
+            self._tracked = self._pending_commit = None
             raise TransientError(
                 f"git {args[0]} failed in the clone of state store {self._safe_url} at "
                 f"{self.workdir}: {_git_reason(run.stderr)}.",

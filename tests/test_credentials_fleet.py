@@ -592,7 +592,7 @@ def secrets_calls(actions: CredentialsActions) -> Iterator[list[str]]:
     client.meta.events.unregister("before-call", unique_id=hook)
 
 
-async def test_a_sweep_costs_three_git_processes_per_store_and_listsecrets_pages(
+async def test_a_sweep_costs_two_git_processes_per_store_and_listsecrets_pages(
     actions: CredentialsActions,
     platform: Platform,
     outside: Any,
@@ -624,8 +624,9 @@ async def test_a_sweep_costs_three_git_processes_per_store_and_listsecrets_pages
     found = await actions.fleet_observe(keys)
 
     assert len(few) == 4 and found == {f.key: f.digest for f in recorded.values()}
-    # Per store: fetch, rev-parse of what it fetched, one ls-tree of its destinations.
-    per_store = ["fetch", "ls-tree", "rev-parse"]
+    # Per store: ls-remote, which finds the head the clone holds (the deliveries' own commit),
+    # and one ls-tree of its destinations.
+    per_store = ["ls-remote", "ls-tree"]
     assert subcommands(git_processes) == few_git == sorted(per_store * 2)
     # Few keys: their own names as the filter, one page. All 25 external ones: more than ten
     # systems, so every idp secret, 25 + 120 of them: two pages of 100. Nothing else.

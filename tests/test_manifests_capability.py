@@ -104,7 +104,7 @@ def head(repo: Path) -> str:
     return git("rev-parse", "main", cwd=repo).strip()
 
 
-async def test_the_first_pass_commits_and_the_next_makes_no_commit_and_one_fetch(
+async def test_the_first_pass_commits_and_the_next_makes_no_commit_and_no_fetch(
     actions: ManifestsActions, repo: Path, git_commands: list[str]
 ) -> None:
     plan, report = await run_pass(actions, context())
@@ -136,8 +136,9 @@ async def test_the_first_pass_commits_and_the_next_makes_no_commit_and_one_fetch
         assert in_sync == Report(
             reason="InSync", message=f"{DIRECTORY} in sync", outputs=report.outputs
         )
-        # One fetch and one look at the tree: no blob read, no commit, no push.
-        assert git_commands == ["fetch", "rev-parse", "ls-tree"]
+        # One look at the remote's head, which is the first pass's commit, and one at the
+        # tree: no fetch, no blob read, no commit, no push.
+        assert git_commands == ["ls-remote", "ls-tree"]
     assert commits(repo) == ["apply Workload shop/cart generation 1"]
 
 

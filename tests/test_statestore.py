@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from idp import statechange, statestore
 from idp.errors import PermanentError, TransientError
 from idp.statechange import Change, Claim, OwnedByAnother
 from idp.statestore import NETWORK_TIMEOUT_SECONDS, StateStore, state_store
+from starter.dev import free_port
 
 BRANCH = "main"
 DIR = "dev/team-a/hello"
@@ -280,7 +282,7 @@ async def test_read_of_an_absent_directory_or_branch_is_empty(remote, tmp_path) 
     assert await store.read("dev/team-a/hell") == {}  # a prefix of a name is not the directory
 
 
-async def test_reads_asked_together_share_one_fetch_one_listing_and_one_blob_read(
+async def test_reads_asked_together_share_one_look_one_listing_and_one_blob_read(
     remote, tmp_path
 ) -> None:
     store = store_for(remote, tmp_path)
@@ -298,7 +300,70 @@ async def test_reads_asked_together_share_one_fetch_one_listing_and_one_blob_rea
     assert reads[: len(names)] == [{"a.yaml": f"n: {n}\n"} for n in names]
     assert list(reads[-2]) == ["dev/ns/w1/a.yaml"]
     assert list(reads[-1]) == ["dev/ns/w2/a.yaml"]
-    assert sorted(calls) == ["cat-file", "fetch", "ls-tree", "rev-parse"]
+    # The remote's head is our own last push, which the clone holds: no fetch.
+    assert sorted(calls) == ["cat-file", "ls-remote", "ls-tree"]
+
+
+async def test_a_read_fetches_only_a_head_the_clone_does_not_hold(remote, tmp_path) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(Change(DIR, FILES, "generation 1"))
+    calls = git_commands(store)
+    assert await store.read(DIR) == FILES
+    assert calls == ["ls-remote", "ls-tree", "cat-file"]
+
+    clone = other_clone(remote, tmp_path)
+    (clone / DIR / "stray.yaml").write_text("hand-written\n")
+    git("add", "--all", cwd=clone)
+    git("commit", "--quiet", "-m", "add a stray file", cwd=clone)
+    git("push", "--quiet", "origin", BRANCH, cwd=clone)
+    calls.clear()
+    assert await store.read(DIR) == FILES | {"stray.yaml": "hand-written\n"}
+    assert calls == ["ls-remote", "fetch", "rev-parse", "ls-tree", "cat-file"]
+
+    # What it fetched, the tracking ref now holds.
+    calls.clear()
+    assert await store.read(DIR) == FILES | {"stray.yaml": "hand-written\n"}
+    assert calls == ["ls-remote", "ls-tree", "cat-file"]
+
+
+@pytest.fixture
+def served(remote: Path, tmp_path: Path) -> Iterator[str]:
+    """The remote as a git host serves it (`git daemon`, as the benches' stack runs it): its
+    git:// URL."""
+    port = free_port("127.0.0.1")
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}",
+         f"--base-path={tmp_path}", "--export-all", "--enable=receive-pack", str(remote)],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"git://127.0.0.1:{port}/{remote.name}"
+    try:
+        while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode:
+            assert daemon.poll() is None, "git daemon exited"
+        yield url
+    finally:
+        daemon.terminate()
+        daemon.wait()
+
+
+async def test_a_store_served_by_git_daemon_looks_fetches_and_pushes_over_the_network(
+    served, remote, tmp_path
+) -> None:
+    store = StateStore(served, BRANCH, tmp_path / "work" / "clone")
+    first = await store.apply(Change(DIR, FILES, "generation 1"))
+    assert first.commit == head(remote)
+    clone = other_clone(remote, tmp_path)
+    (clone / DIR / "stray.yaml").write_text("hand-written\n")
+    git("add", "--all", cwd=clone)
+    git("commit", "--quiet", "-m", "add a stray file", cwd=clone)
+    git("push", "--quiet", "origin", BRANCH, cwd=clone)
+
+    calls = git_commands(store)
+    assert await store.read(DIR) == FILES | {"stray.yaml": "hand-written\n"}
+    repaired = await store.apply(Change(DIR, FILES, "generation 1, drift check"))
+
+    assert calls[:3] == ["ls-remote", "fetch", "rev-parse"]
+    assert repaired.removed == (f"{DIR}/stray.yaml",) and repaired.commit == head(remote)
 
 
 async def test_another_branch_is_created_beside_an_existing_one(remote, tmp_path) -> None:
@@ -484,9 +549,10 @@ async def test_a_preview_from_the_listing_agrees_with_apply(remote, tmp_path) ->
     for change in steps:
         commands.clear()
         listing = await store.listing(change)
-        # One fetch and one look at the tree; no blob is read, and other owners' records,
-        # which the change never touches, are left out.
-        assert commands == ["fetch", "rev-parse", "ls-tree"]
+        # One look at the remote's head (our own last push, or what the last step fetched)
+        # and one at the tree; no blob is read, and other owners' records, which the change
+        # never touches, are left out.
+        assert commands == ["ls-remote", "ls-tree"]
         assert "dev/.owners/three" not in listing
         written, removed = statechange.preview(change, listing)
         result = await store.apply(change)

@@ -12,18 +12,18 @@ next try, and the delivered credential, on another key, is never touched. An iss
 one GET of the user, one listing of its issuances and the download, plus a rotation when the
 current key already carries a credential, plus a revocation when that one was never delivered.
 
-Calls per steady-state pass (`observe`, as apply has nothing to do): no Synadia call, one git
-fetch and read, plus one Secrets Manager DescribeSecret for external-secret (one Secret GET for
-kubernetes).
+Calls per steady-state pass (`observe`, as apply has nothing to do): no Synadia call, one look at
+the state store's head and read, plus one Secrets Manager DescribeSecret for external-secret (one
+Secret GET for kubernetes).
 
 A fleet observer sweep (`fleet_observe`) costs, however many workloads sleep on it: per state
-store one git fetch and one ls-tree (three git processes, with the rev-parse of what it fetched,
-as the Manifests read), and, when any of them delivers by external-secret, ceil(S/100)
-ListSecrets calls for the S secrets its name filter matches (the workloads' own names up to ten,
-their systems' up to ten systems, else every `idp/` secret of the region). No Synadia call, no
-blob read and no secret value: the sealed file and the ExternalSecret are compared by their git
-object ids, the Secrets Manager secret by which version is AWSCURRENT. Workloads delivering by
-kubernetes give no fingerprint and keep their own checks.
+store one look at the remote's head and one ls-tree (two git processes when the clone holds that
+head, four when it must fetch it, as the Manifests read), and, when any of them delivers by
+external-secret, ceil(S/100) ListSecrets calls for the S secrets its name filter matches (the
+workloads' own names up to ten, their systems' up to ten systems, else every `idp/` secret of the
+region). No Synadia call, no blob read and no secret value: the sealed file and the
+ExternalSecret are compared by their git object ids, the Secrets Manager secret by which version
+is AWSCURRENT. Workloads delivering by kubernetes give no fingerprint and keep their own checks.
 """
 
 import asyncio

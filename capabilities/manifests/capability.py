@@ -7,7 +7,7 @@ written and removed, and why. Who holds a name is not part of it: the store deci
 commits, on the head it commits on (idp/manifests.py says how names are held).
 
 Its fingerprint is the object ids of the files a pass repairs (`Holding`), which the fleet read
-finds for every workload of a state store in one fetch and one ls-tree.
+finds for every workload of a state store in one look at the remote and one ls-tree.
 """
 
 from __future__ import annotations

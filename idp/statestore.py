@@ -75,6 +75,11 @@ PUSH_RETRY_SECONDS = 60.0
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 1.0
 NETWORK_TIMEOUT_SECONDS = 60.0
+# Each commit is written as a pack of its own, and every git command looks through every pack.
+# A fetch would start git's `gc --auto`, but a clone whose head is always its own last push
+# never fetches: so the store asks for one itself after this many packs. It costs a process
+# that finds nothing to do until git's own limit (gc.autoPackLimit, 50 packs) is passed.
+GC_EVERY_PACKS = 10
 
 # Answers from git that retrying cannot fix: wrong URL, missing or refused credentials.
 _PERMANENT_GIT_ERRORS = re.compile(
@@ -172,6 +177,7 @@ class StateStore:
         # The commits the clone's own refs hold: the tracking ref's, the pending ref's.
         self._tracked: str | None = None
         self._pending_commit: str | None = None
+        self._packs_written = 0  # since the last gc
 
     async def apply(self, change: Change) -> ChangeResult:
         """Make `change.directory` hold exactly `change.files` (of the names in `change.owned`,
@@ -419,6 +425,7 @@ class StateStore:
             "fast-import", "--quiet", "--force", "--date-format=now", input=bytes(stream)
         )
         self._pending_commit = written.stdout.decode().strip()
+        self._packs_written += 1
         return self._pending_commit
 
     @contextlib.asynccontextmanager
@@ -452,6 +459,15 @@ class StateStore:
             self._pushed = self._tracked = self._pending_commit = None
         if self._locks_suspect:
             self._locks_suspect = self._clear_stale_locks()
+        if self._packs_written >= GC_EVERY_PACKS:
+            self._packs_written = 0
+            collected = await self._git("gc", "--auto", "--quiet", check=False)
+            if collected.returncode != 0:
+                log.warning(
+                    "git gc in the clone of state store %s failed: %s",
+                    self._safe_url,
+                    _git_reason(collected.stderr),
+                )
         if not self._branch_checked:
             valid = await self._git("check-ref-format", f"refs/heads/{self.branch}", check=False)
             if valid.returncode != 0:
@@ -482,8 +498,7 @@ class StateStore:
         """The branch's head at the remote, fetched unless the clone holds it already (our last
         push's commit, at the pending ref, or what we fetched last, at the tracking ref); None
         when the remote has no such branch yet. Asking costs one git process that reads the
-        remote's refs alone, where the fetch and its rev-parse are two more (and a fetch may
-        start a `gc --auto` of the clone)."""
+        remote's refs alone, where the fetch and its rev-parse are two more."""
         tracking = f"refs/remotes/origin/{self.branch}"
         refspec = f"+refs/heads/{self.branch}:{tracking}"
         fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", self._git_url, refspec)

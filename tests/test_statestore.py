@@ -326,6 +326,19 @@ async def test_a_read_fetches_only_a_head_the_clone_does_not_hold(remote, tmp_pa
     assert calls == ["ls-remote", "ls-tree", "cat-file"]
 
 
+async def test_a_clone_that_only_ever_pushes_is_still_repacked(remote, tmp_path) -> None:
+    """Every commit is a pack of its own and a clone whose head is always its own push never
+    fetches (which would start git's gc): the store starts it itself."""
+    store = store_for(remote, tmp_path)
+    for i in range(80):
+        await store.apply(Change(f"dev/ns/w{i}", {"a.yaml": f"n: {i}\n"}, f"w{i}"))
+    packs = list((tmp_path / "work" / "clone" / "objects" / "pack").glob("*.pack"))
+    # 80 commits, 80 packs written: git repacks once there are more than 50 (gc.autoPackLimit),
+    # when the store asks, every GC_EVERY_PACKS (10) packs.
+    assert len(packs) <= 60
+    assert await store.read("dev/ns/w0") == {"a.yaml": "n: 0\n"}
+
+
 @pytest.fixture
 def served(remote: Path, tmp_path: Path) -> Iterator[str]:
     """The remote as a git host serves it (`git daemon`, as the benches' stack runs it): its

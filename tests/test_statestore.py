@@ -326,6 +326,24 @@ async def test_a_read_fetches_only_a_head_the_clone_does_not_hold(remote, tmp_pa
     assert calls == ["ls-remote", "ls-tree", "cat-file"]
 
 
+async def test_a_clone_that_lost_the_head_it_believed_held_fetches_it_on_the_next_read(
+    remote, tmp_path
+) -> None:
+    store = store_for(remote, tmp_path)
+    await store.apply(Change(DIR, FILES, "generation 1"))
+    # Another process sharing the clone moved its refs away, and git collected the commit.
+    clone = tmp_path / "work" / "clone"
+    git("--git-dir", str(clone), "update-ref", "-d", "refs/idp/pending")
+    for pack in (clone / "objects" / "pack").iterdir():
+        pack.unlink()
+
+    with pytest.raises(TransientError, match="ls-tree failed"):
+        await store.read(DIR)
+    calls = git_commands(store)
+    assert await store.read(DIR) == FILES
+    assert calls[:3] == ["ls-remote", "fetch", "rev-parse"]
+
+
 async def test_a_clone_that_only_ever_pushes_is_still_repacked(remote, tmp_path) -> None:
     """Every commit is a pack of its own and a clone whose head is always its own push never
     fetches (which would start git's gc): the store starts it itself."""

@@ -258,7 +258,9 @@ class ProcessMeter:
     as often as wanted (RSS over time), end(), then rows()."""
 
     pids: dict[str, int]
-    without_children: frozenset[str] = frozenset()  # the bench: its children are the stack
+    # The bench: its running children are the stack, each on rows of its own; what it ran and
+    # reaped inside the window (the plain run's git) is still its row's exited children.
+    without_children: frozenset[str] = frozenset()
     start: Snapshot | None = None
     stop: Snapshot | None = None
     rss: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -313,8 +315,6 @@ class ProcessMeter:
         first, last = self.start.roots[name], self.stop.roots[name]
         label = LABELS.get(name, name)
         rows = [Row(label, last.own - first.own, last.rss)]
-        if name in self.without_children:
-            return rows
         before = {stat.key: stat.total for stat in self.start.below[name]}
         running: dict[str, list[Stat]] = defaultdict(list)
         for stat in self.stop.below[name]:

@@ -521,6 +521,21 @@ async def answers(
     return response if response.status_code == 200 else None
 
 
+def git_daemon_command(host: str, port: int, repository: Path) -> list[str]:
+    """`git daemon` serving `repository` alone, pushes allowed, as
+    git://host:port/<its name>. The daemon's own program rather than `git daemon`, which would
+    run it as a child: so its process is the one whose reaped children are the remote's half of
+    each fetch and push."""
+    exec_path = subprocess.run(
+        ["git", "--exec-path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return [
+        str(Path(exec_path) / "git-daemon"), "--reuseaddr", f"--listen={host}", f"--port={port}",
+        f"--base-path={repository.parent}", "--export-all", "--enable=receive-pack",
+        str(repository),
+    ]  # fmt: skip
+
+
 async def wait_for_git_daemon(stack: Stack) -> None:
     async def ready() -> bool:
         listed = await asyncio.create_subprocess_exec(
@@ -664,11 +679,7 @@ async def start(stack: Stack) -> None:
         "PORT_EMULATOR_CLIENT_SECRET": stack.port_client_secret or "",
     })  # fmt: skip
     if stack.git_port is not None:
-        stack.spawn("git-daemon", [
-            "git", "daemon", "--reuseaddr", f"--listen={stack.host}", f"--port={stack.git_port}",
-            f"--base-path={stack.root}", "--export-all", "--enable=receive-pack",
-            str(stack.state_store),
-        ])  # fmt: skip
+        stack.spawn("git-daemon", git_daemon_command(stack.host, stack.git_port, stack.state_store))
     if stack.postgres is not None:
         await start_postgres(stack, stack.postgres)
     await wait_for_server(stack)

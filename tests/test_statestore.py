@@ -18,7 +18,7 @@ from idp import statechange, statestore
 from idp.errors import PermanentError, TransientError
 from idp.statechange import Change, Claim, OwnedByAnother
 from idp.statestore import NETWORK_TIMEOUT_SECONDS, StateStore, state_store
-from starter.dev import free_port
+from starter.dev import free_port, git_daemon_command
 
 BRANCH = "main"
 DIR = "dev/team-a/hello"
@@ -363,10 +363,8 @@ def served(remote: Path, tmp_path: Path) -> Iterator[str]:
     git:// URL."""
     port = free_port("127.0.0.1")
     daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}",
-         f"--base-path={tmp_path}", "--export-all", "--enable=receive-pack", str(remote)],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        git_daemon_command("127.0.0.1", port, remote), stderr=subprocess.DEVNULL
+    )
     url = f"git://127.0.0.1:{port}/{remote.name}"
     try:
         while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode:

@@ -5,12 +5,13 @@
 For each N, on a fresh local stack (`idpctl dev`'s parts in a temporary directory: Temporal dev
 server with its SQLite file, the worker as its own process, moto, the Synadia emulator with a real
 nats-server, a bare git repository served by `git daemon`): N workloads, each with a registry, a
-NATS user and sealed credentials and its manifests, applied at once through update-with-start (at
-most APPLYING applies awaiting their answer, then each waits for Ready); the clock stops when every
-one is Ready. Activity executions come from the workflows' histories afterwards, and beside them
-the credentials Synadia issued (its issuance history: downloads, and how many are still valid) and
-the deliveries (commits that changed a SealedSecret): issued should equal delivered, and every
-valid one be a delivered one.
+NATS user and sealed credentials and its manifests, applied at once through update-with-start with a
+wait for Ready (`apply`'s waitSeconds: at most APPLYING applies awaiting acceptance, then each
+update answers once its workload is Ready); the clock stops when every one is Ready. Activity
+executions come from the workflows' histories afterwards, and beside them the credentials Synadia
+issued (its issuance history: downloads, and how many are still valid) and the deliveries (commits
+that changed a SealedSecret): issued should equal delivered, and every valid one be a delivered
+one.
 
 The baseline runs the same capability code (each capability's observe, plan and apply, in the
 engine's order: the registry, the NATS user, the credentials, the manifests) for another N
@@ -54,7 +55,7 @@ from measure import (
     progress,
     server_actions,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateStage
 
 from activities.capabilities import offered, settings_of
 from idp.capability import Context, installed
@@ -63,14 +64,14 @@ from idp.natsusers import LIVE_ISSUANCE, Directory
 from idp.platform import load_platform
 from idp.synadia import SynadiaClient
 from starter import dev, operations, temporal
-from workflows.messages import WaitReadyRequest, WorkloadStatus
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
-# Applies awaiting their answer at once. All N at once left some waiting past their RPC deadline
-# on a loaded 2-core machine: the update is answered only once the new workflow's first task
+# Applies awaiting acceptance at once. All N at once left some waiting past their RPC deadline
+# on a loaded 2-core machine: the update is accepted only once the new workflow's first task
 # has run, behind every other workflow task queued on the worker.
 APPLYING = 100
+WAIT_SECONDS = 1800
 NATS = {"permissions": {"publish": {"allow": ["bench.>"]}}, "credentials": {"ttl": "7d"}}
 
 
@@ -91,27 +92,17 @@ async def ready(
     applying: asyncio.Semaphore | None = None,
     accepted: set[str] | None = None,
 ) -> None:
-    """Apply `item` (while holding `applying`; adding it to `accepted` once its workflow took
-    the apply) and wait until it is Ready."""
+    """Apply `item` with a wait for Ready, in one update (while holding `applying` until its
+    workflow took the apply, then adding it to `accepted`), and see it Ready."""
     async with applying or contextlib.nullcontext():
-        result = await operations.apply_workload(client, "idp", item)
+        handle = await operations.start_apply_workload(
+            client, "idp", item, wait_seconds=WAIT_SECONDS, stage=WorkflowUpdateStage.ACCEPTED
+        )
     if accepted is not None:
         accepted.add(item.workflow_id)
-    status = await wait_ready(client, item.workflow_id, result.generation)
-    if status.phase != Phase.READY:
-        raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
-
-
-async def wait_ready(client: Client, workflow_id: str, generation: int) -> WorkloadStatus:
-    """The `wait_ready` update's answer, asked again as every entry point's update is: applying
-    10,000 on two cores, a workflow's task can wait longer than the update's RPC (a
-    10,000-workload idle bench stopped on it)."""
-    handle = client.get_workflow_handle(workflow_id)
-    request = WaitReadyRequest(generation=generation, timeout_seconds=1800)
-    return await operations.answered(
-        workflow_id,
-        lambda update_id: handle.execute_update(WorkloadWorkflow.wait_ready, request, id=update_id),
-    )
+    status = (await operations.outcome(handle)).status
+    if status is None or status.phase != Phase.READY:
+        raise RuntimeError(f"{item.workflow_id} ended {status and status.phase.value}: {status}")
 
 
 async def all_ready(client, items: list[Workload]) -> None:

@@ -19,7 +19,9 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
     WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -33,6 +35,7 @@ from workflows.messages import (
     ApplyRequest,
     ApplyResult,
     SignalRequest,
+    WorkloadApplyResult,
     WorkloadBooks,
     WorkloadInput,
     WorkloadStatus,
@@ -142,6 +145,12 @@ async def answered(workflow_id: str, send: Callable[[str], Awaitable[T]]) -> T:
         await asyncio.sleep(pause)
 
 
+async def outcome(handle: WorkflowUpdateHandle[T]) -> T:
+    """The answer of an update the server admitted, polled again as `answered` asks again: an
+    apply that waits for its workload can outlast a poll's deadline on a loaded server."""
+    return await answered(handle.workflow_id, lambda _update_id: handle.result())
+
+
 async def _update_with_start(
     client: Client,
     workflow_id: str,
@@ -149,17 +158,20 @@ async def _update_with_start(
     request: Any,
     start: Callable[[], WithStartWorkflowOperation[Any, Any]],
     rpc_timeout: timedelta | None,
-) -> ApplyResult:
-    """`update` with `request` on the workflow `start` makes, asked again as `answered` says (the
-    operation is made anew for each attempt: the SDK uses one only once)."""
+    stage: WorkflowUpdateStage = WorkflowUpdateStage.COMPLETED,
+) -> WorkflowUpdateHandle[Any]:
+    """`update` with `request` on the workflow `start` makes, once it reached `stage`, asked again
+    as `answered` says (the operation is made anew for each attempt: the SDK uses one only
+    once)."""
 
-    async def send(update_id: str) -> ApplyResult:
+    async def send(update_id: str) -> WorkflowUpdateHandle[Any]:
         operation = start()
         try:
-            return await client.execute_update_with_start_workflow(
+            return await client.start_update_with_start_workflow(
                 update,
                 request,
                 start_workflow_operation=operation,
+                wait_for_stage=stage,
                 id=update_id,
                 rpc_timeout=rpc_timeout,
             )
@@ -180,9 +192,28 @@ async def apply_workload(
     request_id: str | None = None,
     *,
     rpc_timeout: timedelta | None = None,
-) -> ApplyResult:
+) -> WorkloadApplyResult:
     """Create the workflow if needed and apply the spec, in one update-with-start;
     `rpc_timeout` bounds each attempt (default: the SDK's)."""
+    handle = await start_apply_workload(
+        client, task_queue, workload, request_id, rpc_timeout=rpc_timeout
+    )
+    return await outcome(handle)
+
+
+async def start_apply_workload(
+    client: Client,
+    task_queue: str,
+    workload: Workload,
+    request_id: str | None = None,
+    *,
+    rpc_timeout: timedelta | None = None,
+    wait_seconds: int | None = None,
+    stage: WorkflowUpdateStage = WorkflowUpdateStage.COMPLETED,
+) -> WorkflowUpdateHandle[WorkloadApplyResult]:
+    """`apply_workload`'s update once it reached `stage`. With `wait_seconds` it answers once
+    the generation settles (`wait_ready`'s rule) or that time has passed, with the status; asked
+    at stage ACCEPTED, the handle comes back as soon as the workflow took the spec."""
 
     def start() -> WithStartWorkflowOperation[Any, Any]:
         return WithStartWorkflowOperation(
@@ -198,9 +229,9 @@ async def apply_workload(
             static_details=f"Owner: {workload.spec.owner}",
         )
 
-    request = ApplyRequest(workload=workload, request_id=request_id)
+    request = ApplyRequest(workload=workload, request_id=request_id, wait_seconds=wait_seconds)
     return await _update_with_start(
-        client, workload.workflow_id, WorkloadWorkflow.apply, request, start, rpc_timeout
+        client, workload.workflow_id, WorkloadWorkflow.apply, request, start, rpc_timeout, stage
     )
 
 
@@ -382,9 +413,10 @@ async def apply_aggregator(
         )
 
     request = AggregatorApplyRequest(aggregator=aggregator, request_id=request_id)
-    return await _update_with_start(
+    handle = await _update_with_start(
         client, aggregator.workflow_id, ApiAggregatorWorkflow.apply, request, start, None
     )
+    return await outcome(handle)
 
 
 async def aggregator_status(client: Client, hostname: str) -> AggregatorStatus:

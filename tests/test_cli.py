@@ -397,6 +397,22 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     manifest = yaml.safe_load(read(repo, SA_PATH.format(name="hello")) or "")
     assert manifest["metadata"]["name"] == "hello-sa"
 
+    # One update that answers once the new generation is Ready, where the two above were two.
+    document["workload"]["spec"]["serviceAccount"] = "hello-runner"
+    document["waitSeconds"] = 120
+    waited_file = tmp_path / "waited.json"
+    waited_file.write_text(json.dumps(document))
+    waited = await cli.temporal(
+        "workflow", "update", "execute", *target, "--name", "apply",
+        "--input-file", str(waited_file), "-o", "json",
+    )  # fmt: skip
+    assert waited.code == 0, waited
+    assert (waited.json["result"]["generation"], waited.json["result"]["changed"]) == (3, True)
+    status = waited.json["result"]["status"]
+    assert (status["phase"], status["observedGeneration"]) == ("Ready", 3)
+    manifest = yaml.safe_load(read(repo, SA_PATH.format(name="hello")) or "")
+    assert manifest["metadata"]["name"] == "hello-runner"
+
     document["workload"]["spec"]["namespace"] = "elsewhere"
     moved_file = tmp_path / "moved.json"
     moved_file.write_text(json.dumps(document))
@@ -411,7 +427,7 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     # idpctl reads a workflow the temporal CLI started like any other.
     described = await cli.idpctl("describe", "workload", f"{system}/hello", "-o", "json")
     assert described.code == 0, described
-    assert (described.json["generation"], described.json["phase"]) == (2, "Ready")
+    assert (described.json["generation"], described.json["phase"]) == (3, "Ready")
     assert described.json["workload"]["spec"]["namespace"] == "demo"
 
 

@@ -7,7 +7,7 @@ stable and documented in the README.
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from idp.models import Model, Workload
 from workflows.state import Condition, Event, Phase, State, WorkloadState
@@ -62,11 +62,31 @@ class WorkloadInput(Model):
 class ApplyRequest(Model):
     workload: Workload
     request_id: str | None = None
+    wait_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=3600,
+        description="Answer once the applied generation settles, as `wait_ready` would, or after "
+        "this many seconds; the answer then carries the status. One update where apply and "
+        "`wait_ready` were two, each with a workflow task of its own.",
+    )
 
 
 class ApplyResult(Model):
     generation: int
     changed: bool
+
+
+class WorkloadApplyResult(ApplyResult):
+    status: WorkloadStatus | None = Field(None, description="Only when the apply waited.")
+
+    @model_serializer(mode="wrap")
+    def _status_only_when_waited(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An apply that did not wait answers exactly as before the field existed.
+        data = handler(self)
+        if self.status is None:
+            data.pop("status", None)
+        return data
 
 
 class WaitReadyRequest(Model):

@@ -24,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.engine import DELETED, Engine
     from workflows.messages import (
         ApplyRequest,
-        ApplyResult,
         RotateRequest,
         SignalRequest,
         WaitReadyRequest,
+        WorkloadApplyResult,
         WorkloadBooks,
         WorkloadInput,
         WorkloadStatus,
@@ -83,13 +83,17 @@ class WorkloadWorkflow:
     # field path, not with the SDK's "Failed decoding arguments" or a silently dropped signal.
 
     @workflow.update
-    def apply(self, request: RawValue) -> ApplyResult:
+    async def apply(self, request: RawValue) -> WorkloadApplyResult:
         apply = read_input(request, ApplyRequest, "apply")
-        if self.state.seen(apply.request_id) or apply.workload == self.state.workload:
-            return ApplyResult(generation=self.state.generation, changed=False)
-        self.state.workload = apply.workload
-        self.state.generation += 1
-        return ApplyResult(generation=self.state.generation, changed=True)
+        changed = not (self.state.seen(apply.request_id) or apply.workload == self.state.workload)
+        if changed:
+            self.state.workload = apply.workload
+            self.state.generation += 1
+        generation = self.state.generation
+        status = None
+        if apply.wait_seconds is not None:
+            status = await self._settled(generation, apply.wait_seconds, "apply's wait deadline")
+        return WorkloadApplyResult(generation=generation, changed=changed, status=status)
 
     @apply.validator
     def _validate_apply(self, request: RawValue) -> None:
@@ -108,10 +112,19 @@ class WorkloadWorkflow:
     @workflow.update
     async def wait_ready(self, request: RawValue) -> WorkloadStatus:
         wait = read_input(request, WaitReadyRequest, "wait_ready")
+        return await self._settled(wait.generation, wait.timeout_seconds, "wait_ready deadline")
+
+    @wait_ready.validator
+    def _validate_wait_ready(self, request: RawValue) -> None:
+        self._read_or_reject(request, WaitReadyRequest, "wait_ready")
+
+    async def _settled(self, generation: int, timeout_seconds: int, summary: str) -> WorkloadStatus:
+        """The status once `generation` is Ready, or cannot get there without a person (a
+        `permanent` condition, paused, deleted), or after `timeout_seconds`."""
 
         def settled() -> bool:
             state = self.state
-            observed = state.observed_generation >= wait.generation
+            observed = state.observed_generation >= generation
             # A pass asked for or under way may clear what blocked the last one.
             blocked = not (state.reconcile_requested or self._reconciling) and blocking(
                 state.conditions
@@ -126,16 +139,10 @@ class WorkloadWorkflow:
             )
 
         try:
-            await workflow.wait_condition(
-                settled, timeout=wait.timeout_seconds, timeout_summary="wait_ready deadline"
-            )
+            await workflow.wait_condition(settled, timeout=timeout_seconds, timeout_summary=summary)
         except TimeoutError:
             pass
         return self.status()
-
-    @wait_ready.validator
-    def _validate_wait_ready(self, request: RawValue) -> None:
-        self._read_or_reject(request, WaitReadyRequest, "wait_ready")
 
     # Each request is an update, so every caller is refused with the same sentence (`refusal`)
     # before anything reaches history, and a signal of the same name, for callers that do not

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import uuid
@@ -752,6 +754,10 @@ async def test_dev_stack_encrypts_and_points_the_ui_at_its_codec_server(
 
         client = await temporal.connect(temporal.TemporalSettings(address=stack.address))
         assert isinstance(client.data_converter.payload_codec, EncryptionCodec)
+        # Not the codec's: the one check that the dev server took its SQLite settings
+        # (starter/dev.py says why it keeps a write-ahead log).
+        with contextlib.closing(sqlite3.connect(stack.root / "temporal.db")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         worker_log = stack.logs / "worker.log"
         async with asyncio.timeout(TIMEOUT):
             while "payload encryption on" not in worker_log.read_text():

@@ -33,7 +33,7 @@ from support.synadia import (
 )
 
 from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator, accounts_of
-from emulators.synadia.controlplane import AccountSpec
+from emulators.synadia.controlplane import JOURNAL_FOLD_AT, AccountSpec, ControlPlane
 from emulators.synadia.natsjwt import verify
 from idp.errors import PermanentError, TransientError
 from idp.synadia import (
@@ -444,6 +444,35 @@ async def test_restart_keeps_operator_and_users(tmp_path: Path) -> None:
         async with SynadiaClient(emu.api_url, DEFAULT_TOKEN) as client:
             assert (await client.get_nats_user(user.id)) is not None
         await (await connect_with_creds(emu.nats_url, creds)).close()
+
+
+def test_a_change_is_journaled_not_a_rewrite_of_every_user(tmp_path: Path) -> None:
+    plane = ControlPlane(tmp_path)
+    account = plane.state.app_account_id
+    group = plane.state.accounts[account].sk_groups[0].id
+    state_file = (tmp_path / "state.json").read_bytes()
+
+    def create(name: str) -> str:
+        return plane.create_user(account, {"name": name, "sk_group_id": group}).id
+
+    kept, gone = create("wl-kept"), create("wl-gone")
+    plane.issue_creds(kept)
+    plane.delete_user(gone)
+    # Onboarding N users must not write N growing copies of the state: O(N²) in all.
+    assert (tmp_path / "state.json").read_bytes() == state_file
+    # A crash in the middle of an append leaves a torn line; what came before it holds.
+    with (tmp_path / "journal.jsonl").open("a") as journal:
+        journal.write('{"kind": "user", "rec')
+
+    again = ControlPlane(tmp_path)
+    assert set(again.state.users) == {kept}
+    assert len(again.state.users[kept].issuances) == 1
+    assert not (tmp_path / "journal.jsonl").exists()  # folded into state.json at start
+
+    for i in range(JOURNAL_FOLD_AT):
+        again.patch_user(kept, {"name": f"wl-kept-{i}"})
+    assert not (tmp_path / "journal.jsonl").exists()  # folded once it held that many changes
+    assert ControlPlane(tmp_path).state.users[kept].name == f"wl-kept-{JOURNAL_FOLD_AT - 1}"
 
 
 def test_command_line_runs_and_stops_cleanly(tmp_path: Path) -> None:

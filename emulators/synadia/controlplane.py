@@ -1,8 +1,9 @@
 """The emulated control plane: one team, one system, its operator, accounts and NATS users.
 
 State and rules, no HTTP: the app turns `ApiError` into a status code and the views module
-shapes records into the OpenAPI response bodies. Everything is persisted to `state.json` in the
-state directory after each change, so a restarted emulator keeps its operator and users.
+shapes records into the OpenAPI response bodies. Everything is persisted in the state directory
+after each change, so a restarted emulator keeps its operator and users: `state.json` holds the
+whole state as of some moment, `journal.jsonl` each record changed since, one line per change.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ _ACCOUNT_LIMITS = {
     "leaf": NO_LIMIT,
 }
 _ID_ALPHABET = string.ascii_letters + string.digits
+# Changes the journal holds at least before they are folded into state.json; past this, as many as
+# the state has users, so that a fold, which writes every user, comes once per that many changes.
+JOURNAL_FOLD_AT = 1000
 
 
 def new_id() -> str:
@@ -212,8 +216,11 @@ class ControlPlane:
         self.creds_issued: dict[str, int] = {}
         self._accounts_dirty = False
         self._path = state_dir / "state.json"
+        self._journal = state_dir / "journal.jsonl"
+        self._journaled = 0
         if self._path.exists():
             self.state = PlaneState.model_validate_json(self._path.read_text())
+            self._replay()
         else:
             self.state = self._bootstrap(accounts[0])
         for spec in accounts:
@@ -289,11 +296,50 @@ class ControlPlane:
             account.jwt = self._sign_account(account, NKey(self.state.operator_sk_seed))
 
     def save(self) -> None:
-        # Write-then-rename so a crash never leaves a half-written state file behind.
+        """Write the whole state and empty the journal."""
+        # Write-then-rename so a crash never leaves a half-written state file behind; one after
+        # the rename replays a journal whose every record the state already holds, which is
+        # harmless since each line replaces its record whole.
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(self.state.model_dump_json(indent=1))
         os.chmod(tmp, 0o600)
         tmp.replace(self._path)
+        self._journal.unlink(missing_ok=True)
+        self._journaled = 0
+
+    def _keep(self, *records: UserRecord | AccountRecord, gone: str | None = None) -> None:
+        """Journal the records a change left (and the user it deleted): writing the whole state
+        after every change made onboarding N users cost O(N²), most of the emulator's CPU."""
+        lines = [
+            json.dumps({"kind": _kind(r), "record": r.model_dump(mode="json")}) for r in records
+        ]
+        if gone is not None:
+            lines.append(json.dumps({"kind": "gone", "id": gone}))
+        fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as journal:
+            journal.write("".join(line + "\n" for line in lines))
+        self._journaled += len(lines)
+        if self._journaled >= max(JOURNAL_FOLD_AT, len(self.state.users)):
+            self.save()
+
+    def _replay(self) -> None:
+        """Apply the journal's changes to the state read from state.json, up to a line a crash
+        cut short."""
+        if not self._journal.exists():
+            return
+        for line in self._journal.read_text().splitlines():
+            try:
+                change = json.loads(line)
+            except ValueError:
+                break
+            if change["kind"] == "user":
+                user = UserRecord.model_validate(change["record"])
+                self.state.users[user.id] = user
+            elif change["kind"] == "account":
+                account = AccountRecord.model_validate(change["record"])
+                self.state.accounts[account.id] = account
+            else:
+                self.state.users.pop(change["id"], None)
 
     def take_accounts_dirty(self) -> bool:
         """True once after any account JWT changed, so the caller pushes it to nats-server."""
@@ -423,7 +469,7 @@ class ControlPlane:
         )
         user.jwt = self._mint_user_jwt(user)
         self.state.users[user.id] = user
-        self.save()
+        self._keep(user)
         return user
 
     def patch_user(self, user_id: str, payload: Any) -> UserRecord:
@@ -452,18 +498,18 @@ class ControlPlane:
             check_settings(updated.jwt_settings)
         updated.jwt = self._mint_user_jwt(updated)
         self.state.users[user_id] = updated
-        self.save()
+        self._keep(updated)
         return updated
 
     def delete_user(self, user_id: str) -> None:
         user = self.user(user_id)
+        account = self.account(user.account_id)
         if self.behaviour.revoke_on_delete:
-            account = self.account(user.account_id)
             for key in [user.public_key, *user.retired_public_keys]:
                 self._revoke(account, key, 0, user.sk_group_id)
         del self.state.users[user_id]
         self.creds_issued.pop(user_id, None)
-        self.save()
+        self._keep(account, gone=user_id)
 
     def issue_creds(self, user_id: str) -> str:
         """A freshly minted JWT with the user's current seed, as a .creds text."""
@@ -473,7 +519,7 @@ class ControlPlane:
         user.jwt_expires_at_max = max(user.jwt_expires_at_max, exp)
         self.creds_issued[user_id] = self.creds_issued.get(user_id, 0) + 1
         self._record_issuance(user)
-        self.save()
+        self._keep(user)
         return natsjwt.format_creds(user.jwt, user.seed)
 
     def _record_issuance(self, user: UserRecord) -> None:
@@ -514,9 +560,10 @@ class ControlPlane:
         user.retired_public_keys.append(old_key)
         user.seed = NKey.generate("user").seed
         user.jwt = self._mint_user_jwt(user)
+        account = self.account(user.account_id)
         if self.behaviour.revoke_on_rotate:
-            self._revoke(self.account(user.account_id), old_key, 0, user.sk_group_id)
-        self.save()
+            self._revoke(account, old_key, 0, user.sk_group_id)
+        self._keep(user, account)
         return user
 
     # -- revocations
@@ -548,7 +595,7 @@ class ControlPlane:
             raise ApiError(422, "before must be a unix time in seconds, or 0 for now")
         group_id = account.sk_groups[0].id if account.sk_groups else ""
         created = self._revoke(account, nkey, body.before, group_id)
-        self.save()
+        self._keep(account)
         return created, account.revocations[nkey].before
 
     def delete_revocation(self, account_id: str, nkey: str) -> None:
@@ -557,4 +604,8 @@ class ControlPlane:
             raise ApiError(404, f"no revocation for {nkey} in account {account_id}")
         del account.revocations[nkey]
         self._resign_account(account)
-        self.save()
+        self._keep(account)
+
+
+def _kind(record: UserRecord | AccountRecord) -> str:
+    return "user" if isinstance(record, UserRecord) else "account"

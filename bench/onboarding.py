@@ -101,8 +101,9 @@ async def ready(
     if accepted is not None:
         accepted.add(item.workflow_id)
     status = (await operations.outcome(handle)).status
-    if status is None or status.phase != Phase.READY:
-        raise RuntimeError(f"{item.workflow_id} ended {status and status.phase.value}: {status}")
+    assert status is not None  # an apply that waits answers with the status
+    if status.phase != Phase.READY:
+        raise RuntimeError(f"{item.workflow_id} ended {status.phase.value}: {status.conditions}")
 
 
 async def all_ready(client, items: list[Workload]) -> None:

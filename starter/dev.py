@@ -648,9 +648,10 @@ async def start(stack: Stack) -> None:
     init_state_store(stack)
     write_platform(stack)
     # SQLite's write-ahead log, synced at checkpoints rather than at every commit: with its
-    # default journal each commit waited on two fsyncs, one at a time, which held an onboarding
-    # of 1,000 workloads to 105 s with the machine a sixth idle (79 s with the log). A crash of
-    # the server loses nothing; a crash of the machine may lose its last commits.
+    # default journal every commit waited on its fsyncs, one commit at a time, which held an
+    # onboarding of 1,000 workloads (bench/onboarding.py) to 105 s with 15% of the machine idle;
+    # 79 s with the log. A crash of the server loses nothing; a crash of the machine may lose
+    # the last commits.
     stack.spawn("temporal", [
         binary("temporal"), "server", "start-dev",
         "--ip", stack.host, "--port", str(stack.port), "--ui-port", str(stack.ui_port),

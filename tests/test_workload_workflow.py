@@ -12,10 +12,10 @@ from support.stack import (
     running_worker,
 )
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateStage
 
 from idp.models import Workload
-from starter.operations import apply_workload
+from starter.operations import apply_workload, outcome, start_apply_workload
 from workflows import search_attributes as sa
 from workflows.messages import ApplyRequest, SignalRequest, WaitReadyRequest, WorkloadStatus
 from workflows.state import ConditionStatus, Phase
@@ -88,6 +88,30 @@ async def test_apply_reaches_ready_and_writes_the_service_account(
     assert attributes.get(sa.SYSTEM) == system
     assert attributes.get(sa.DESTINATION) == "dev"
     assert attributes.get(sa.OWNER) == "team-demo"
+
+
+async def test_an_apply_that_waits_answers_ready_in_one_update(
+    client, repo, queue, system, tmp_path
+):
+    async with running_worker(client, platform_for(repo), queue, tmp_path / "cache"):
+        w = workload(system)
+        # Handed back once the workflow took the spec, as the onboarding bench asks for it.
+        handle = await start_apply_workload(
+            client, queue, w, wait_seconds=60, stage=WorkflowUpdateStage.ACCEPTED
+        )
+        result = await outcome(handle)
+    # The start took this spec as generation 1, so the apply itself changed nothing.
+    assert (result.generation, result.changed) == (1, False)
+    assert result.status is not None
+    assert (result.status.phase, result.status.observed_generation) == (Phase.READY, 1)
+    assert read(repo, SA_PATH.format(name="hello")) is not None
+    history = await client.get_workflow_handle(w.workflow_id).fetch_history()
+    updates = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    assert len(updates) == 1
 
 
 async def test_reconcile_passes_without_change_make_no_commit(

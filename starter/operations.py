@@ -112,14 +112,26 @@ def _not_ready(error: RPCError) -> bool:
 
 
 async def answered(workflow_id: str, send: Callable[[str], Awaitable[T]]) -> T:
-    """What `send(update_id)` returns, asked again with the same update id while the server does
-    not answer in time or turns the update away as not ready; the last attempt's RPCError when
-    none of UPDATE_ATTEMPTS was answered."""
+    """What `send(update_id)` returns, asked again (`_asked_again`) with the same update id, so
+    that the server answers a repeat with the outcome of the update it admitted."""
     update_id = str(uuid.uuid4())
+    return await _asked_again(workflow_id, lambda: send(update_id))
+
+
+async def outcome(handle: WorkflowUpdateHandle[T]) -> T:
+    """The answer of an update the server admitted, polled again (`_asked_again`): an apply that
+    waits for its workload can outlast a poll's deadline on a loaded server."""
+    return await _asked_again(handle.workflow_id, handle.result)
+
+
+async def _asked_again(workflow_id: str, ask: Callable[[], Awaitable[T]]) -> T:
+    """What `ask()` returns, asked again while the server does not answer in time or turns the
+    update away as not ready; the last attempt's RPCError when none of UPDATE_ATTEMPTS was
+    answered."""
     attempt = 1
     while True:
         try:
-            return await send(update_id)
+            return await ask()
         except WorkflowUpdateRPCTimeoutOrCancelledError as error:
             late = _not_answered_in_time(error)
             if late is None:
@@ -143,12 +155,6 @@ async def answered(workflow_id: str, send: Callable[[str], Awaitable[T]]) -> T:
             UPDATE_ATTEMPTS,
         )
         await asyncio.sleep(pause)
-
-
-async def outcome(handle: WorkflowUpdateHandle[T]) -> T:
-    """The answer of an update the server admitted, polled again as `answered` asks again: an
-    apply that waits for its workload can outlast a poll's deadline on a loaded server."""
-    return await answered(handle.workflow_id, lambda _update_id: handle.result())
 
 
 async def _update_with_start(

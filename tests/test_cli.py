@@ -375,13 +375,17 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     signalled = await cli.temporal("workflow", "signal", *target, "--name", "reconcile")
     assert signalled.code == 0, signalled
 
+    async def apply(name: str) -> Result:
+        """`apply` with `document` as it is now, from a file as a person would send it."""
+        path = tmp_path / name
+        path.write_text(json.dumps(document))
+        return await cli.temporal(
+            "workflow", "update", "execute", *target, "--name", "apply",
+            "--input-file", str(path), "-o", "json",
+        )  # fmt: skip
+
     document["workload"]["spec"]["serviceAccount"] = "hello-sa"
-    changed_file = tmp_path / "changed.json"
-    changed_file.write_text(json.dumps(document))
-    applied = await cli.temporal(
-        "workflow", "update", "execute", *target, "--name", "apply",
-        "--input-file", str(changed_file), "-o", "json",
-    )  # fmt: skip
+    applied = await apply("changed.json")
     assert applied.code == 0, applied
     assert applied.json["result"] == {"generation": 2, "changed": True}
 
@@ -400,12 +404,7 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     # One update that answers once the new generation is Ready, where the two above were two.
     document["workload"]["spec"]["serviceAccount"] = "hello-runner"
     document["waitSeconds"] = 120
-    waited_file = tmp_path / "waited.json"
-    waited_file.write_text(json.dumps(document))
-    waited = await cli.temporal(
-        "workflow", "update", "execute", *target, "--name", "apply",
-        "--input-file", str(waited_file), "-o", "json",
-    )  # fmt: skip
+    waited = await apply("waited.json")
     assert waited.code == 0, waited
     assert (waited.json["result"]["generation"], waited.json["result"]["changed"]) == (3, True)
     status = waited.json["result"]["status"]
@@ -414,12 +413,7 @@ async def test_the_temporal_cli_drives_the_workflow_with_plain_json(
     assert manifest["metadata"]["name"] == "hello-runner"
 
     document["workload"]["spec"]["namespace"] = "elsewhere"
-    moved_file = tmp_path / "moved.json"
-    moved_file.write_text(json.dumps(document))
-    rejected = await cli.temporal(
-        "workflow", "update", "execute", *target, "--name", "apply",
-        "--input-file", str(moved_file),
-    )  # fmt: skip
+    rejected = await apply("moved.json")
     assert rejected.code != 0, rejected
     assert "spec.namespace cannot change on a live workload" in rejected.stderr
     assert "InvalidApply" in rejected.stderr

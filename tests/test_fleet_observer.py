@@ -6,6 +6,7 @@ Workloads here hold manifests only (the state store is the one outside part that
 emulator); the registry's fleet read has its own tests against moto (test_registry_fleet.py).
 """
 
+import itertools
 import json
 import logging
 import re
@@ -32,7 +33,7 @@ from starter.operations import apply_workload
 from worker import FleetObserverError, start_fleet_observer, with_fleet_observer
 from workflows import search_attributes as sa
 from workflows.messages import WaitReadyRequest
-from workflows.observer import observer_id
+from workflows.observer import observer_id, sweep_period
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
 
@@ -78,6 +79,18 @@ async def last_sweep(client: Client, queue: str) -> SweepResult:
     ][-1:]
     (result,) = await client.data_converter.decode(done.result.payloads, [SweepResult])
     return result
+
+
+async def sweep_times(client: Client, queue: str) -> list[tuple[datetime, datetime]]:
+    """When each finished sweep was scheduled and when it completed."""
+    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
+
+    def times(kind: EventType.ValueType) -> list[datetime]:
+        return [e.event_time.ToDatetime(UTC) for e in history.events if e.event_type == kind]
+
+    scheduled = times(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    completed = times(EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+    return list(zip(scheduled, completed, strict=False))
 
 
 async def length(handle: WorkflowHandle) -> int:
@@ -170,6 +183,7 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
 
     await eventually(repaired, bool, timeout=30)
     took = time.monotonic() - edited
+    print(f"repaired {took:.2f} s after the edit")
     # One sweep per interval finds it; the pass that repairs it takes about a second more.
     assert took < DRIFT.total_seconds() + 5, took
 
@@ -191,6 +205,14 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
 
     await eventually(watched_again, bool, timeout=30)
     assert {name: await length(fleet[name]) for name in others} == others
+
+    # So that a drift made just after a sweep read it is repaired, not only found, within one
+    # interval, each sweep starts the last one's duration and a repair's lead early.
+    await eventually(lambda: sweeps(client, queue), lambda done: done >= 3, timeout=30)
+    times = await sweep_times(client, queue)
+    for (began, ended), (following, _) in itertools.pairwise(times):
+        lag = following - began - sweep_period(DRIFT, ended - began)
+        assert abs(lag) < timedelta(milliseconds=500), (began, ended, following)
 
 
 async def _more(client: Client, queue: str, count: int) -> bool:

@@ -7,17 +7,22 @@ exits 0 when nothing would change, 1 when something would, 2 on invalid input or
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.capabilities import settings_of
@@ -45,7 +50,14 @@ from starter import (
     upgrade,
 )
 from workflows import search_attributes
-from workflows.messages import RotateRequest, SignalRequest, WorkloadStatus
+from workflows.messages import (
+    MAX_WAIT_SECONDS,
+    ApplyResult,
+    RotateRequest,
+    SignalRequest,
+    WorkloadApplyResult,
+    WorkloadStatus,
+)
 from workflows.routetable import AggregatorStatus, TargetState
 from workflows.state import ConditionStatus, Phase, blocking
 
@@ -110,23 +122,24 @@ async def cmd_apply(args: argparse.Namespace) -> None:
             raise Failure(
                 f"{aggregator.workflow_id}: rejected: {operations.cause(error)}"
             ) from None
-        verb = "configured" if result.changed else "unchanged"
-        if aggregator.workflow_id not in checked.live:
-            verb = "created"
-        _out(f"{aggregator.workflow_id} {verb} (generation {result.generation})")
-    generations: dict[str, int] = {}
+        _out(_applied(aggregator.workflow_id, result, checked.live))
+    if args.wait:
+        await _apply_and_wait(checked, args.timeout)
+        return
     for workload in checked.workloads:
         try:
             result = await operations.apply_workload(client, task_queue, workload)
         except WorkflowUpdateFailedError as error:
             raise Failure(f"{workload.workflow_id}: rejected: {operations.cause(error)}") from None
-        generations[workload.workflow_id] = result.generation
-        verb = "configured" if result.changed else "unchanged"
-        if workload.workflow_id not in checked.existing:
-            verb = "created"
-        _out(f"{workload.workflow_id} {verb} (generation {result.generation})")
-    if args.wait:
-        await _wait_ready(client, generations, args.timeout)
+        _out(_applied(workload.workflow_id, result, checked.existing))
+
+
+def _applied(workflow_id: str, result: ApplyResult, existing: set[str]) -> str:
+    """What apply did to one resource; `existing`, the ids of those that ran before."""
+    verb = "configured" if result.changed else "unchanged"
+    if workflow_id not in existing:
+        verb = "created"
+    return f"{workflow_id} {verb} (generation {result.generation})"
 
 
 async def cmd_diff(args: argparse.Namespace) -> int:
@@ -188,40 +201,85 @@ def _check_platform(platform: Platform, loaded: list) -> None:
         raise UsageError("\n".join(problems))
 
 
-async def _wait_ready(client: Client, generations: dict[str, int], timeout: float) -> None:
-    """Poll `status` and print each change until every workload is Ready, or give up; at
-    once when one is held by something waiting cannot fix (the workflow's `permanent`)."""
-    deadline = time.monotonic() + timeout
-    shown: dict[str, str] = {}
-    pending = dict(generations)
-    blocked: list[str] = []
-    while pending:
-        for workflow_id, generation in list(pending.items()):
-            status = await operations.workload_status(client, workflow_id)
-            line = _progress(status)
-            name = ids.workload_reference(workflow_id)
-            if shown.get(workflow_id) != line:
-                shown[workflow_id] = line
-                _out(f"  {name}: {line}")
-            if status.observed_generation < generation:
-                continue
-            if status.phase == Phase.READY:
-                del pending[workflow_id]
-            elif status.phase == Phase.DEGRADED and blocking(status.conditions):
-                del pending[workflow_id]
-                blocked += [f"{name}: {c.type}: {c.message}" for c in blocking(status.conditions)]
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            names = ", ".join(ids.workload_reference(w) for w in pending)
-            raise Failure(
-                f"timed out after {timeout:g}s waiting for {names} to be Ready; "
-                f"last seen: {shown[next(iter(pending))]}"
-            )
-        await asyncio.sleep(0.25)
-    if blocked:
-        raise Failure("; ".join(blocked))
-    _out(f"{len(generations)} workload(s) Ready")
+# Applies awaiting the workflow's acceptance at once; each then waits on its own.
+APPLYING_AT_ONCE = 100
+# How often a long wait says which workloads it still waits for.
+STILL_WAITING_EVERY = 10.0
+
+
+async def _apply_and_wait(checked: Checked, timeout: float) -> None:
+    """Apply every workload side by side, each in one update that its workflow answers once the
+    generation settles (`apply`'s waitSeconds), and print each as it answers; fail once one is
+    held by something waiting cannot fix (the workflow's `permanent`), paused or deleted, or
+    not Ready after `timeout`. Nothing polls: a status query each time would be a billable
+    action on Temporal Cloud."""
+    client, task_queue = checked.client, checked.settings.task_queue
+    admitting = asyncio.Semaphore(APPLYING_AT_ONCE)
+    pending = {w.workflow_id for w in checked.workloads}
+
+    async def apply(workload: Workload) -> WorkloadApplyResult:
+        try:
+            async with admitting:
+                handle = await operations.start_apply_workload(
+                    client,
+                    task_queue,
+                    workload,
+                    wait_seconds=math.ceil(timeout),
+                    stage=WorkflowUpdateStage.ACCEPTED,
+                )
+            result = await operations.outcome(handle)
+        except WorkflowUpdateFailedError as error:
+            raise Failure(f"{workload.workflow_id}: rejected: {operations.cause(error)}") from None
+        pending.discard(workload.workflow_id)
+        _out(_applied(workload.workflow_id, result, checked.existing))
+        if result.status is not None:  # always, asked with a wait
+            _out(f"  {ids.workload_reference(workload.workflow_id)}: {_progress(result.status)}")
+        return result
+
+    async def still_waiting() -> None:
+        while True:
+            await asyncio.sleep(STILL_WAITING_EVERY)
+            names = [ids.workload_reference(w) for w in sorted(pending)]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            _out(f"  waiting for {', '.join(names[:3])}{more}")
+
+    ticker = asyncio.create_task(still_waiting())
+    try:
+        results = await asyncio.gather(*(apply(w) for w in checked.workloads))
+    finally:
+        ticker.cancel()
+    answered = {
+        w.workflow_id: (r.status, r.generation)
+        for w, r in zip(checked.workloads, results, strict=True)
+        if r.status is not None
+    }
+    late = [w for w, (status, generation) in answered.items() if not _settled(status, generation)]
+    if late:
+        names = ", ".join(ids.workload_reference(w) for w in late)
+        raise Failure(
+            f"timed out after {timeout:g}s waiting for {names} to be Ready; "
+            f"last seen: {_progress(answered[late[0]][0])}"
+        )
+    problems = []
+    for workflow_id, (status, _) in answered.items():
+        name = ids.workload_reference(workflow_id)
+        if status.phase == Phase.DEGRADED:
+            problems += [f"{name}: {c.type}: {c.message}" for c in blocking(status.conditions)]
+        elif status.phase != Phase.READY:
+            problems.append(f"{name} is {status.phase.value}, not Ready")
+    if problems:
+        raise Failure("; ".join(problems))
+    _out(f"{len(results)} workload(s) Ready")
+
+
+def _settled(status: WorkloadStatus, generation: int) -> bool:
+    """Whether `status` is final for a wait on `generation`, by the workflow's own rule."""
+    observed = status.observed_generation >= generation
+    return (
+        (observed and status.phase == Phase.READY)
+        or (observed and status.phase == Phase.DEGRADED and bool(blocking(status.conditions)))
+        or status.phase in (Phase.PAUSED, Phase.DELETED)
+    )
 
 
 def _progress(status: WorkloadStatus) -> str:
@@ -669,6 +727,19 @@ async def _status(client: Client, workflow_id: str) -> WorkloadStatus:
         raise Failure(str(error)) from None
 
 
+def _wait_seconds(text: str) -> float:
+    """--timeout of apply: what one update may wait (workflows/messages.py)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of seconds from 1 to {MAX_WAIT_SECONDS}"
+        )
+    return seconds
+
+
 def _workload_id(reference: str) -> str:
     try:
         return operations.workload_id(reference)
@@ -703,7 +774,12 @@ def parser() -> argparse.ArgumentParser:
         help="a YAML file or a directory of them (repeatable)",
     )
     apply.add_argument("--wait", action="store_true", help="wait until every workload is Ready")
-    apply.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (300)")
+    apply.add_argument(
+        "--timeout",
+        type=_wait_seconds,
+        default=300,
+        help=f"seconds --wait waits for each workload, 1 to {MAX_WAIT_SECONDS} (300)",
+    )
     apply.set_defaults(run=cmd_apply)
 
     diff = commands.add_parser(

@@ -131,6 +131,18 @@ async def test_invalid_files_are_all_reported_and_nothing_starts(
         assert not await workflow_exists(client, f"workload/{system}/{name}")
 
 
+async def test_a_wait_longer_than_an_update_may_wait_is_refused_and_nothing_starts(
+    cli: Cli, client: Client, system: str, tmp_path: Path
+) -> None:
+    file = write_yaml(tmp_path / "hello.yaml", workload_doc(system, name="hello"))
+    result = await cli.idpctl("apply", "-f", file, "--wait", "--timeout", "7200")
+    assert result.code == 2, result
+    assert result.stderr.splitlines()[-1] == (
+        "idpctl apply: error: argument --timeout: 7200 is not a number of seconds from 1 to 3600"
+    ), result
+    assert not await workflow_exists(client, f"workload/{system}/hello")
+
+
 async def test_a_disallowed_change_stops_the_whole_apply(
     cli: Cli, worker: None, client: Client, system: str, tmp_path: Path
 ) -> None:

@@ -177,3 +177,20 @@ async def test_wait_answers_at_once_on_a_refused_path_and_waits_for_a_missing_ag
         ),
     )
     assert listed.code == 0
+
+
+async def test_wait_answers_at_once_for_a_paused_workload(
+    cli: Cli, worker: None, queue: str, tmp_path: Path
+) -> None:
+    file = write_yaml(tmp_path / "web.yaml", workload_doc(queue, "web"))
+    assert (await cli.idpctl("apply", "-f", file, "--wait", "--timeout", "30")).code == 0
+    reference = f"{queue}/web"
+    assert (await cli.idpctl("pause", "workload", reference)).code == 0
+    changed = write_yaml(tmp_path / "web.yaml", workload_doc(queue, "web", owner="team-shop"))
+    # Paused, its new generation will not be applied until someone resumes it: waiting the
+    # five minutes asked for would tell nothing more.
+    waited = await cli.idpctl("apply", "-f", changed, "--wait", "--timeout", "300")
+    assert waited.code == 1, waited
+    assert f"workload/{reference} configured (generation 2)" in waited.stdout, waited
+    assert f"  {reference}: Paused (generation 1/2)" in waited.stdout, waited
+    assert waited.stderr == f"error: {reference} is Paused, not Ready\n", waited

@@ -59,13 +59,18 @@ class WorkloadInput(Model):
     )
 
 
+# The longest an update waits for a generation to settle: a caller that would wait longer asks
+# again.
+MAX_WAIT_SECONDS = 3600
+
+
 class ApplyRequest(Model):
     workload: Workload
     request_id: str | None = None
     wait_seconds: int | None = Field(
         None,
         ge=1,
-        le=3600,
+        le=MAX_WAIT_SECONDS,
         description="Answer once the applied generation settles, as `wait_ready` would, or after "
         "this many seconds; the answer then carries the status. One update where apply and "
         "`wait_ready` were two, each with a workflow task of its own.",
@@ -91,7 +96,7 @@ class WorkloadApplyResult(ApplyResult):
 
 class WaitReadyRequest(Model):
     generation: int = Field(ge=1)
-    timeout_seconds: int = Field(300, ge=1, le=3600)
+    timeout_seconds: int = Field(300, ge=1, le=MAX_WAIT_SECONDS)
 
 
 class SignalRequest(Model):

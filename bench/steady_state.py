@@ -8,9 +8,10 @@ own process, moto for the registry step, a bare git repository, and the rest of 
 processes) in a temporary directory, applies N workloads (ECR repository and IAM role in moto,
 ServiceAccount in git; no NATS user) and waits until all are Ready. Then, for the window, it
 leaves them alone (drift checks every `--drift`, with `reconcile.fleetObserver: false`; with
-`--fleet-observer`, it is true and the window starts with the observer's first sweep once every
-workload is watched, from its first pass on: docs/fleet.md; it prints how long each sweep of the
-window took) and measures, over the window only
+`--fleet-observer`, it is true and the window starts as the observer's first sweep once every
+workload is watched ends, from its first pass on: docs/fleet.md; a window of one interval then
+holds the next sweep whole, and no other, since sweeps start a little less than an interval
+apart; it prints how long each sweep of the window took) and measures, over the window only
 (bench/measure.py says how): the CPU time and resident memory of every process of the stack
 (the worker, its git children, the Temporal server, each emulator) from /proc; and Temporal
 Cloud's billable actions, counted from the history of every workflow in the namespace (every
@@ -114,15 +115,17 @@ async def sweeps(client: Client) -> list[tuple[datetime, datetime | None]]:
 
 
 async def next_sweep(client: Client, drift: timedelta) -> datetime:
-    """When the observer scheduled its next sweep, waiting for it: a window from then of one
-    interval holds exactly one sweep, whole, however long it takes."""
+    """When the observer's next sweep was scheduled, waiting until it has completed: a window
+    from then of one interval holds the sweep after it, whole, however long it takes, and no
+    other (each starts the last one's duration and a repair's lead short of an interval after
+    the one before: workflows/observer.py)."""
     seen = {at for at, _ in await sweeps(client)}
     deadline = time.monotonic() + drift.total_seconds() + 60
-    while not (new := [at for at, _ in await sweeps(client) if at not in seen]):
+    while not (new := [s for s in await sweeps(client) if s[0] not in seen and s[1]]):
         if time.monotonic() > deadline:
             raise SystemExit("error: the fleet observer did not sweep within an interval")
         await asyncio.sleep(1)
-    return new[0]
+    return new[0][0]
 
 
 async def main(
@@ -159,7 +162,7 @@ async def main(
             metric_after = await server_actions(stack.server_metrics_url, client.namespace)
             can = await continued_as_new(client) - can_before
             by_type = await history_actions(client, since, until)
-            swept = [s for s in await sweeps(client) if s[0] >= first] if first else []
+            swept = [s for s in await sweeps(client) if s[0] > first] if first else []
         finally:
             stack.stop()
 
@@ -174,7 +177,7 @@ async def main(
           f"{format_duration(drift)}; {workloads} applied in {apply_seconds:.0f}s")  # fmt: skip
     if watched_after is not None:
         print(f"fleet observer on: all {workloads} watched {watched_after:.0f}s after the last "
-              "was Ready; the window started with the observer's next sweep")  # fmt: skip
+              "was Ready; the window started as the observer's next sweep ended")  # fmt: skip
         end = datetime.fromtimestamp(until / 1e9, UTC)
         for at, done in swept:
             if at < end:

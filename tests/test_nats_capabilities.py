@@ -834,8 +834,10 @@ async def test_issue_seals_creds_that_connect_with_exactly_the_specs_permissions
         await probe.close()
 
     # The activity is retried after the commit (its result was lost): the same plan, nothing
-    # new issued or written, and it reports the credential already delivered.
+    # new issued or written, and it reports the credential already delivered. A retry is what
+    # looks for an earlier try's delivery (its attempt, or the engine's `unsettled`).
     wf.outputs[CREDENTIALS] = None
+    wf.unsettled.add(CREDENTIALS)
     before = len(commits(remote))
     again = await wf.step(credentials.capability, now)
     assert again.plan == issued.plan and again.report == issued.report
@@ -934,6 +936,7 @@ async def test_external_secret_delivery(
     # A retried activity: no second issuance, no second version, no second commit.
     before = len(commits(remote))
     wf.outputs[CREDENTIALS] = None
+    wf.unsettled.add(CREDENTIALS)
     assert (await wf.step(credentials.capability, now)).report == issued.report
     assert emulator.creds_issued(user.user_id) == 1
     assert len(secrets.list_secret_version_ids(SecretId=name)["Versions"]) == 1

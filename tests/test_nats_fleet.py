@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from support.secrets import ControllerKeys
 from temporalio.testing import ActivityEnvironment
+from test_manifests_fleet import git_processes, subcommands  # noqa: F401 (a fixture)
 from test_nats_capabilities import (  # noqa: F401 (fixtures)
+    CREATE_USER,
     CREDENTIALS,
     LIST_USERS,
     NATS,
@@ -39,6 +41,7 @@ from emulators.synadia import DEFAULT_TOKEN, SynadiaEmulator
 from emulators.synadia.controlplane import AccountSpec
 from idp.capability import Fingerprint
 from idp.credentials import IssueReason
+from idp.models import Delivery
 from idp.platform import Platform
 from idp.synadia import JwtSettings, Permission, ResponsePermission, SynadiaClient
 
@@ -74,11 +77,15 @@ async def test_what_a_pass_records_is_what_the_fleet_read_finds(
     wf = flow(platform, tmp_path)
     reconcile = capability_activities(NATS_CAPABILITY, wf.actions[NATS])[0]
 
-    # As the engine runs it: the pass that creates the user reads it back and records what it
-    # left, so that the workload is watched at once; the next pass, in sync, records the same.
+    # As the engine runs it: the pass that creates the user records what it left, so that the
+    # workload is watched at once, from the create's answer rather than a read-back (one call
+    # where onboarding made two); the next pass, in sync, records the same.
     ctx = wf.context(NATS_CAPABILITY, datetime.now(UTC))
+    emulator.reset_counters()
     created = await ActivityEnvironment().run(reconcile, ctx)
     assert created.reason == "Created" and created.fingerprint is not None
+    calls = total_calls(emulator)
+    assert calls[CREATE_USER] == 1 and "GET /nats-users/{userId}" not in calls, calls
     wf.outputs[NATS], wf.memory[NATS] = created.outputs, created.memory
     ctx = wf.context(NATS_CAPABILITY, datetime.now(UTC))
     recorded = (await ActivityEnvironment().run(reconcile, ctx)).fingerprint
@@ -250,8 +257,38 @@ async def test_every_drift_a_pass_acts_on_changes_what_the_fleet_read_finds(
     assert await fleet_read(wf).fleet_observe([again.key]) == {again.key: again.digest}
 
 
+@pytest.mark.parametrize("delivery", [Delivery.SEALED_SECRET, Delivery.EXTERNAL_SECRET])
+async def test_a_first_issuance_reads_nothing_and_records_what_the_fleet_read_finds(
+    emulator: SynadiaEmulator,  # noqa: F811 (the fixture imported above)
+    aws_url: str,
+    keys: ControllerKeys,
+    remote: Path,  # noqa: F811
+    tmp_path: Path,
+    git_processes: Path,  # noqa: F811
+    delivery: Delivery,
+) -> None:
+    """Onboarding: the first try of a settled pass cannot follow one that delivered unrecorded,
+    so it reads no earlier delivery from the state store (external-secret still describes its
+    secret first, a look that also refuses another's), and it knows what it wrote, so it reads
+    nothing back: the store sees its write alone. What it records is what the fleet read
+    finds."""
+    delivering = platform_for(remote, emulator, aws_url, keys, default_delivery=delivery)
+    wf = flow(delivering, tmp_path)
+    await wf.step(NATS_CAPABILITY, datetime.now(UTC))
+    reconcile = capability_activities(credentials.capability, wf.actions[CREDENTIALS])[0]
+    ctx = wf.context(credentials.capability, datetime.now(UTC))
+    git_processes.write_text("")
+    report = await ActivityEnvironment().run(reconcile, ctx)
+    assert report.reason == "Issued" and report.fingerprint is not None
+    ran = subcommands(git_processes)
+    # One look at the remote, the write's own; no tree or file read.
+    assert ran.count("ls-remote") == 1 and not {"ls-tree", "cat-file"} & set(ran), ran
+    found = await wf.actions[CREDENTIALS].fleet_observe([report.fingerprint.key])
+    assert found == {report.fingerprint.key: report.fingerprint.digest}
+
+
 @pytest.mark.parametrize("why", ["refresh", "secret-deleted"])
-async def test_an_issuance_that_rotates_the_key_reads_back_in_sync(
+async def test_an_issuance_that_rotates_the_key_records_what_it_left_in_sync(
     platform: Platform,  # noqa: F811 (the fixture imported above)
     emulator: SynadiaEmulator,  # noqa: F811
     remote: Path,  # noqa: F811
@@ -259,9 +296,9 @@ async def test_an_issuance_that_rotates_the_key_reads_back_in_sync(
     why: str,
 ) -> None:
     """A refresh, or a re-issue after the delivered secret went, downloads on a new key of the
-    user, which the Nats outputs of the same pass do not know yet. The issuance is still read
-    back in sync: the workload sleeps on what it delivered from this pass on, rather than after a
-    pass of its own one drift interval later."""
+    user, which the Nats outputs of the same pass do not know yet. The issuance still records
+    what it delivered: the workload sleeps on it from this pass on, rather than after a pass of
+    its own one drift interval later."""
     wf = flow(platform, tmp_path)
     await wf.reconcile()
     v1, user = wf.credentials(), wf.nats()

@@ -154,6 +154,26 @@ def _is_label(value: str) -> bool:
     return True
 
 
+def delivered_fingerprint(
+    workload: Workload, delivery: Delivery, delivered: DeliveryState
+) -> Fingerprint | None:
+    """What the fleet read must find of a version `delivery` left as `delivered` says; None when
+    it is not in place, or the fleet read cannot find it."""
+    if not delivered.in_place:
+        return None
+    if delivery not in FLEET_READ:
+        # kubernetes: a Secret in each destination's API server. A bulk read there would need
+        # `list` on Secrets, which RBAC cannot grant without every Secret's value in the
+        # namespace, and no API server runs in this repository's tests to hold a digest to. Such
+        # a workload keeps its own drift checks: one GET of the Secret's annotations a pass.
+        return None
+    external = delivery == Delivery.EXTERNAL_SECRET
+    if delivered.file_id is None or (external and delivered.secret_version is None):
+        return None  # the file's text could not tell its id (see git_object_id)
+    found = delivered_digest(delivery, delivered.file_id, delivered.secret_version)
+    return Fingerprint(key=FleetKey.of(workload, delivery).text, digest=found)
+
+
 def delivered_digest(kind: Delivery, file_id: str, secret_version: str | None) -> str:
     """The digest of a fingerprint, from what `check` of the delivery compares, as a listing
     shows it: the delivered file's git object id (check reads nothing else of the state store,
@@ -208,21 +228,9 @@ class Credentials(Capability[CredentialsObservation, CredentialsPlan]):
         only when the policy issues nothing), by a delivery with a fleet read."""
         current = ctx.own(CredentialsOutputs)
         delivered = observation.delivered
-        if current is None or delivered is None or not delivered.in_place:
+        if current is None or delivered is None:
             return None
-        if current.delivery not in FLEET_READ:
-            # kubernetes: a Secret in each destination's API server. A bulk read there would
-            # need `list` on Secrets, which RBAC cannot grant without every Secret's value in
-            # the namespace, and no API server runs in this repository's tests to hold a
-            # digest to. Such a workload keeps its own drift checks: one GET of the Secret's
-            # annotations a pass.
-            return None
-        external = current.delivery == Delivery.EXTERNAL_SECRET
-        if delivered.file_id is None or (external and delivered.secret_version is None):
-            return None  # the file's text could not tell its id (see git_object_id)
-        key = FleetKey.of(ctx.workload, current.delivery)
-        found = delivered_digest(current.delivery, delivered.file_id, delivered.secret_version)
-        return Fingerprint(key=key.text, digest=found)
+        return delivered_fingerprint(ctx.workload, current.delivery, delivered)
 
     def deadline(self, ctx: Context) -> datetime | None:
         """The refresh."""

@@ -39,11 +39,12 @@ from capabilities.credentials import (
     FleetKey,
     Issue,
     delivered_digest,
+    delivered_fingerprint,
     explain_credentials,
     nats_user,
     policy_reason,
 )
-from capabilities.nats.actions import Synadia
+from capabilities.nats.actions import Synadia, unrecorded
 from idp.capability import Actions, Context, Outcome, Report, dump
 from idp.credentials import IssueReason, delivery_digest, next_refresh, permissions_digest
 from idp.delivery import (
@@ -136,6 +137,8 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             replaced_keys=replaced,
         )
         drifted = issue.reason == IssueReason.DELIVERY_DRIFT
+        # What it just wrote spares the activity reading it back (a state-store read).
+        left = delivered.left
         return Report(
             reason=Outcome.ISSUED,
             cause=issue.reason.value,
@@ -143,6 +146,7 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
             message=f"version {issue.version} ({issue.reason}) delivered to {delivered.location}",
             outputs=dump(outputs),
             events=[f"delivered secret drifted: {issue.problem}"] if drifted else [],
+            fingerprint=left and delivered_fingerprint(ctx.workload, delivered.delivery, left),
         )
 
     async def explain(
@@ -225,7 +229,11 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
                     "creates it again before issuing",
                     reason="NatsUserGone",
                 )
-            resumed = await delivery.resume(target, issue.version, user.user_public_key, message)
+            # As the Nats step looks for its user before creating one only when a create may
+            # have gone through unrecorded, so here for an earlier try's delivery.
+            resumed = await delivery.resume(
+                target, issue.version, user.user_public_key, message, earlier=unrecorded(ctx)
+            )
             if resumed is not None:
                 log.info(
                     "credentials v%d of %s were already delivered by an earlier attempt (%s)",

@@ -156,6 +156,12 @@ class FleetKey:
         return None
 
 
+def user_fingerprint(user: UserView) -> Fingerprint | None:
+    """What the fleet read must find of `user`; None when it cannot key it."""
+    key = FleetKey.of(user)
+    return None if key is None else Fingerprint(key=key.text, digest=user_digest(user))
+
+
 def user_digest(user: UserView) -> str:
     """The digest of a fingerprint, which the workload's observe (one GET of the user) and the
     fleet read (the listing of its account, whose items are the same NatsUserViewResponse) both
@@ -268,11 +274,7 @@ class Nats(Capability[NatsObservation, NatsPlan]):
         """Only when the user exists: the fleet read leaves out a key whose user it does not
         find. What else the plan depends on wakes the workload by itself: the clock (a rotation
         or revocation due) through `deadline`, a spec change or a rotate request as a message."""
-        user = observation.user
-        key = None if user is None else FleetKey.of(user)
-        if user is None or key is None:
-            return None
-        return Fingerprint(key=key.text, digest=user_digest(user))
+        return None if observation.user is None else user_fingerprint(observation.user)
 
     def deadline(self, ctx: Context) -> datetime | None:
         """The next revocation or scheduled rotation."""

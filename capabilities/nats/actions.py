@@ -34,6 +34,7 @@ from capabilities.nats import (
     Revocation,
     explain_nats,
     user_digest,
+    user_fingerprint,
 )
 from idp.capability import Actions, Context, Outcome, Report, dump
 from idp.credentials import IssueReason
@@ -195,6 +196,10 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
             key_reason=plan.key_reason,
         )
         requested = rotation is not None and rotation.reason == IssueReason.REQUESTED
+        # A user it just made is as its create (and any repair) answered, in the same view a GET
+        # gives, and nothing is left to do: that spares the activity its read-back, a GET per
+        # onboarded workload. After a rotation or a revocation, the read-back decides.
+        made = plan.user is not None and rotation is None and not revoke
         return Report(
             reason=reason,
             message=message,
@@ -209,6 +214,7 @@ class NatsActions(Actions[NatsObservation, NatsPlan]):
             ),
             events=events,
             handled=[ROTATE] if requested else [],
+            fingerprint=user_fingerprint(user) if made else None,
         )
 
     async def fleet_observe(self, keys: list[str]) -> dict[str, str]:

@@ -68,17 +68,6 @@ class CredentialMetadata(Model):
     fingerprint: str
 
 
-class Delivered(Model):
-    """Where a credential version went; metadata only."""
-
-    credential: CredentialMetadata
-    delivery: Delivery
-    location: str
-    commit: str | None = None
-    detail: str | None = None
-    resumed: bool = False
-
-
 class DeliveryState(Model):
     in_place: bool
     problem: str | None = None
@@ -94,6 +83,22 @@ class DeliveryState(Model):
         None,
         description="external-secret: the id of the Secrets Manager version labelled AWSCURRENT "
         "when check looked; None when it found no secret.",
+    )
+
+
+class Delivered(Model):
+    """Where a credential version went; metadata only."""
+
+    credential: CredentialMetadata
+    delivery: Delivery
+    location: str
+    commit: str | None = None
+    detail: str | None = None
+    resumed: bool = False
+    left: DeliveryState | None = Field(
+        None,
+        description="What `check` would find right after, where the delivery knows it from what "
+        "it wrote; None when only a check can tell.",
     )
 
 
@@ -240,10 +245,18 @@ class CredentialDelivery(Protocol):
     kind: Delivery
 
     async def resume(
-        self, target: DeliveryTarget, version: int, public_key: str, message: str
+        self,
+        target: DeliveryTarget,
+        version: int,
+        public_key: str,
+        message: str,
+        *,
+        earlier: bool = True,
     ) -> Delivered | None:
         """The given version if an earlier attempt already delivered it for this key (finishing
-        what that attempt left undone); None when the credential must be issued."""
+        what that attempt left undone); None when the credential must be issued. Without
+        `earlier` no earlier attempt can have delivered it unrecorded (the first try of a
+        settled pass), and a delivery whose look only seeks one may skip it."""
         ...
 
     async def deliver(

@@ -256,8 +256,16 @@ class ExternalSecretDelivery:
         )
 
     async def resume(
-        self, target: DeliveryTarget, version: int, public_key: str, message: str
+        self,
+        target: DeliveryTarget,
+        version: int,
+        public_key: str,
+        message: str,
+        *,
+        earlier: bool = True,
     ) -> Delivered | None:
+        # Looks whatever `earlier` says: the look also refuses another's secret and discards one
+        # an earlier workload left, both before anything is issued.
         described = await self._describe(target)
         if described is None:
             return None
@@ -367,6 +375,8 @@ class ExternalSecretDelivery:
         manifest = dump(render_external_secret(target, credential, self._config))
         change = target.change({target.external_file: manifest}, message)
         result = await self._store.apply(change)
+        # Our version is AWSCURRENT now, and the manifest is the one written.
+        left = DeliveryState(in_place=True, file_id=git_object_id(manifest), secret_version=token)
         return Delivered(
             credential=credential,
             delivery=self.kind,
@@ -374,6 +384,7 @@ class ExternalSecretDelivery:
             f"{target.path(target.external_file)}",
             commit=result.commit,
             detail=token,
+            left=left,
         )
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:

@@ -108,9 +108,18 @@ class SealedSecretDelivery:
         return annotations, None
 
     async def resume(
-        self, target: DeliveryTarget, version: int, public_key: str, message: str
+        self,
+        target: DeliveryTarget,
+        version: int,
+        public_key: str,
+        message: str,
+        *,
+        earlier: bool = True,
     ) -> Delivered | None:
-        annotations, problem = self._inspect(target, await self._store.read(target.directory))
+        if not earlier:
+            return None  # a state-store read, which could only find what an earlier try left
+        files = await self._store.read(target.directory)
+        annotations, problem = self._inspect(target, files)
         found = metadata_from(annotations)
         if problem or not can_resume(found, version, public_key):
             return None
@@ -121,6 +130,7 @@ class SealedSecretDelivery:
             location=target.path(target.sealed_file),
             detail=annotations.get(CERTIFICATE_ANNOTATION),
             resumed=True,
+            left=DeliveryState(in_place=True, file_id=git_object_id(files.get(target.sealed_file))),
         )
 
     async def deliver(
@@ -134,14 +144,15 @@ class SealedSecretDelivery:
         manifest = render_sealed(
             target, data, credential, certificate.certificate, certificate.fingerprint
         )
-        change = target.change({target.sealed_file: dump(manifest)}, message)
-        result = await self._store.apply(change)
+        text = dump(manifest)
+        result = await self._store.apply(target.change({target.sealed_file: text}, message))
         return Delivered(
             credential=credential,
             delivery=self.kind,
             location=target.path(target.sealed_file),
             commit=result.commit,
             detail=certificate.fingerprint,
+            left=DeliveryState(in_place=True, file_id=git_object_id(text)),
         )
 
     async def check(self, target: DeliveryTarget, credential: CredentialMetadata) -> DeliveryState:

@@ -146,13 +146,15 @@ async def test_wait_answers_at_once_on_a_refused_path_and_waits_for_a_missing_ag
     hostname = f"{queue}.example.com"
     api = [{"aggregator": hostname, "paths": ["/orders"], "service": {"name": "s", "port": 80}}]
     pending = write_yaml(tmp_path / "orders.yaml", workload_doc(queue, "orders", api=api))
-    # No ApiAggregator yet: the workload is not Ready, and --wait says what it waits for.
-    waited: Result = await cli.idpctl("apply", "-f", pending, "--wait", "--timeout", "3")
+    # No ApiAggregator yet: the workload is not Ready; --wait says every 10 s which workloads
+    # it still waits for, and at the end what holds each back.
+    waited: Result = await cli.idpctl("apply", "-f", pending, "--wait", "--timeout", "11")
     assert waited.code == 1, waited
+    assert f"  waiting for {queue}/orders\n" in waited.stdout, waited
     assert f"{queue}/orders: Pending (generation 1/1) Api waiting: AggregatorPending" in (
         waited.stdout
     ), waited
-    assert "timed out after 3s" in waited.stderr, waited
+    assert "timed out after 11s" in waited.stderr, waited
 
     routed = write_yaml(tmp_path / "aggregator.yaml", aggregator_doc(hostname))
     assert (await cli.idpctl("apply", "-f", routed, "-f", pending, "--wait")).code == 0

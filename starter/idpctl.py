@@ -248,38 +248,31 @@ async def _apply_and_wait(checked: Checked, timeout: float) -> None:
         results = await asyncio.gather(*(apply(w) for w in checked.workloads))
     finally:
         ticker.cancel()
-    answered = {
-        w.workflow_id: (r.status, r.generation)
-        for w, r in zip(checked.workloads, results, strict=True)
-        if r.status is not None
-    }
-    late = [w for w, (status, generation) in answered.items() if not _settled(status, generation)]
+    late: list[tuple[str, WorkloadStatus]] = []
+    problems: list[str] = []
+    for workload, result in zip(checked.workloads, results, strict=True):
+        status, name = result.status, ids.workload_reference(workload.workflow_id)
+        if status is None:
+            continue  # never: asked with a wait
+        applied = status.observed_generation >= result.generation
+        if applied and status.phase == Phase.READY:
+            continue
+        held = blocking(status.conditions) if applied and status.phase == Phase.DEGRADED else []
+        if held:
+            problems += [f"{name}: {c.type}: {c.message}" for c in held]
+        elif status.phase in (Phase.PAUSED, Phase.DELETED):
+            problems.append(f"{name} is {status.phase.value}, not Ready")
+        else:
+            late.append((name, status))  # the workflow answered at the wait's end
     if late:
-        names = ", ".join(ids.workload_reference(w) for w in late)
+        names = ", ".join(name for name, _ in late)
         raise Failure(
             f"timed out after {timeout:g}s waiting for {names} to be Ready; "
-            f"last seen: {_progress(answered[late[0]][0])}"
+            f"last seen: {_progress(late[0][1])}"
         )
-    problems = []
-    for workflow_id, (status, _) in answered.items():
-        name = ids.workload_reference(workflow_id)
-        if status.phase == Phase.DEGRADED:
-            problems += [f"{name}: {c.type}: {c.message}" for c in blocking(status.conditions)]
-        elif status.phase != Phase.READY:
-            problems.append(f"{name} is {status.phase.value}, not Ready")
     if problems:
         raise Failure("; ".join(problems))
     _out(f"{len(results)} workload(s) Ready")
-
-
-def _settled(status: WorkloadStatus, generation: int) -> bool:
-    """Whether `status` is final for a wait on `generation`, by the workflow's own rule."""
-    observed = status.observed_generation >= generation
-    return (
-        (observed and status.phase == Phase.READY)
-        or (observed and status.phase == Phase.DEGRADED and bool(blocking(status.conditions)))
-        or status.phase in (Phase.PAUSED, Phase.DELETED)
-    )
 
 
 def _progress(status: WorkloadStatus) -> str:

@@ -230,10 +230,13 @@ class CredentialsActions(Actions[CredentialsObservation, CredentialsPlan]):
                     reason="NatsUserGone",
                 )
             # As the Nats step looks for its user before creating one only when a create may
-            # have gone through unrecorded, so here for an earlier try's delivery.
-            resumed = await delivery.resume(
-                target, issue.version, user.user_public_key, message, earlier=unrecorded(ctx)
-            )
+            # have gone through unrecorded, so here for an earlier try's delivery: that look
+            # is a state-store read, or one of the API server.
+            resumed = None
+            if delivery.resume_readies or unrecorded(ctx):
+                resumed = await delivery.resume(
+                    target, issue.version, user.user_public_key, message
+                )
             if resumed is not None:
                 log.info(
                     "credentials v%d of %s were already delivered by an earlier attempt (%s)",

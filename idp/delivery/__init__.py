@@ -243,20 +243,17 @@ def delivery_kind(workload: Workload, destination: Destination) -> Delivery:
 
 class CredentialDelivery(Protocol):
     kind: Delivery
+    # Whether `resume` also readies the place before anything is issued (refuses another's,
+    # clears a leftover), so that it runs on every try; else it only looks for what an earlier
+    # try delivered, which a caller may skip where none can have (the first try of a settled
+    # pass).
+    resume_readies: bool
 
     async def resume(
-        self,
-        target: DeliveryTarget,
-        version: int,
-        public_key: str,
-        message: str,
-        *,
-        earlier: bool = True,
+        self, target: DeliveryTarget, version: int, public_key: str, message: str
     ) -> Delivered | None:
         """The given version if an earlier attempt already delivered it for this key (finishing
-        what that attempt left undone); None when the credential must be issued. Without
-        `earlier` no earlier attempt can have delivered it unrecorded (the first try of a
-        settled pass), and a delivery whose look only seeks one may skip it."""
+        what that attempt left undone); None when the credential must be issued."""
         ...
 
     async def deliver(

@@ -211,6 +211,8 @@ class ExternalSecretDelivery:
     and one read of the state store."""
 
     kind = Delivery.EXTERNAL_SECRET
+    # Its look refuses another's secret and discards one an earlier workload left.
+    resume_readies = True
 
     def __init__(self, store: StateStore, secrets: BaseClient, config: SecretStoreConfig) -> None:
         self._store = store
@@ -256,16 +258,8 @@ class ExternalSecretDelivery:
         )
 
     async def resume(
-        self,
-        target: DeliveryTarget,
-        version: int,
-        public_key: str,
-        message: str,
-        *,
-        earlier: bool = True,
+        self, target: DeliveryTarget, version: int, public_key: str, message: str
     ) -> Delivered | None:
-        # Looks whatever `earlier` says: the look also refuses another's secret and discards one
-        # an earlier workload left, both before anything is issued.
         described = await self._describe(target)
         if described is None:
             return None

@@ -131,6 +131,7 @@ def _kube(call: Callable[[], T], verb: str) -> T | None:
 
 class KubernetesDelivery:
     kind = Delivery.KUBERNETES
+    resume_readies = False
 
     def __init__(self, api: KubernetesSecrets, context: str | None) -> None:
         self._api = api
@@ -140,16 +141,8 @@ class KubernetesDelivery:
         return f"Secret {target.namespace}/{target.secret_name} (kubernetes {self._where})"
 
     async def resume(
-        self,
-        target: DeliveryTarget,
-        version: int,
-        public_key: str,
-        message: str,
-        *,
-        earlier: bool = True,
+        self, target: DeliveryTarget, version: int, public_key: str, message: str
     ) -> Delivered | None:
-        if not earlier:
-            return None  # a read of the Secret, which could only find what an earlier try left
         found = await asyncio.to_thread(self._api.annotations, target.namespace, target.secret_name)
         metadata = metadata_from(found or {})
         if not can_resume(metadata, version, public_key):

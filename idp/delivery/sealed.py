@@ -75,6 +75,7 @@ def render_sealed(
 
 class SealedSecretDelivery:
     kind = Delivery.SEALED_SECRET
+    resume_readies = False
 
     def __init__(
         self, store: StateStore, source: CertificateSource, certificates: CertificateCache
@@ -108,16 +109,8 @@ class SealedSecretDelivery:
         return annotations, None
 
     async def resume(
-        self,
-        target: DeliveryTarget,
-        version: int,
-        public_key: str,
-        message: str,
-        *,
-        earlier: bool = True,
+        self, target: DeliveryTarget, version: int, public_key: str, message: str
     ) -> Delivered | None:
-        if not earlier:
-            return None  # a state-store read, which could only find what an earlier try left
         files = await self._store.read(target.directory)
         annotations, problem = self._inspect(target, files)
         found = metadata_from(annotations)

@@ -10,12 +10,15 @@ own, so drift is still found within one interval, at the old price (docs/fleet.m
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import Field
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.heartbeat import heartbeating
 from activities.platform import platform_digest
@@ -44,6 +47,7 @@ READ_RETRIES = (1.0, 5.0)
 
 class SweepInput(Model):
     sweep: int
+    at: datetime | None = Field(None, description="When to sweep; None: at once.")
 
 
 class SweepResult(Model):
@@ -51,6 +55,8 @@ class SweepResult(Model):
     woken: int
     failed: list[str] = []
     interval_seconds: float
+    began: datetime | None = Field(None, description="None from a worker older than the field.")
+    took_seconds: float = 0
 
 
 class Member(Model):
@@ -66,7 +72,11 @@ class FleetActivities:
 
     @activity.defn(name="Fleet.sweep")
     async def sweep(self, input: SweepInput) -> SweepResult:
-        return await heartbeating(self._sweep(input))
+        if input.at is not None:
+            await _wait_until(input.at)
+        began, start = datetime.now(UTC), time.monotonic()
+        result = await heartbeating(self._sweep(input))
+        return result.model_copy(update={"began": began, "took_seconds": time.monotonic() - start})
 
     async def _sweep(self, input: SweepInput) -> SweepResult:
         members = await self._members()
@@ -170,3 +180,20 @@ def _by_capability(members: list[Member]) -> dict[str, dict[str, tuple[str, list
                 entry = found[name].setdefault(fingerprint.key, (fingerprint.digest, []))
                 entry[1].append(member.workflow_id)
     return found
+
+
+async def _wait_until(moment: datetime) -> None:
+    """Sleep until `moment` with no heartbeat (the sweep's heartbeat timeout allows for the
+    wait), unless this worker begins to shut down first: then the sweep fails, to be retried
+    by another worker at once, which waits out the rest."""
+    try:
+        await asyncio.wait_for(
+            activity.wait_for_worker_shutdown(),
+            (moment - datetime.now(UTC)) / timedelta(seconds=1),
+        )
+    except TimeoutError:
+        return
+    raise ApplicationError(
+        "this worker is shutting down; another takes the sweep",
+        category=ApplicationErrorCategory.BENIGN,
+    )

@@ -48,6 +48,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.fleet import SweepResult
 from idp.durations import format_duration, parse_duration
 from idp.models import Workload
 from starter import dev, temporal
@@ -94,9 +95,10 @@ async def all_watched(client: Client, workloads: int, drift: timedelta) -> float
     return time.perf_counter() - started
 
 
-async def sweeps(client: Client) -> list[tuple[datetime, datetime | None]]:
-    """The fleet observer's sweeps in its current run: when each was scheduled and when it
-    completed (None while it runs); none before the worker has started it."""
+async def sweeps(client: Client) -> list[tuple[datetime, SweepResult | None]]:
+    """The fleet observer's sweeps in its current run: when each was scheduled and what it
+    reported (None while it waits for its time or runs); none before the worker has started
+    it."""
     try:
         history = await client.get_workflow_handle(observer_id("idp")).fetch_history()
     except RPCError as error:
@@ -104,28 +106,28 @@ async def sweeps(client: Client) -> list[tuple[datetime, datetime | None]]:
             raise
         return []
     scheduled: dict[int, datetime] = {}
-    completed: dict[int, datetime] = {}
+    completed: dict[int, SweepResult] = {}
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             scheduled[event.event_id] = event.event_time.ToDatetime(UTC)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            done = event.activity_task_completed_event_attributes.scheduled_event_id
-            completed[done] = event.event_time.ToDatetime(UTC)
+            done = event.activity_task_completed_event_attributes
+            (result,) = await client.data_converter.decode(done.result.payloads, [SweepResult])
+            completed[done.scheduled_event_id] = result
     return [(at, completed.get(event_id)) for event_id, at in scheduled.items()]
 
 
-async def next_sweep(client: Client, drift: timedelta) -> datetime:
-    """When the observer's next sweep was scheduled, waiting until it has completed: a window
-    from then of one interval holds the sweep after it, whole, however long it takes, and no
-    other (each starts the last one's duration and a repair's lead short of an interval after
-    the one before: workflows/observer.py)."""
+async def next_sweep(client: Client, drift: timedelta) -> None:
+    """Waits until the observer's next sweep has completed: a window from then of one interval
+    holds the sweep after it, whole, however long it takes, and no other (each starts the last
+    one's duration and a repair's lead short of an interval after the one before:
+    workflows/observer.py)."""
     seen = {at for at, _ in await sweeps(client)}
     deadline = time.monotonic() + drift.total_seconds() + 60
-    while not (new := [s for s in await sweeps(client) if s[0] not in seen and s[1]]):
+    while not [s for s in await sweeps(client) if s[0] not in seen and s[1]]:
         if time.monotonic() > deadline:
             raise SystemExit("error: the fleet observer did not sweep within an interval")
         await asyncio.sleep(1)
-    return new[0][0]
 
 
 async def main(
@@ -146,7 +148,8 @@ async def main(
             watched_after = await all_watched(client, workloads, drift) if fleet else None
             meter = ProcessMeter.of_stack(stack)
             can_before = await continued_as_new(client)
-            first = await next_sweep(client, drift) if fleet else None
+            if fleet:
+                await next_sweep(client, drift)
             metric_before = await server_actions(stack.server_metrics_url, client.namespace)
             print(f"  measuring an idle window of {format_duration(window)}", file=sys.stderr)
             since = time.time_ns()
@@ -162,7 +165,7 @@ async def main(
             metric_after = await server_actions(stack.server_metrics_url, client.namespace)
             can = await continued_as_new(client) - can_before
             by_type = await history_actions(client, since, until)
-            swept = [s for s in await sweeps(client) if s[0] > first] if first else []
+            swept = [result for _, result in await sweeps(client) if result and result.began]
         finally:
             stack.stop()
 
@@ -178,11 +181,10 @@ async def main(
     if watched_after is not None:
         print(f"fleet observer on: all {workloads} watched {watched_after:.0f}s after the last "
               "was Ready; the window started as the observer's next sweep ended")  # fmt: skip
-        end = datetime.fromtimestamp(until / 1e9, UTC)
-        for at, done in swept:
-            if at < end:
-                took = "still running" if done is None else f"{(done - at).total_seconds():.1f} s"
-                print(f"  a sweep in the window: {took} from scheduled to completed")
+        start, end = (datetime.fromtimestamp(ns / 1e9, UTC) for ns in (since, until))
+        for result in swept:
+            if result.began and start <= result.began < end:
+                print(f"  a sweep in the window: took {result.took_seconds:.1f} s")
     else:
         print("fleet observer off: every workload checks on its own")
     worker_cpu = 100 * meter.own("worker") / meter.seconds

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from support.cli import Cli, eventually, write_platform
 from support.stack import git, platform_for, read, running_worker, temporal_cli
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -81,16 +81,17 @@ async def last_sweep(client: Client, queue: str) -> SweepResult:
     return result
 
 
-async def sweep_times(client: Client, queue: str) -> list[tuple[datetime, datetime]]:
-    """When each finished sweep was scheduled and when it completed."""
+async def sweep_times(client: Client, queue: str) -> list[tuple[datetime, timedelta]]:
+    """When each finished sweep began (after waiting for its time) and how long it took."""
     history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
-
-    def times(kind: EventType.ValueType) -> list[datetime]:
-        return [e.event_time.ToDatetime(UTC) for e in history.events if e.event_type == kind]
-
-    scheduled = times(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-    completed = times(EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
-    return list(zip(scheduled, completed, strict=False))
+    times = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            payloads = event.activity_task_completed_event_attributes.result.payloads
+            (result,) = await client.data_converter.decode(payloads, [SweepResult])
+            assert result.began is not None
+            times.append((result.began, timedelta(seconds=result.took_seconds)))
+    return times
 
 
 async def length(handle: WorkflowHandle) -> int:
@@ -212,9 +213,42 @@ async def test_a_hand_edit_wakes_only_its_workload_and_is_repaired_within_one_in
     # interval, each sweep starts the last one's duration and a repair's lead early.
     await eventually(lambda: sweeps(client, queue), lambda done: done >= 3, timeout=30)
     times = await sweep_times(client, queue)
-    for (began, ended), (following, _) in itertools.pairwise(times):
-        lag = following - began - sweep_period(DRIFT, ended - began)
-        assert abs(lag) < timedelta(milliseconds=500), (began, ended, following)
+    for (began, took), (following, _) in itertools.pairwise(times):
+        lag = following - began - sweep_period(DRIFT, took)
+        assert abs(lag) < timedelta(milliseconds=500), (began, took, following)
+
+
+async def test_a_sweep_waiting_for_its_time_moves_to_another_worker_when_its_own_stops(
+    client: Client, repo: Path, queue: str, tmp_path: Path
+) -> None:
+    """A sweep waits for its time in its activity, with no timer and no heartbeat (both are
+    billed): a worker that shuts down meanwhile gives it up at once, rather than holding its
+    shutdown until then, and the next worker sweeps at the planned time, not earlier."""
+    interval = timedelta(seconds=20)
+    platform = platform_for(repo, interval, fleet_observer=True)
+    observer = client.get_workflow_handle(observer_id(queue))
+
+    async def waiting() -> bool:
+        pending = (await observer.describe()).raw_description.pending_activities
+        return (
+            len(pending) == 1
+            and pending[0].state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        )
+
+    async with running_worker(client, platform, queue, tmp_path / "first"):
+        await start_fleet_observer(client, platform, queue)
+        await eventually(lambda: sweeps(client, queue), lambda done: done >= 1, timeout=30)
+        await eventually(waiting, bool, timeout=30)
+        stopping = time.monotonic()
+    stopped_in = time.monotonic() - stopping
+    # The wait would have held the shutdown for most of the interval.
+    assert stopped_in < 5, stopped_in
+    async with running_worker(client, platform, queue, tmp_path / "second"):
+        await eventually(lambda: sweeps(client, queue), lambda done: done >= 2, timeout=40)
+    await observer.terminate()
+    (first, took), (second, _) = (await sweep_times(client, queue))[:2]
+    lag = second - first - sweep_period(interval, took)
+    assert abs(lag) < timedelta(milliseconds=500), (first, took, second)
 
 
 async def _more(client: Client, queue: str, count: int) -> bool:

@@ -32,7 +32,7 @@ def test_histories_cover_every_scenario() -> None:
     ):
         assert f"workload-{scenario}" in names
     assert {"api-aggregator-lifecycle", "port-run", "fleet-observer"} <= names
-    assert "baseline-fleet-observer" in names
+    assert {"baseline-fleet-observer", "waiting-fleet-observer"} <= names
 
 
 async def test_every_committed_history_replays() -> None:

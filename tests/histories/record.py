@@ -335,7 +335,12 @@ async def fleet_observer(client: Client, repo: Path, name: str) -> WorkflowHandl
 WORKLOAD_HISTORIES: dict[str, WorkflowHandle] = {}
 # Scenarios that run with the fleet observer, a drift interval short enough to watch, and the
 # platform they ran with.
-OBSERVED = {"fleet-observer", "baseline-fleet-observer", "compact-fleet-observer"}
+OBSERVED = {
+    "fleet-observer",
+    "baseline-fleet-observer",
+    "compact-fleet-observer",
+    "waiting-fleet-observer",
+}
 OBSERVED_PLATFORMS: dict[str, Platform] = {}
 
 
@@ -384,6 +389,8 @@ SCENARIOS: dict[str, Scenario] = {
     # commands fewer.
     "compact-fleet-observer": fleet_observer,
     "workload-compact-continue-as-new": continue_as_new,
+    # And after each sweep began to wait for its time in its activity, with no timer.
+    "waiting-fleet-observer": fleet_observer,
 }
 
 

@@ -122,7 +122,8 @@ async def next_sweep(client: Client, drift: timedelta) -> None:
     holds the sweep after it, whole, however long it takes, and no other (each starts the last
     one's duration and a repair's lead short of an interval after the one before:
     workflows/observer.py)."""
-    seen = {at for at, _ in await sweeps(client)}
+    # The sweep waiting for its time is scheduled already: it is the one to wait for.
+    seen = {at for at, done in await sweeps(client) if done}
     deadline = time.monotonic() + drift.total_seconds() + 60
     while not [s for s in await sweeps(client) if s[0] not in seen and s[1]]:
         if time.monotonic() > deadline:

@@ -61,36 +61,27 @@ async def watched(handle: WorkflowHandle) -> bool:
     return bool(await entries(handle))
 
 
+async def swept(client: Client, queue: str) -> list[SweepResult]:
+    """What each sweep the observer has finished reported, oldest first."""
+    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
+    results = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            payloads = event.activity_task_completed_event_attributes.result.payloads
+            results += await client.data_converter.decode(payloads, [SweepResult])
+    return results
+
+
 async def sweeps(client: Client, queue: str) -> int:
-    """Sweeps the observer has finished (its completed activities)."""
-    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
-    return sum(
-        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-    )
-
-
-async def last_sweep(client: Client, queue: str) -> SweepResult:
-    """What the observer's last finished sweep reported."""
-    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
-    (done,) = [
-        e.activity_task_completed_event_attributes
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-    ][-1:]
-    (result,) = await client.data_converter.decode(done.result.payloads, [SweepResult])
-    return result
+    return len(await swept(client, queue))
 
 
 async def sweep_times(client: Client, queue: str) -> list[tuple[datetime, timedelta]]:
     """When each finished sweep began (after waiting for its time) and how long it took."""
-    history = await client.get_workflow_handle(observer_id(queue)).fetch_history()
     times = []
-    for event in history.events:
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            payloads = event.activity_task_completed_event_attributes.result.payloads
-            (result,) = await client.data_converter.decode(payloads, [SweepResult])
-            assert result.began is not None
-            times.append((result.began, timedelta(seconds=result.took_seconds)))
+    for result in await swept(client, queue):
+        assert result.began is not None, "this code's sweeps say when they began"
+        times.append((result.began, timedelta(seconds=result.took_seconds)))
     return times
 
 
@@ -146,8 +137,8 @@ async def test_a_watched_workload_sleeps_without_a_timer_while_the_observer_swee
     assert after == before
     # Only this task queue's workloads: the session's server holds other tests' watched ones,
     # whose capabilities this worker's platform file may not even offer.
-    swept = await last_sweep(client, queue)
-    assert (swept.members, swept.woken, swept.failed) == (len(fleet), 0, [])
+    last = (await swept(client, queue))[-1]
+    assert (last.members, last.woken, last.failed) == (len(fleet), 0, [])
     for handle in fleet.values():
         status = await handle.query(WorkloadWorkflow.status)
         # Its own check, only should the observer be gone, is a week away.

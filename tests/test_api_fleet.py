@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from support.cli import eventually
 from support.stack import platform_for
 from temporalio import workflow
 from temporalio.api.common.v1 import WorkflowExecution
@@ -254,8 +255,15 @@ async def _taken_by_another(client: Client, hostname: str, queue: str, w: Worklo
 
 async def _retargeted_by_hand(client: Client, hostname: str, queue: str, w: Workload) -> None:
     target = ApiTarget(aggregator=hostname, paths=["/orders"], service={"name": "x", "port": 81})
-    await aggregator_handle(client, hostname).execute_update(
-        "register", register_by_hand(w, target), result_type=Registration
+    handle = aggregator_handle(client, hostname)
+    await handle.execute_update("register", register_by_hand(w, target), result_type=Registration)
+    # The aggregator writes the new target a moment later, and what it holds says so (`written`,
+    # in the digest): the reads that follow must all find it written, not one before and one
+    # after (seen in CI).
+    holder = f"{w.metadata.system}/{w.metadata.name}"
+    await eventually(
+        lambda: handle.query("held", holder, result_type=Held),
+        lambda held: held.registration.written,
     )
 
 

@@ -311,7 +311,9 @@ async def test_a_rotation_keeps_the_old_login_for_its_grace_and_a_leak_ends_it_a
 
     # The workflow wakes at the end of the grace by itself and retires the old login.
     reason = await eventually_refused(first, timeout=grace + TIMEOUT)
-    assert "password authentication failed" in reason
+    # A login whose password was checked just before the retirement committed is refused by the
+    # LOGIN check that follows instead (seen in CI): refused either way.
+    assert "password authentication failed" in reason or "is not permitted to log in" in reason
     status = await until(handle, lambda s: any("retired" in e.message for e in s.events))
     assert f"login {first['user']} retired: no LOGIN, no password" in messages(status)
     assert await verifier(stack.server, first) is None

@@ -43,6 +43,23 @@ def serial(app: Any) -> Any:
     return serve
 
 
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves which host. moto finds it anew for
+    every request, twice (the address asked, then the service the signature names), and each
+    time lists its own package directory from disk and tries every service's URL patterns: a
+    fifth of its CPU per request in a fleet read of 1,000 workloads. The answer for a host never
+    changes while the process runs."""
+
+    def __init__(self, create_app: Any) -> None:
+        super().__init__(create_app)
+        self._backends: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        if host not in self._backends:
+            self._backends[host] = super().get_backend_for_host(host)
+        return self._backends[host]
+
+
 class _TaggedECRBackend(ECRBackend, TaggableResourcesMixin):
     SERVICE_NAMESPACE = "ecr"
     # moto finds a backend's URL routes by the module its class is defined in: ECR's.
@@ -81,7 +98,7 @@ def main() -> None:
     run_simple(
         args.host,
         args.port,
-        serial(DomainDispatcherApplication(create_backend_app)),
+        serial(_Dispatcher(create_backend_app)),
         threaded=True,
         request_handler=MotoRequestHandler,
     )

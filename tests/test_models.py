@@ -809,18 +809,25 @@ def _document(rnd: random.Random, characters: str, depth: int = 0) -> Any:
     ],
     ids=["printable ASCII", "accents", "words and escapes"],
 )
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sort_keys": False, "allow_unicode": False}],
+    ids=["a manifest", "Port's spec text"],
+)
 def test_manifests_are_written_as_pure_python_pyyaml_writes_them(
-    characters: str, count: int
+    characters: str, count: int, options: dict[str, bool]
 ) -> None:
     # Every worker writes the same bytes, and the bytes earlier versions wrote: else a worker
-    # would rewrite every manifest another had written.
+    # would rewrite every manifest another had written, and a workflow would find the spec it
+    # shows in Port changed (workflows/portview.py), publishing it again.
     if not yaml.__with_libyaml__:
         pytest.skip("this PyYAML has no libyaml: dump writes pure Python, there is no other")
     rnd = random.Random(17)
-    options = {"sort_keys": True, "default_flow_style": False, "allow_unicode": True}
+    pure = {"sort_keys": True, "allow_unicode": True, **options}
     for _ in range(count):
         document = {"kind": _document(rnd, characters), "spec": _document(rnd, characters)}
-        assert dump(document) == yaml.dump(document, Dumper=yaml.SafeDumper, **options)
+        written = yaml.dump(document, Dumper=yaml.SafeDumper, default_flow_style=False, **pure)
+        assert dump(document, **options) == written
 
 
 def test_service_account_labels_and_role_annotation() -> None:

@@ -10,9 +10,8 @@ import hashlib
 import json
 from typing import Any
 
-import yaml
-
 from idp.capability import installed
+from idp.manifests import dump
 from idp.models import API_VERSION, Workload
 from idp.port import PortEntity
 from workflows.messages import WorkloadStatus
@@ -91,7 +90,7 @@ def spec_yaml(workload: Workload) -> str:
     back into Update workload applies the same spec."""
     body = workload.model_dump(mode="json", exclude_defaults=True)
     document = {"apiVersion": API_VERSION, "kind": "Workload", **body}
-    return yaml.safe_dump(document, sort_keys=False)
+    return dump(document, sort_keys=False, allow_unicode=False)
 
 
 def entity_identifier(system: str, name: str) -> str:

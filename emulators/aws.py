@@ -46,9 +46,9 @@ def serial(app: Any) -> Any:
 class _Dispatcher(DomainDispatcherApplication):
     """moto's dispatcher, remembering which backend serves which host. moto finds it anew for
     every request, twice (the address asked, then the service the signature names), and each
-    time lists its own package directory from disk and tries every service's URL patterns: a
-    fifth of its CPU per request in a fleet read of 1,000 workloads. The answer for a host never
-    changes while the process runs."""
+    time lists its own package directory from disk and tries every service's URL patterns.
+    Remembered, a fleet read of 1,000 workloads (bench/registry_fleet.py) cost moto 1.50 cpu-s
+    where it cost 2.18. The answer for a host never changes while the process runs."""
 
     def __init__(self, create_app: Any) -> None:
         super().__init__(create_app)

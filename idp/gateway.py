@@ -23,9 +23,7 @@ from idp.manifests import (
     SERVICE_ACCOUNT_FILE,
     SYSTEM_LABEL,
     WORKLOAD_LABEL,
-    dump,
     labelled_owner,
-    load,
     object_subject,
     owner_record,
     resource_directory,
@@ -33,6 +31,7 @@ from idp.manifests import (
 from idp.models import ApiAggregator
 from idp.routes import RouteTarget
 from idp.statechange import Claim
+from idp.yamltext import dump, load
 
 ENVOY_GATEWAY = "envoy-gateway"
 NGINX_GATEWAY_FABRIC = "nginx-gateway-fabric"

@@ -29,7 +29,6 @@ from activities.capabilities import settings_of
 from idp import argocd, ids, links
 from idp.capability import by_name, check_sections, plugin_sections
 from idp.loading import InputError, load
-from idp.manifests import dump
 from idp.models import (
     KINDS,
     ApiAggregator,
@@ -39,6 +38,7 @@ from idp.models import (
 )
 from idp.platform import Destination, Platform, PlatformError, load_platform, platform_path
 from idp.sections import add_to_schema
+from idp.yamltext import dump
 from starter import (
     codec_server,
     dev,

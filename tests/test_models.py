@@ -26,7 +26,6 @@ from idp.loading import MAX_FILE_BYTES, InputError, load, resource_files
 from idp.manifests import (
     ROLE_ARN_ANNOTATION,
     digest,
-    dump,
     render_workload,
     workload_directory,
     workload_labels,
@@ -40,6 +39,7 @@ from idp.models import (
 )
 from idp.names import dns1123_label, dns1123_subdomain
 from idp.platform import Platform, PlatformError, load_platform
+from idp.yamltext import dump
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DURATION = (

@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 from idp.capability import installed
-from idp.manifests import dump
 from idp.models import API_VERSION, Workload
 from idp.port import PortEntity
+from idp.yamltext import dump
 from workflows.messages import WorkloadStatus
 
 WORKLOAD_BLUEPRINT = "idpWorkload"

@@ -37,7 +37,6 @@ import yaml
 from pydantic import Field, SecretStr
 
 from idp.manifests import (
-    load,
     workload_claims,
     workload_directory,
     workload_file_claim,
@@ -47,6 +46,7 @@ from idp.models import Delivery, Model, Workload
 from idp.platform import Destination
 from idp.statechange import Change, Claim, blob_id
 from idp.synadia import NatsCreds
+from idp.yamltext import load
 
 NATS = "nats"
 SECRET_KEY = "nats.creds"

@@ -34,11 +34,11 @@ from idp.delivery import (
     revealed,
 )
 from idp.errors import PermanentError, TransientError
-from idp.manifests import dump
 from idp.models import Delivery
 from idp.platform import Platform, SecretStoreConfig
 from idp.statestore import StateStore
 from idp.synadia import parse_creds
+from idp.yamltext import dump
 
 log = logging.getLogger(__name__)
 

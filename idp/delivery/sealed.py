@@ -26,10 +26,10 @@ from idp.delivery import (
     parse_manifest,
     revealed,
 )
-from idp.manifests import dump
 from idp.models import Delivery
 from idp.sealing import CertificateCache, CertificateSource, SealingScope, render_sealed_secret
 from idp.statestore import StateStore
+from idp.yamltext import dump
 
 CERTIFICATE_ANNOTATION = "idp.dev/sealing-certificate"
 SEALED_DIGEST_ANNOTATION = "idp.dev/sealed-data-digest"

@@ -25,7 +25,14 @@ from support.stack import (
     start_dev_server,
     task_queue,
 )
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    CountWorkflowsInput,
+    Interceptor,
+    OutboundInterceptor,
+    WorkflowExecutionCount,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 
 import worker
@@ -33,6 +40,7 @@ from idp.models import Workload
 from idp.platform import ReconcileSettings
 from starter import telemetry, temporal
 from starter.operations import apply_workload
+from workflows import search_attributes as sa
 from workflows.messages import WaitReadyRequest
 from workflows.state import Phase
 from workflows.workload import WorkloadWorkflow
@@ -162,6 +170,69 @@ async def test_metrics_after_apply_drift_repair_and_a_failing_step(
             assert value(samples, "temporal_workflow_task_execution_latency_count") is not None
     finally:
         phases.cancel()
+
+
+class CountedQueries(Interceptor):
+    """Records the query of every count the client makes."""
+
+    def __init__(self) -> None:
+        self.queries: list[str | None] = []
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        queries = self.queries
+
+        class Recording(OutboundInterceptor):
+            async def count_workflows(self, input: CountWorkflowsInput) -> WorkflowExecutionCount:
+                queries.append(input.query)
+                return await super().count_workflows(input)
+
+        return Recording(next)
+
+
+async def test_workloads_by_phase_counts_until_the_phases_add_up() -> None:
+    # A server of its own: the counts take in every running workload of the namespace.
+    async with await start_dev_server() as env:
+        counted = CountedQueries()
+        client = await Client.connect(
+            env.client.service_client.config.target_host, interceptors=[counted]
+        )
+        # Running workloads with their phase, and no worker: they stay as they were started.
+        phases = {"a": "Ready", "b": "Ready", "c": "Ready", "d": "Degraded", "e": None}
+        for name, phase in phases.items():
+            attributes = [SearchAttributePair(sa.KIND, "Workload")]
+            if phase:
+                attributes.append(SearchAttributePair(sa.PHASE, phase))
+            await client.start_workflow(
+                "WorkloadWorkflow",
+                id=f"workload/phases/{name}",
+                task_queue=task_queue(),
+                search_attributes=TypedSearchAttributes(attributes),
+            )
+        async with asyncio.timeout(30):
+            while (await client.count_workflows("IdpKind = 'Workload'")).count < len(phases):
+                await asyncio.sleep(0.1)
+        expected = dict.fromkeys((p.value for p in Phase), 0) | {"Ready": 3, "Degraded": 1}
+
+        # One not yet given a phase: the phases never add up, so each is counted.
+        counted.queries.clear()
+        assert await telemetry.count_workloads_by_phase(client) == expected
+        assert len(counted.queries) == 1 + len(Phase)
+
+        await client.get_workflow_handle("workload/phases/e").terminate()
+        async with asyncio.timeout(30):
+            while (await client.count_workflows(telemetry.RUNNING_WORKLOADS)).count > 4:
+                await asyncio.sleep(0.1)
+        # In Phase's order, until Ready and Degraded add up to the four running.
+        counted.queries.clear()
+        assert await telemetry.count_workloads_by_phase(client) == expected
+        assert len(counted.queries) == 1 + 4
+        # The fullest of the last counts first: Ready, then Degraded.
+        counted.queries.clear()
+        assert await telemetry.count_workloads_by_phase(client, expected) == expected
+        assert [q and q.rsplit("'", 2)[1] for q in counted.queries[1:]] == ["Ready", "Degraded"]
+        # Last counts that no longer hold cost counts, not the truth.
+        stale = expected | {"Ready": 0, "Degraded": 0, "Paused": 4}
+        assert await telemetry.count_workloads_by_phase(client, stale) == expected
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ from typing import Any
 
 from pydantic import Field
 from temporalio import activity
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import Client
+from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.heartbeat import heartbeating
@@ -132,12 +134,24 @@ class FleetActivities:
         query = (
             f'{sa.KIND.name} = "Workload" AND ExecutionStatus = "Running" AND TaskQueue = "{queue}"'
         )
+        # The listing's own pages, not the client's iterator: that decodes every search attribute
+        # of every workload twice (untyped and typed), at several times the cost of IdpFleet
+        # alone, which is a sweep's largest cost in the worker after the capabilities' reads.
+        request = ListWorkflowExecutionsRequest(namespace=self._client.namespace, query=query)
         members = []
-        async for execution in self._client.list_workflows(query):
-            entries = execution.typed_search_attributes.get(sa.FLEET)
-            if entries:
-                members.append(Member(workflow_id=execution.id, entries=fleet.parse(entries)))
-        return members
+        while True:
+            page = await self._client.workflow_service.list_workflow_executions(request, retry=True)
+            for execution in page.executions:
+                listed = execution.search_attributes.indexed_fields.get(sa.FLEET.name)
+                if listed is None:
+                    continue
+                entries = PayloadConverter.default.from_payload(listed, list[str])
+                if entries:
+                    workflow_id = execution.execution.workflow_id
+                    members.append(Member(workflow_id=workflow_id, entries=fleet.parse(entries)))
+            if not page.next_page_token:
+                return members
+            request.next_page_token = page.next_page_token
 
     @staticmethod
     def _changed(members: list[Member], platform: str) -> dict[str, str]:

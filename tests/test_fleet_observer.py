@@ -6,6 +6,7 @@ Workloads here hold manifests only (the state store is the one outside part that
 emulator); the registry's fleet read has its own tests against moto (test_registry_fleet.py).
 """
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -19,10 +20,18 @@ from typing import Any
 
 import pytest
 from support.cli import Cli, eventually, write_platform
-from support.stack import git, platform_for, read, running_worker, temporal_cli
+from support.stack import (
+    git,
+    platform_for,
+    read,
+    running_worker,
+    start_dev_server,
+    temporal_cli,
+)
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.fleet import FleetActivities, SweepResult
 from idp.capability import Actions, Context, Fingerprint, Report
@@ -390,3 +399,43 @@ async def test_a_fleet_read_is_retried_before_it_counts_as_failed(
     sweep = FleetActivities(client, platform, {"Flaky": flaky})
     assert await sweep._read("Flaky", ["k"]) == found
     assert flaky.calls == min(failures + 1, 3)
+
+
+async def test_the_sweep_lists_its_members_over_every_page_of_the_listing(
+    platform: Platform, queue: str
+) -> None:
+    # Two to a page, so five workloads take three pages. No worker: they stay as started.
+    async with await start_dev_server(
+        "--dynamic-config-value", "frontend.visibilityMaxPageSize=2"
+    ) as env:
+        client = env.client
+        watched = {f"w{n}": Fingerprint(key=f"dev/shop/w{n}", digest="d1") for n in range(4)}
+        for name in [*watched, "unwatched"]:
+            attributes = [SearchAttributePair(sa.KIND, "Workload")]
+            if name in watched:
+                listed = [entry("Manifests", watched[name])]
+                attributes.append(SearchAttributePair(sa.FLEET, listed))
+            await client.start_workflow(
+                "WorkloadWorkflow",
+                id=f"workload/fleet/{name}",
+                task_queue=queue,
+                search_attributes=TypedSearchAttributes(attributes),
+            )
+        # Another task queue's, which has a fleet observer of its own.
+        await client.start_workflow(
+            "WorkloadWorkflow",
+            id="workload/fleet/elsewhere",
+            task_queue=f"{queue}-other",
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(sa.KIND, "Workload"), SearchAttributePair(sa.FLEET, ["x y z"])]
+            ),
+        )
+        kind = "IdpKind = 'Workload'"
+        await eventually(lambda: client.count_workflows(kind), lambda c: c.count == 6, timeout=30)
+        activities = ActivityEnvironment(client)
+        activities.info = dataclasses.replace(activities.info, task_queue=queue)
+        members = await activities.run(FleetActivities(client, platform, {})._members)
+    assert {m.workflow_id: m.entries for m in members} == {
+        f"workload/fleet/{name}": {"Manifests": fingerprint}
+        for name, fingerprint in watched.items()
+    }

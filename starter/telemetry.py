@@ -111,9 +111,11 @@ async def count_workloads_by_phase(
     Visibility stores (SQL and Elasticsearch alike) only GROUP BY ExecutionStatus, not by a
     custom search attribute, and each count reads every running workload. So: the running ones
     in all, then one phase at a time, the fullest in the `last` counts first, until the counts
-    add up; the phases left have none. A settled fleet, nearly all Ready, takes two counts where
-    one per phase took seven. A workload that changes phase between two counts is counted as it
-    was or as it is, as it was when each phase had a count of its own."""
+    add up; the phases left have none. A fleet in one phase, as a settled one is, takes two counts
+    where one per phase took seven; one more for each other phase that holds a workload, and all
+    eight while one has no phase yet (or every one, with search attributes off). A workload that
+    changes phase between two counts is counted as it was or as it is, as it was when each phase
+    had a count of its own."""
     running = (await client.count_workflows(RUNNING_WORKLOADS)).count
     counts = dict.fromkeys((phase.value for phase in Phase), 0)
     last = last or {}

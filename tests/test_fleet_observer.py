@@ -26,11 +26,12 @@ from support.stack import (
     read,
     running_worker,
     start_dev_server,
+    start_listed,
     temporal_cli,
 )
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.fleet import FleetActivities, SweepResult
@@ -410,26 +411,13 @@ async def test_the_sweep_lists_its_members_over_every_page_of_the_listing(
     ) as env:
         client = env.client
         watched = {f"w{n}": Fingerprint(key=f"dev/shop/w{n}", digest="d1") for n in range(4)}
-        for name in [*watched, "unwatched"]:
-            attributes = [SearchAttributePair(sa.KIND, "Workload")]
-            if name in watched:
-                listed = [entry("Manifests", watched[name])]
-                attributes.append(SearchAttributePair(sa.FLEET, listed))
-            await client.start_workflow(
-                "WorkloadWorkflow",
-                id=f"workload/fleet/{name}",
-                task_queue=queue,
-                search_attributes=TypedSearchAttributes(attributes),
-            )
+        await start_listed(client, "workload/fleet/unwatched", queue)
+        for name, fingerprint in watched.items():
+            published = SearchAttributePair(sa.FLEET, [entry("Manifests", fingerprint)])
+            await start_listed(client, f"workload/fleet/{name}", queue, published)
         # Another task queue's, which has a fleet observer of its own.
-        await client.start_workflow(
-            "WorkloadWorkflow",
-            id="workload/fleet/elsewhere",
-            task_queue=f"{queue}-other",
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(sa.KIND, "Workload"), SearchAttributePair(sa.FLEET, ["x y z"])]
-            ),
-        )
+        elsewhere = SearchAttributePair(sa.FLEET, ["x y z"])
+        await start_listed(client, "workload/fleet/elsewhere", f"{queue}-other", elsewhere)
         kind = "IdpKind = 'Workload'"
         await eventually(lambda: client.count_workflows(kind), lambda c: c.count == 6, timeout=30)
         activities = ActivityEnvironment(client)

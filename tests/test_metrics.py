@@ -17,12 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.cli import eventually
 from support.stack import (
     bare_repo,
     git,
     platform_for,
     running_worker,
     start_dev_server,
+    start_listed,
     task_queue,
 )
 from temporalio.client import (
@@ -32,7 +34,7 @@ from temporalio.client import (
     OutboundInterceptor,
     WorkflowExecutionCount,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair
 from temporalio.testing import WorkflowEnvironment
 
 import worker
@@ -198,19 +200,12 @@ async def test_workloads_by_phase_counts_until_the_phases_add_up() -> None:
         )
         # Running workloads with their phase, and no worker: they stay as they were started.
         phases = {"a": "Ready", "b": "Ready", "c": "Ready", "d": "Degraded", "e": None}
+        queue = task_queue()
         for name, phase in phases.items():
-            attributes = [SearchAttributePair(sa.KIND, "Workload")]
-            if phase:
-                attributes.append(SearchAttributePair(sa.PHASE, phase))
-            await client.start_workflow(
-                "WorkloadWorkflow",
-                id=f"workload/phases/{name}",
-                task_queue=task_queue(),
-                search_attributes=TypedSearchAttributes(attributes),
-            )
-        async with asyncio.timeout(30):
-            while (await client.count_workflows("IdpKind = 'Workload'")).count < len(phases):
-                await asyncio.sleep(0.1)
+            attributes = [SearchAttributePair(sa.PHASE, phase)] if phase else []
+            await start_listed(client, f"workload/phases/{name}", queue, *attributes)
+        kind = "IdpKind = 'Workload'"
+        await eventually(lambda: client.count_workflows(kind), lambda c: c.count == len(phases))
         expected = dict.fromkeys((p.value for p in Phase), 0) | {"Ready": 3, "Degraded": 1}
 
         # One not yet given a phase: the phases never add up, so each is counted.
@@ -219,9 +214,8 @@ async def test_workloads_by_phase_counts_until_the_phases_add_up() -> None:
         assert len(counted.queries) == 1 + len(Phase)
 
         await client.get_workflow_handle("workload/phases/e").terminate()
-        async with asyncio.timeout(30):
-            while (await client.count_workflows(telemetry.RUNNING_WORKLOADS)).count > 4:
-                await asyncio.sleep(0.1)
+        running = telemetry.RUNNING_WORKLOADS
+        await eventually(lambda: client.count_workflows(running), lambda c: c.count == 4)
         # In Phase's order, until Ready and Degraded add up to the four running.
         counted.queries.clear()
         assert await telemetry.count_workloads_by_phase(client) == expected

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -28,6 +29,21 @@ BIN = Path(sys.executable).parent
 
 def temporal_cli() -> str:
     return str(BIN / "temporal")
+
+
+async def start_listed(
+    client: Client, workflow_id: str, queue: str, *attributes: SearchAttributePair
+) -> None:
+    """A running WorkloadWorkflow as visibility lists it, and no worker to run it: it keeps
+    the search attributes it was started with, IdpKind=Workload among them."""
+    await client.start_workflow(
+        "WorkloadWorkflow",
+        id=workflow_id,
+        task_queue=queue,
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(search_attributes.KIND, "Workload"), *attributes]
+        ),
+    )
 
 
 def start_dev_server(*extra: str) -> WorkflowEnvironment:
